@@ -1,0 +1,135 @@
+"""The ordered event feed (finance, integrations): ``/v1/events``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.params import Parameter
+from litestar.response import Response
+
+from ledger.api.auth import require_key
+from ledger.api.problems import problem
+from ledger.domain import MsgspecTranscoder
+from ledger.store import EventStore, StoredRecord
+
+_transcoder = MsgspecTranscoder()
+_HIDDEN = ("body_b64", "originator_topic", "timestamp")
+
+
+class EventSummary(msgspec.Struct, kw_only=True):
+    position: int
+    event_id: str
+    version: int
+    type: str
+    topic: str
+    recorded_at: str | None
+    data: dict[str, Any]
+
+
+class EventPage(msgspec.Struct, kw_only=True):
+    items: list[EventSummary]
+    next_after: int
+    has_more: bool
+
+
+class EventDetail(EventSummary, kw_only=True):
+    body: str | None
+    body_base64: str | None
+
+
+def _state(rec: StoredRecord) -> dict[str, Any]:
+    state: dict[str, Any] = msgspec.json.decode(rec.state)
+    return state
+
+
+def summary(rec: StoredRecord) -> EventSummary:
+    state = _state(rec)
+    return EventSummary(
+        position=rec.position,
+        event_id=str(rec.id),
+        version=rec.version,
+        type=rec.topic.rpartition(":")[2],
+        topic=rec.topic,
+        recorded_at=state.get("timestamp"),
+        data={k: v for k, v in state.items() if k not in _HIDDEN},
+    )
+
+
+def raw_body(rec: StoredRecord) -> bytes | None:
+    b64 = _state(rec).get("body_b64")
+    if not isinstance(b64, str):
+        return None
+    try:
+        return base64.b64decode(b64, validate=True)
+    except binascii.Error:
+        return None
+
+
+class EventsController(Controller):
+    path = "/v1/events"
+    tags = ["audit"]
+    guards = [require_key]
+    opt = {"scopes": ("audit:read",)}
+
+    @get("/", summary="Events in log order after a position")
+    async def list_events(
+        self,
+        request: Request[Any, Any, Any],
+        after: Annotated[int, Parameter(ge=0, description="position to read after")] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> EventPage:
+        store: EventStore = request.app.state.services.store
+        rows = await store.read_after(after, limit + 1)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        return EventPage(
+            items=[summary(r) for r in rows],
+            next_after=rows[-1].position if rows else after,
+            has_more=has_more,
+        )
+
+    @get("/{event_id:str}", summary="One event, with the raw body as received")
+    async def get_event(self, request: Request[Any, Any, Any], event_id: str) -> EventDetail:
+        rec = await self._find(request, event_id)
+        body = raw_body(rec)
+        text: str | None = None
+        if body is not None:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        s = summary(rec)
+        return EventDetail(
+            **msgspec.structs.asdict(s),
+            body=text,
+            body_base64=base64.b64encode(body).decode() if body is not None else None,
+        )
+
+    @get("/{event_id:str}/raw", summary="The exact bytes a provider sent")
+    async def get_raw(self, request: Request[Any, Any, Any], event_id: str) -> Response[bytes]:
+        rec = await self._find(request, event_id)
+        body = raw_body(rec)
+        if body is None:
+            raise problem(
+                404, "no-raw-body", "This event has no raw body", f"{event_id} is not a delivery"
+            )
+        ctype = _state(rec).get("headers", {}).get("content-type", "application/octet-stream")
+        return Response(body, media_type=ctype)
+
+    async def _find(self, request: Request[Any, Any, Any], event_id: str) -> StoredRecord:
+        try:
+            eid = uuid.UUID(event_id)
+        except ValueError:
+            raise problem(
+                400, "invalid-event-id", "Invalid event id", f"event_id {event_id!r} is not a UUID"
+            ) from None
+        store: EventStore = request.app.state.services.store
+        rec = await store.get(eid)
+        if rec is None:
+            raise problem(404, "event-not-found", "No such event", f"no event {event_id}")
+        return rec

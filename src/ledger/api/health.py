@@ -1,0 +1,33 @@
+"""``/health`` (the process answers) and ``/ready`` (database reachable, schema current)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Request, get
+from litestar.response import Response
+
+from ledger import migrate
+from ledger.store import UNAVAILABLE_ERRORS
+
+
+@get("/health", tags=["health"], summary="Liveness")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready", tags=["health"], summary="Readiness: database reachable and migrated")
+async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    pool: asyncpg.Pool = request.app.state.services.pool
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            todo = await migrate.pending(conn)
+            head = await conn.fetchval(
+                "SELECT coalesce(max(notification_id), 0) FROM stored_events"
+            )
+    except UNAVAILABLE_ERRORS as exc:
+        return Response({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+    if todo:
+        return Response({"status": "migrations-pending", "pending": todo}, status_code=503)
+    return Response({"status": "ready", "position": head})

@@ -1,0 +1,72 @@
+"""``POST /webhooks/{provider}``: verify, record, then (and only then) acknowledge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.response import Response
+
+from ledger.api.problems import problem
+from ledger.ingest import Ingest, UnknownProvider
+from ledger.providers import Unauthorized
+from ledger.providers.partner import DESCRIPTION
+
+WEBHOOK_BODY_LIMIT = 64 * 1024
+
+
+class Ack(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str
+    event_id: str
+    position: int
+    flag: str | None = None
+
+
+class WebhookController(Controller):
+    path = "/webhooks"
+    tags = ["webhooks"]
+    request_max_body_size = WEBHOOK_BODY_LIMIT
+
+    @post("/{provider:str}", status_code=200, summary="Receive a provider's webhook")
+    async def receive(self, request: Request[Any, Any, Any], provider: str) -> Ack:
+        """Verified on raw bytes, recorded durably, acknowledged after commit.
+
+        200 ``accepted`` or ``duplicate``; 401 bad credentials (nothing recorded); 400
+        authenticated but unusable (kept in quarantine); 413 too large; 503 store down.
+        """
+        services = request.app.state.services
+        ingest: Ingest = services.ingest
+        body = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        source = request.client.host if request.client else None
+        try:
+            out = await ingest.receive(provider, headers, body, source)
+        except UnknownProvider:
+            raise problem(
+                404,
+                "unknown-provider",
+                "No such webhook provider",
+                f"no enabled provider named {provider!r}; enabled: {sorted(ingest.providers)}",
+            ) from None
+        except Unauthorized as exc:
+            services.metrics.refused(provider)
+            raise problem(
+                401, "webhook-unauthorized", "The webhook could not be authenticated", str(exc)
+            ) from None
+        services.metrics.recorded(provider, out.status)
+        if out.status == "quarantined":
+            raise problem(
+                400,
+                "webhook-unusable",
+                "The webhook was authenticated but cannot be used",
+                out.fault or "unusable payload",
+                event_id=out.event_id,
+                position=out.position,
+                quarantined=True,
+            )
+        return Ack(status=out.status, event_id=out.event_id, position=out.position, flag=out.flag)
+
+    @get("/partner", summary="Describe the partner endpoint (partner health check)")
+    async def describe_partner(self) -> Response[dict[str, Any]]:
+        return Response(DESCRIPTION)

@@ -1,0 +1,114 @@
+"""The composition root: ``create_app()`` is the only place adapters are wired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.problem_details import ProblemDetailsPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from ledger import __version__, migrate
+from ledger.api import problems
+from ledger.api.auth import require_key
+from ledger.api.events import EventsController
+from ledger.api.health import health, ready
+from ledger.api.webhooks import WebhookController
+from ledger.config import Settings, load_settings
+from ledger.database import create_pool, resolve_database_url
+from ledger.ingest import Ingest
+from ledger.keys import KeyRing
+from ledger.metrics import Metrics
+from ledger.providers import build_providers
+from ledger.store import EventStore, GroupCommitter
+
+log = logging.getLogger("ledger")
+
+
+@dataclass
+class Services:
+    """What request handlers reach through ``app.state.services``."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    committer: GroupCommitter
+    ingest: Ingest
+    keyring: KeyRing
+    metrics: Metrics = field(default_factory=Metrics)
+    database_url: str = ""
+
+
+async def prepare_database(url: str) -> None:
+    """Migrate as the connecting (owner) user; the service itself runs as ``ledger_app``."""
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await migrate.migrate(conn)
+        if applied:
+            log.info("applied migrations %s", applied)
+    finally:
+        await conn.close()
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    guards = [require_key]
+    opt = {"scopes": ("ops:admin",)}
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Litestar:
+    cfg: Settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        url = await asyncio.to_thread(
+            resolve_database_url, database_url or cfg.database_url, cfg.home_path
+        )
+        await prepare_database(url)
+        pool = await create_pool(url, max_size=20)
+        store = EventStore(pool)
+        committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
+        await committer.start()
+        app.state.services = Services(
+            settings=cfg,
+            pool=pool,
+            store=store,
+            committer=committer,
+            ingest=Ingest(build_providers(cfg), committer),
+            keyring=KeyRing(pool),
+            database_url=url,
+        )
+        try:
+            yield
+        finally:
+            await committer.stop()
+            await pool.close()
+
+    prometheus = PrometheusConfig(app_name="ledger", group_path=True)
+    return Litestar(
+        route_handlers=[health, ready, WebhookController, EventsController, MetricsController],
+        lifespan=[lifespan],
+        plugins=[ProblemDetailsPlugin(problems.CONFIG)],
+        middleware=[prometheus.middleware],
+        openapi_config=OpenAPIConfig(
+            title="Webhook ledger",
+            version=__version__,
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin()],
+            description="Verified payment webhooks as an append-only event log.",
+        ),
+        debug=False,
+    )
+
+
+def app_from_env() -> Any:
+    """Uvicorn factory target (``ledger.app:app_from_env``)."""
+    return create_app()

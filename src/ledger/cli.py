@@ -1,0 +1,155 @@
+"""The ``ledger`` command: serve, migrate, keys, trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import asyncpg
+import click
+import httpx
+
+from ledger.config import ConfigError, Settings, ensure_dev_secrets, load_settings, redact_url
+from ledger.database import resolve_database_url
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
+
+
+def _url(settings: Settings) -> str:
+    return resolve_database_url(settings.database_url, settings.home_path)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@click.group()
+def main() -> None:
+    """Webhook ledger: verified payment webhooks as an append-only event log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Serve the API (embedded PostgreSQL and dev secrets when none are configured)."""
+    import uvicorn
+
+    from ledger.app import create_app, prepare_database
+
+    settings, created = ensure_dev_secrets(_settings())
+    url = _url(settings)
+    _run(prepare_database(url))
+    click.echo(f"database: {redact_url(url)}  (schema migrated)")
+    if created is not None:
+        click.echo(
+            "development secrets generated (shown once; kept in "
+            f"{settings.home_path / 'dev-secrets.json'}):"
+        )
+        for name in created.__struct_fields__:
+            click.echo(f"  LEDGER_{name.upper()}={getattr(created, name)}")
+    elif settings.env == "development":
+        click.echo(f"development secrets: {settings.home_path / 'dev-secrets.json'}")
+    click.echo(f"listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    click.echo(f"try: ledger trigger midtrans settlement --url http://{host}:{port}")
+    uvicorn.run(
+        create_app(settings, database_url=url),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending migrations (safe to run concurrently)."""
+    from ledger.app import prepare_database
+
+    settings = _settings()
+    _run(prepare_database(_url(settings)))
+    click.echo("migrations applied")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (stored only as hashes)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True)
+@click.option(
+    "--scope", "scopes", required=True, multiple=True, help="audit:read, tokens:write, ops:admin"
+)
+def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key and print it alone on stdout (it is not shown again)."""
+    from ledger.app import prepare_database
+    from ledger.keys import InvalidScope, create_key
+
+    settings = _settings()
+    url = _url(settings)
+
+    async def go() -> str:
+        await prepare_database(url)
+        conn = await asyncpg.connect(url)
+        try:
+            _, key = await create_key(conn, name, list(scopes))
+        finally:
+            await conn.close()
+        return key
+
+    try:
+        key = _run(go())
+    except InvalidScope as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(key)
+
+
+@main.command()
+@click.argument("provider", type=click.Choice(["mayar", "midtrans", "xendit", "partner"]))
+@click.argument("event")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--order-id")
+@click.option("--amount")
+@click.option("--customer")
+@click.option("--package")
+@click.option("--fraud-status")
+@click.option("--transaction-id")
+@click.option("--print-body", is_flag=True, help="show the body sent")
+def trigger(provider: str, event: str, url: str, print_body: bool, **opts: Any) -> None:
+    """Send a realistic signed delivery to a running server and print the answer.
+
+    Examples: ledger trigger midtrans settlement --order-id INV-1 --amount 299000.00;
+    ledger trigger mayar payment.success --customer a@b.c --package silver;
+    ledger trigger xendit PAID; ledger trigger partner booking.paid
+    """
+    from ledger.trigger import TriggerError, build
+
+    settings, _ = ensure_dev_secrets(_settings())
+    try:
+        delivery = build(settings, provider, event, **opts)
+    except TriggerError as exc:
+        raise click.ClickException(str(exc)) from None
+    if print_body:
+        click.echo(delivery.body.decode(), err=True)
+    try:
+        r = httpx.post(
+            url.rstrip("/") + delivery.path,
+            content=delivery.body,
+            headers=delivery.headers,
+            timeout=15,
+        )
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"could not reach {url}: {exc}") from None
+    click.echo(f"{r.status_code} {r.text}")
+    sys.exit(0 if r.is_success else 1)

@@ -1,0 +1,166 @@
+"""Configuration from environment variables, parsed into a msgspec Struct.
+
+Secrets live only in this Struct and in the verifiers; ``Settings.__repr__`` masks them so
+an accidental ``print(settings)`` or traceback never shows a value.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Environment = Literal["development", "production"]
+
+SECRET_FIELDS = (
+    "mayar_token",
+    "midtrans_server_key",
+    "xendit_token",
+    "partner_secret",
+    "partner_sync_secret",
+)
+
+# The providers whose inbound secret must be set in production when they are enabled.
+PROVIDER_SECRETS = {
+    "mayar": "mayar_token",
+    "midtrans": "midtrans_server_key",
+    "xendit": "xendit_token",
+    "partner": "partner_secret",
+}
+
+
+class ConfigError(Exception):
+    """The environment does not describe a runnable service; the message names what is missing."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything the service reads from its environment (``LEDGER_*``)."""
+
+    env: Environment = "development"
+    home: str = ".ledger"
+    database_url: str | None = None
+    providers: tuple[str, ...] = ("mayar", "midtrans", "xendit", "partner")
+    mayar_token: str | None = None
+    midtrans_server_key: str | None = None
+    xendit_token: str | None = None
+    partner_secret: str | None = None
+    partner_sync_url: str | None = None
+    partner_sync_secret: str | None = None
+    smtp_url: str | None = None
+    revalidate_url: str | None = None
+    token_packages: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"silver": 5, "gold": 100}
+    )
+    max_body_bytes: int = 64 * 1024
+    max_json_depth: int = 32
+    group_commit_max: int = 512
+    run_projections: bool = True
+
+    def __repr__(self) -> str:
+        shown = {
+            f: ("<set>" if getattr(self, f) else None) if f in SECRET_FIELDS else getattr(self, f)
+            for f in self.__struct_fields__
+        }
+        shown["database_url"] = redact_url(self.database_url)
+        return f"Settings({shown})"
+
+    __str__ = __repr__
+
+    def secret_for(self, provider: str) -> str | None:
+        value: str | None = getattr(self, PROVIDER_SECRETS[provider])
+        return value
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+
+def redact_url(url: str | None) -> str | None:
+    """A database URL without its password, for logs and errors."""
+    if not url or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read ``LEDGER_*`` variables; validate with msgspec; check production requirements."""
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, object] = {}
+    for field in Settings.__struct_fields__:
+        key = f"LEDGER_{field.upper()}"
+        if key in env and env[key] != "":
+            raw[field] = env[key]
+    if "providers" in raw:
+        raw["providers"] = list(_split_list(str(raw["providers"])))
+    if "token_packages" in raw:
+        # "silver=5,gold=100"
+        pairs = _split_list(str(raw["token_packages"]))
+        raw["token_packages"] = {
+            k.strip(): v.strip() for k, _, v in (p.partition("=") for p in pairs)
+        }
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    unknown = set(settings.providers) - set(PROVIDER_SECRETS)
+    if unknown:
+        raise ConfigError(f"LEDGER_PROVIDERS names unknown providers: {sorted(unknown)}")
+    if settings.env == "production":
+        missing = []
+        if not settings.database_url:
+            missing.append("LEDGER_DATABASE_URL")
+        for provider in settings.providers:
+            if not settings.secret_for(provider):
+                missing.append(f"LEDGER_{PROVIDER_SECRETS[provider].upper()}")
+        if missing:
+            raise ConfigError(
+                "production needs these settings, which are missing: " + ", ".join(missing)
+            )
+    return settings
+
+
+class DevSecrets(msgspec.Struct, frozen=True):
+    mayar_token: str
+    midtrans_server_key: str
+    xendit_token: str
+    partner_secret: str
+    partner_sync_secret: str
+
+
+def ensure_dev_secrets(settings: Settings) -> tuple[Settings, DevSecrets | None]:
+    """In development, fill unset secrets from ``$LEDGER_HOME/dev-secrets.json``.
+
+    The file is created (mode 0600) on first use with fresh random values; the new values are
+    returned once so that ``serve`` can show them to the developer. Production never gets here.
+    """
+    if settings.env != "development":
+        return settings, None
+    path = settings.home_path / "dev-secrets.json"
+    created: DevSecrets | None = None
+    if path.exists():
+        stored = msgspec.json.decode(path.read_bytes(), type=DevSecrets)
+    else:
+        stored = DevSecrets(
+            mayar_token=secrets.token_urlsafe(24),
+            midtrans_server_key="SB-Mid-server-" + secrets.token_urlsafe(18),
+            xendit_token=secrets.token_urlsafe(36),
+            partner_secret=secrets.token_hex(24),
+            partner_sync_secret=secrets.token_hex(24),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(msgspec.json.format(msgspec.json.encode(stored)))
+        created = stored
+    filled = {f: getattr(settings, f) or getattr(stored, f) for f in DevSecrets.__struct_fields__}
+    return msgspec.structs.replace(settings, **filled), created

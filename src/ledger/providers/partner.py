@@ -1,0 +1,78 @@
+"""The booking partner, inbound: ``x-pwa-signature = hex(HMAC-SHA256(raw body, secret))``."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from ledger.providers.base import (
+    Accepted,
+    Unauthorized,
+    Unusable,
+    body_digest,
+    check_depth,
+    decode_error,
+    hmac_sha256_hex,
+)
+
+SIGNATURE_HEADER = "x-pwa-signature"
+
+
+class BookingUpdate(msgspec.Struct, frozen=True):
+    event: Literal["booking.paid", "booking.updated"]
+    booking_id: str
+    status: Literal["LUNAS", "DP"] | None = None
+    paid_amount: Decimal | None = None
+    payment_method: str | None = None
+    payment_details: dict[str, Any] | None = None
+    timestamp: str | None = None
+
+
+DECODER = msgspec.json.Decoder(BookingUpdate)
+
+DESCRIPTION = {
+    "endpoint": "/webhooks/partner",
+    "methods": ["POST", "GET"],
+    "content_type": "application/json",
+    "required_header": SIGNATURE_HEADER,
+    "signature": "hex(HMAC-SHA256(raw request body, shared secret))",
+    "signed": "the exact raw body bytes, before any parsing",
+    "check": 'printf \'%s\' "$BODY" | openssl dgst -sha256 -hmac "$SECRET"',
+    "events": ["booking.paid", "booking.updated"],
+}
+
+
+class Partner:
+    name = "partner"
+    scheme = "hmac-sha256:x-pwa-signature"
+
+    def __init__(self, secret: str | None, *, max_depth: int = 32) -> None:
+        self._secret = secret
+        self._max_depth = max_depth
+
+    def accept(self, headers: Mapping[str, str], body: bytes) -> Accepted:
+        if not self._secret:
+            raise Unauthorized("partner webhooks are not accepted: no partner secret is configured")
+        given = headers.get(SIGNATURE_HEADER)
+        if given is None:
+            raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
+        expected = hmac_sha256_hex(self._secret, body)
+        if not hmac.compare_digest(given.strip().lower().encode(), expected.encode()):
+            raise Unauthorized(f"{SIGNATURE_HEADER} is not the HMAC-SHA256 of the body")
+        check_depth(body, self._max_depth)
+        try:
+            update = DECODER.decode(body)
+        except msgspec.DecodeError as exc:
+            raise Unusable(f"partner body: {decode_error(exc)}", kind="malformed") from None
+        idem = headers.get("idempotency-key") or headers.get("x-idempotency-key")
+        if idem:
+            key = f"partner:idempotency:{idem}"
+        elif update.timestamp:
+            key = f"partner:{update.booking_id}:{update.event}:{update.status}:{update.timestamp}"
+        else:
+            key = f"partner:{body_digest(body)}"
+        return Accepted(dedup_key=key, kind=update.event)
