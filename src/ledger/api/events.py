@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Response
 
 from ledger.api.auth import require_key
@@ -80,8 +80,8 @@ class EventsController(Controller):
     async def list_events(
         self,
         request: Request[Any, Any, Any],
-        after: Annotated[int, Parameter(ge=0, description="position to read after")] = 0,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        after: Annotated[int, QueryParameter(ge=0, description="position to read after")] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> EventPage:
         store: EventStore = request.app.state.services.store
         rows = await store.read_after(after, limit + 1)
@@ -94,7 +94,9 @@ class EventsController(Controller):
         )
 
     @get("/{event_id:str}", summary="One event, with the raw body as received")
-    async def get_event(self, request: Request[Any, Any, Any], event_id: str) -> EventDetail:
+    async def get_event(
+        self, request: Request[Any, Any, Any], event_id: FromPath[str]
+    ) -> EventDetail:
         rec = await self._find(request, event_id)
         body = raw_body(rec)
         text: str | None = None
@@ -111,7 +113,9 @@ class EventsController(Controller):
         )
 
     @get("/{event_id:str}/raw", summary="The exact bytes a provider sent")
-    async def get_raw(self, request: Request[Any, Any, Any], event_id: str) -> Response[bytes]:
+    async def get_raw(
+        self, request: Request[Any, Any, Any], event_id: FromPath[str]
+    ) -> Response[bytes]:
         rec = await self._find(request, event_id)
         body = raw_body(rec)
         if body is None:
@@ -121,7 +125,7 @@ class EventsController(Controller):
         ctype = _state(rec).get("headers", {}).get("content-type", "application/octet-stream")
         return Response(body, media_type=ctype)
 
-    async def _find(self, request: Request[Any, Any, Any], event_id: str) -> StoredRecord:
+    async def _find(self, request: Request[Any, Any, Any], event_id: FromPath[str]) -> StoredRecord:
         try:
             eid = uuid.UUID(event_id)
         except ValueError:

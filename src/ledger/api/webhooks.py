@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.params import FromPath
 from litestar.response import Response
 
 from ledger.api.problems import problem
@@ -29,44 +30,53 @@ class WebhookController(Controller):
     request_max_body_size = WEBHOOK_BODY_LIMIT
 
     @post("/{provider:str}", status_code=200, summary="Receive a provider's webhook")
-    async def receive(self, request: Request[Any, Any, Any], provider: str) -> Ack:
+    async def receive(self, request: Request[Any, Any, Any], provider: FromPath[str]) -> Ack:
         """Verified on raw bytes, recorded durably, acknowledged after commit.
 
         200 ``accepted`` or ``duplicate``; 401 bad credentials (nothing recorded); 400
         authenticated but unusable (kept in quarantine); 413 too large; 503 store down.
         """
-        services = request.app.state.services
-        ingest: Ingest = services.ingest
-        body = await request.body()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        source = request.client.host if request.client else None
-        try:
-            out = await ingest.receive(provider, headers, body, source)
-        except UnknownProvider:
-            raise problem(
-                404,
-                "unknown-provider",
-                "No such webhook provider",
-                f"no enabled provider named {provider!r}; enabled: {sorted(ingest.providers)}",
-            ) from None
-        except Unauthorized as exc:
-            services.metrics.refused(provider)
-            raise problem(
-                401, "webhook-unauthorized", "The webhook could not be authenticated", str(exc)
-            ) from None
-        services.metrics.recorded(provider, out.status)
-        if out.status == "quarantined":
-            raise problem(
-                400,
-                "webhook-unusable",
-                "The webhook was authenticated but cannot be used",
-                out.fault or "unusable payload",
-                event_id=out.event_id,
-                position=out.position,
-                quarantined=True,
-            )
-        return Ack(status=out.status, event_id=out.event_id, position=out.position, flag=out.flag)
+        return await _receive(request, provider)
+
+    @post("/partner", status_code=200, summary="Receive a partner booking update")
+    async def receive_partner(self, request: Request[Any, Any, Any]) -> Ack:
+        """``x-pwa-signature`` = hex HMAC-SHA256 of the raw body (see ``GET``)."""
+        return await _receive(request, "partner")
 
     @get("/partner", summary="Describe the partner endpoint (partner health check)")
     async def describe_partner(self) -> Response[dict[str, Any]]:
         return Response(DESCRIPTION)
+
+
+async def _receive(request: Request[Any, Any, Any], provider: str) -> Ack:
+    services = request.app.state.services
+    ingest: Ingest = services.ingest
+    body = await request.body()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    source = request.client.host if request.client else None
+    try:
+        out = await ingest.receive(provider, headers, body, source)
+    except UnknownProvider:
+        raise problem(
+            404,
+            "unknown-provider",
+            "No such webhook provider",
+            f"no enabled provider named {provider!r}; enabled: {sorted(ingest.providers)}",
+        ) from None
+    except Unauthorized as exc:
+        services.metrics.refused(provider)
+        raise problem(
+            401, "webhook-unauthorized", "The webhook could not be authenticated", str(exc)
+        ) from None
+    services.metrics.recorded(provider, out.status)
+    if out.status == "quarantined":
+        raise problem(
+            400,
+            "webhook-unusable",
+            "The webhook was authenticated but cannot be used",
+            out.fault or "unusable payload",
+            event_id=out.event_id,
+            position=out.position,
+            quarantined=True,
+        )
+    return Ack(status=out.status, event_id=out.event_id, position=out.position, flag=out.flag)

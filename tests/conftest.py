@@ -1,0 +1,82 @@
+"""Test database plumbing (procrastinate-style).
+
+One PostgreSQL per session: ``LEDGER_TEST_DATABASE_URL`` when set, else a private embedded
+server. Migrations run once into a template database; every test that asks for
+``database_url`` gets a fresh ``CREATE DATABASE ... TEMPLATE`` copy, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from ledger.app import create_app, prepare_database
+from ledger.config import Settings
+from ledger.database import start_embedded, with_database
+from tests.support import test_settings
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    external = os.environ.get("LEDGER_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="ledger-test-pg-") as tmp:
+        yield start_embedded(Path(tmp) / "pgdata", cleanup="delete")
+
+
+@pytest.fixture(scope="session")
+async def template_url(server_url: str) -> AsyncIterator[str]:
+    name = f"ledger_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = with_database(server_url, name)
+    await prepare_database(url)
+    yield url
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(server_url: str, template_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test alone (owner connection URL)."""
+    template = template_url.partition("?")[0].rsplit("/", 1)[1]
+    name = f"ledger_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    yield with_database(server_url, name)
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return test_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings, database_url: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The real app (real routes, real store) on a fresh database."""
+    app = create_app(settings, database_url=database_url)
+    async with AsyncTestClient(app) as c:
+        yield c
