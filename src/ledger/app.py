@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from litestar import Litestar
@@ -45,6 +45,24 @@ class Services:
     keyring: KeyRing
     metrics: Metrics = field(default_factory=Metrics)
     database_url: str = ""
+    # Filled by components (see ``components()``); None when not running in this process.
+    runner: Any = None
+    dispatcher: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Component(Protocol):
+    """A background part of the service, started after Services and stopped in reverse."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def components(services: Services) -> list[Component]:
+    """The background components this process runs (add one line per component)."""
+    found: list[Component] = []
+    return found
 
 
 async def prepare_database(url: str) -> None:
@@ -62,6 +80,17 @@ class MetricsController(PrometheusController):
     path = "/metrics"
     guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
+
+
+def route_handlers() -> list[Any]:
+    """Every controller and route (add one entry per controller)."""
+    return [
+        health,
+        ready,
+        WebhookController,
+        EventsController,
+        MetricsController,
+    ]
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Litestar:
@@ -86,15 +115,21 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             keyring=KeyRing(pool),
             database_url=url,
         )
+        started: list[Component] = []
         try:
+            for comp in components(app.state.services):
+                await comp.start()
+                started.append(comp)
             yield
         finally:
+            for comp in reversed(started):
+                await comp.stop()
             await committer.stop()
             await pool.close()
 
     prometheus = PrometheusConfig(app_name="ledger", group_path=True)
     return Litestar(
-        route_handlers=[health, ready, WebhookController, EventsController, MetricsController],
+        route_handlers=route_handlers(),
         lifespan=[lifespan],
         plugins=[ProblemDetailsPlugin(problems.CONFIG)],
         middleware=[prometheus.middleware],
