@@ -46,8 +46,9 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     database_url: str = ""
     # Filled by components (see ``components()``); None when not running in this process.
-    runner: Any = None
-    dispatcher: Any = None
+    runner: Any = None  # ledger.runner.ProjectionRunner when this process runs projections
+    read_models: Any = None  # ledger.readmodels.ReadModels (always present once built)
+    dispatcher: Any = None  # the outbox dispatcher when this process delivers messages
     extras: dict[str, Any] = field(default_factory=dict)
 
 
