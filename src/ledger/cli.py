@@ -7,7 +7,6 @@ import logging
 import sys
 from typing import Any
 
-import asyncpg
 import click
 import httpx
 
@@ -94,25 +93,16 @@ def keys() -> None:
 @click.option(
     "--scope", "scopes", required=True, multiple=True, help="audit:read, tokens:write, ops:admin"
 )
-def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+@click.option("--reason", required=True, help="why (recorded in the operator trail)")
+def keys_create(name: str, scopes: tuple[str, ...], reason: str) -> None:
     """Create a key and print it alone on stdout (it is not shown again)."""
-    from ledger.app import prepare_database
-    from ledger.keys import InvalidScope, create_key
+    from ledger.cli_audit import create_key_with_trail, require_reason
+    from ledger.keys import InvalidScope
 
-    settings = _settings()
-    url = _url(settings)
-
-    async def go() -> str:
-        await prepare_database(url)
-        conn = await asyncpg.connect(url)
-        try:
-            _, key = await create_key(conn, name, list(scopes))
-        finally:
-            await conn.close()
-        return key
-
+    why = require_reason(reason)
+    url = _url(_settings())
     try:
-        key = _run(go())
+        key, _ = _run(create_key_with_trail(url, name, list(scopes), why))
     except InvalidScope as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(key)
@@ -156,3 +146,12 @@ def trigger(provider: str, event: str, url: str, print_body: bool, **opts: Any) 
         raise click.ClickException(f"could not reach {url}: {exc}") from None
     click.echo(f"{r.status_code} {r.text}")
     sys.exit(0 if r.is_success else 1)
+
+
+def _register_audit() -> None:
+    from ledger.cli_audit import register  # here: it imports helpers from this module
+
+    register(main, keys)
+
+
+_register_audit()

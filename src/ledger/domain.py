@@ -115,6 +115,45 @@ QUARANTINED_TOPIC = "ledger.domain:Delivery.Quarantined"
 CONFLICTED_TOPIC = "ledger.domain:Delivery.Conflicted"
 DELIVERY_TOPICS = (RECEIVED_TOPIC, QUARANTINED_TOPIC, CONFLICTED_TOPIC)
 
+
+class OperatorAction(Aggregate, created_event_name="Recorded"):
+    """Something an operator did (key create/revoke, projection rebuild, outbox retry...).
+
+    One aggregate per action. ``key_id`` and ``scope`` say who acted with what authority
+    (``cli:<user>``/``local`` for the command line), ``target`` what was acted on, and
+    ``reason`` why: it is required, so the trail explains itself.
+    """
+
+    class Recorded(Aggregate.Created):
+        key_id: str
+        scope: str
+        action: str
+        target: str
+        reason: str
+
+    def __init__(self, key_id: str, scope: str, action: str, target: str, reason: str) -> None:
+        self.key_id = key_id
+        self.scope = scope
+        self.action = action
+        self.target = target
+        self.reason = reason
+
+
+class OperatorActionState(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored state of ``OperatorAction.Recorded`` (what ``Mapper`` would write)."""
+
+    originator_topic: str
+    timestamp: datetime
+    key_id: str
+    scope: str
+    action: str
+    target: str
+    reason: str
+
+
+OPERATOR_TOPIC = "ledger.domain:OperatorAction"
+OPERATOR_ACTION_TOPIC = "ledger.domain:OperatorAction.Recorded"
+
 _state_encoder = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(DeliveryState)
 
@@ -146,3 +185,61 @@ class MsgspecTranscoder(Transcoder):
         if isinstance(obj, dict) and isinstance(obj.get("timestamp"), str):
             obj["timestamp"] = datetime.fromisoformat(obj["timestamp"])
         return obj
+
+
+class TokenSpend(Aggregate, created_event_name="Spent"):
+    """A customer spent tokens (``POST /v1/accounts/{customer}/spend``).
+
+    One aggregate per spend, its id derived from the customer and the client's idempotency
+    key (``spend_id``), so repeating a request finds the first event instead of spending
+    again. ``balance_after`` is the balance the spend left, decided under the customer's
+    lock; it is the answer a repeated request gets.
+    """
+
+    class Spent(Aggregate.Created):
+        customer: str
+        amount: int
+        idempotency_key: str
+        reason: str
+        balance_after: int
+
+    def __init__(
+        self, customer: str, amount: int, idempotency_key: str, reason: str, balance_after: int
+    ) -> None:
+        self.customer = customer
+        self.amount = amount
+        self.idempotency_key = idempotency_key
+        self.reason = reason
+        self.balance_after = balance_after
+
+
+class SpendState(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored state of ``TokenSpend.Spent`` (what ``Mapper`` would write)."""
+
+    originator_topic: str
+    timestamp: datetime
+    customer: str
+    amount: int
+    idempotency_key: str
+    reason: str
+    balance_after: int
+
+
+SPEND_TOPIC = "ledger.domain:TokenSpend"
+SPENT_TOPIC = "ledger.domain:TokenSpend.Spent"
+
+_spend_encoder = msgspec.json.Encoder()
+_spend_decoder = msgspec.json.Decoder(SpendState)
+
+
+def spend_id(customer: str, idempotency_key: str) -> uuid.UUID:
+    """The id of the spend a customer asked for under ``idempotency_key``."""
+    return uuid.uuid5(LEDGER_NAMESPACE, f"spend:{customer}\x00{idempotency_key}")
+
+
+def encode_spend(state: SpendState) -> bytes:
+    return _spend_encoder.encode(state)
+
+
+def decode_spend(state: bytes) -> SpendState:
+    return _spend_decoder.decode(state)

@@ -6,11 +6,14 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 SCOPES = frozenset({"audit:read", "tokens:write", "ops:admin"})
 CACHE_SECONDS = 5.0
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 class InvalidScope(ValueError):
@@ -44,6 +47,47 @@ async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> 
     return ApiKey(key_id, name, tuple(scopes)), key
 
 
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What may be shown about a key: never its secret or hash."""
+
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def list_keys(conn: Conn) -> list[KeyInfo]:
+    rows = await conn.fetch(
+        "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
+    )
+    return [
+        KeyInfo(r["key_id"], r["name"], tuple(r["scopes"]), r["created_at"], r["revoked_at"])
+        for r in rows
+    ]
+
+
+async def revoke_key(conn: Conn, key_id: str) -> tuple[KeyInfo | None, bool]:
+    """Revoke ``key_id``: (the key, whether this call revoked it). Idempotent: a revoked key
+    keeps its first revocation time; an unknown id gives (None, False)."""
+    r = await conn.fetchrow(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL "
+        "RETURNING key_id, name, scopes, created_at, revoked_at",
+        key_id,
+    )
+    now_revoked = r is not None
+    if r is None:
+        r = await conn.fetchrow(
+            "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys WHERE key_id = $1",
+            key_id,
+        )
+    if r is None:
+        return None, False
+    info = KeyInfo(r["key_id"], r["name"], tuple(r["scopes"]), r["created_at"], r["revoked_at"])
+    return info, now_revoked
+
+
 class KeyRing:
     """Looks keys up by hash; remembers answers (hits and misses) for a few seconds."""
 
@@ -68,3 +112,10 @@ class KeyRing:
             self._cache.clear()
         self._cache[digest] = (now + CACHE_SECONDS, found)
         return found
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget cached answers for ``key_id`` (this process sees a revocation at once;
+        others within ``CACHE_SECONDS``)."""
+        for digest, (_, key) in list(self._cache.items()):
+            if key is not None and key.key_id == key_id:
+                del self._cache[digest]

@@ -1,0 +1,264 @@
+"""The hash chain against the real database: computed on append, checked by ``verify``.
+
+Tampering is done the way a database administrator could: as the superuser, with the
+log's triggers switched off for the statement (``session_replication_role = replica``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import struct
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger import chain
+from ledger.database import create_pool
+from ledger.store import EventStore, NewEvent
+
+ZERO = bytes(32)
+
+
+def independent_hash(
+    previous: bytes, pos: int, oid: uuid.UUID, ver: int, topic: str, state: bytes
+) -> bytes:
+    """The ADR's definition written out again, without ledger.chain."""
+    t = topic.encode()
+    msg = (
+        struct.pack(">q", pos)
+        + oid.bytes
+        + struct.pack(">q", ver)
+        + struct.pack(">i", len(t))
+        + t
+        + struct.pack(">i", len(state))
+        + state
+    )
+    return hashlib.sha256(previous + msg).digest()
+
+
+def ev(i: int, topic: str = "test:Thing.Happened") -> NewEvent:
+    return NewEvent(uuid.uuid4(), topic, b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 50)))
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[EventStore]:
+    pool = await create_pool(database_url, max_size=6)  # as ledger_app, like the service
+    try:
+        yield EventStore(pool)
+    finally:
+        await pool.close()
+
+
+async def owner(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url)
+
+
+async def verify(url: str, start: int = 1, page: int = 7) -> chain.Report:
+    conn = await owner(url)
+    try:
+        return await chain.verify(conn, start, page=page)
+    finally:
+        await conn.close()
+
+
+async def test_multi_row_append_chains_each_row_to_the_previous(store, database_url):
+    await store.append_many([ev(i) for i in range(40)])
+    await store.append_many([ev(i) for i in range(40, 45)])
+    conn = await owner(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT notification_id, originator_id, originator_version, topic, state, hash "
+            "FROM stored_events ORDER BY notification_id"
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == 45
+    prev = ZERO
+    for r in rows:
+        expected = independent_hash(prev, r[0], r[1], r[2], r[3], bytes(r[4]))
+        assert bytes(r[5]) == expected, f"position {r[0]}"
+        prev = expected
+    report = await verify(database_url)
+    assert report.ok
+    assert report.checked == 45
+    assert report.head_hash == prev
+    assert report.last_position == rows[-1][0]
+
+
+async def test_concurrent_writers_do_not_fork_and_gaps_are_fine(store, database_url):
+    dup = ev(999)
+
+    async def writer(k: int) -> None:
+        for j in range(5):
+            # duplicates (ON CONFLICT skips) burn positions: legitimate gaps
+            await store.append_many([ev(k * 100 + j), dup, ev(k * 100 + j + 50)])
+
+    await asyncio.gather(*(writer(k) for k in range(6)))
+    conn = await owner(database_url)
+    try:
+        n = await conn.fetchval("SELECT count(*) FROM stored_events")
+        top = await conn.fetchval("SELECT max(notification_id) FROM stored_events")
+        distinct = await conn.fetchval("SELECT count(DISTINCT hash) FROM stored_events")
+    finally:
+        await conn.close()
+    assert n == 61
+    assert top > n
+    assert distinct == n
+    report = await verify(database_url)
+    assert report.ok, report.mismatch and report.mismatch.describe()
+    assert report.checked == n
+
+
+async def test_the_service_role_cannot_choose_or_change_the_hash(store, database_url):
+    await store.append_many([ev(1)])
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO stored_events (originator_id, originator_version, topic, state, hash) "
+            "VALUES ($1, 1, 't', 'x'::bytea, '\\xdeadbeef'::bytea)",
+            uuid.uuid4(),
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE stored_events SET hash = NULL")
+    assert (await verify(database_url)).ok
+
+
+async def test_repeatable_read_appends_are_refused(store, database_url):
+    async with store.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
+            await conn.execute(
+                "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+                "VALUES ($1, 1, 't', 'x'::bytea)",
+                uuid.uuid4(),
+            )
+
+
+async def tamper(url: str, sql: str, *args: object) -> None:
+    conn = await owner(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def positions(url: str) -> list[int]:
+    conn = await owner(url)
+    try:
+        return [
+            r[0] for r in await conn.fetch("SELECT notification_id FROM stored_events ORDER BY 1")
+        ]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("k", [0, 17, 29])
+async def test_one_edited_byte_is_found_at_its_position(store, database_url, k):
+    await store.append_many([ev(i) for i in range(30)])
+    target = (await positions(database_url))[k]
+    assert (await verify(database_url)).ok
+    await tamper(
+        database_url,
+        "UPDATE stored_events SET state = overlay(state placing '9'::bytea from 6 for 1) "
+        "WHERE notification_id = $1",
+        target,
+    )
+    report = await verify(database_url)
+    assert report.mismatch is not None
+    assert report.mismatch.position == target
+    assert report.checked == k
+
+
+async def test_an_edited_hash_is_found(store, database_url):
+    await store.append_many([ev(i) for i in range(10)])
+    target = (await positions(database_url))[4]
+    await tamper(
+        database_url,
+        "UPDATE stored_events SET hash = sha256(hash) WHERE notification_id = $1",
+        target,
+    )
+    report = await verify(database_url)
+    assert report.mismatch is not None
+    assert report.mismatch.position == target
+
+
+@pytest.mark.parametrize("k", [0, 12, 28])
+async def test_a_deleted_row_is_found_at_the_next_position(store, database_url, k):
+    await store.append_many([ev(i) for i in range(30)])
+    pos = await positions(database_url)
+    await tamper(database_url, "DELETE FROM stored_events WHERE notification_id = $1", pos[k])
+    report = await verify(database_url)
+    assert report.mismatch is not None
+    assert report.mismatch.position == pos[k + 1]
+    assert f"{pos[k]}..{pos[k]}" in report.mismatch.describe()
+
+
+async def test_swapped_states_are_found_at_the_first_swapped_position(store, database_url):
+    await store.append_many([ev(i) for i in range(30)])
+    pos = await positions(database_url)
+    a, b = pos[8], pos[21]
+    await tamper(
+        database_url,
+        "UPDATE stored_events t SET state = s.state FROM stored_events s "
+        "WHERE (t.notification_id, s.notification_id) IN (($1, $2), ($2, $1))",
+        a,
+        b,
+    )
+    report = await verify(database_url)
+    assert report.mismatch is not None
+    assert report.mismatch.position == a
+
+
+async def test_verify_from_a_position_uses_the_stored_hash_before_it(store, database_url):
+    await store.append_many([ev(i) for i in range(20)])
+    pos = await positions(database_url)
+    await tamper(database_url, "DELETE FROM stored_events WHERE notification_id = $1", pos[3])
+    assert not (await verify(database_url)).ok
+    later = await verify(database_url, start=pos[10])
+    assert later.ok
+    assert later.checked == 10
+    assert later.first_position == pos[10]
+
+
+async def test_cli_verify_reports_clean_then_the_tampered_position(store, database_url):
+    await store.append_many([ev(i) for i in range(25)])
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_HOME": "/tmp/ledger-test-home",
+    }
+
+    async def run(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "ledger"),
+            "verify",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, out = await run()
+    assert code == 0, out
+    assert "25 events" in out
+    assert "intact" in out
+    target = (await positions(database_url))[11]
+    await tamper(
+        database_url,
+        "UPDATE stored_events SET topic = topic || 'x' WHERE notification_id = $1",
+        target,
+    )
+    code, out = await run()
+    assert code == 1
+    assert f"position {target}" in out
+    code, out = await run("--from", str(target + 1))
+    assert code == 0, out
