@@ -83,21 +83,26 @@ def hmac_sha256_hex(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(rb"[\[\]{}]")
+# A string literal (its closing quote optional, so an unterminated one ends the scan instead
+# of being retried from every later quote: linear time) or a bracket.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 
 
 def check_depth(body: bytes, max_depth: int) -> None:
     """Reject JSON nested deeper than ``max_depth`` before any decoder sees it.
 
-    Fast path: a body with fewer brackets than the limit cannot be too deep. Otherwise string
-    literals are removed (brackets inside them do not nest) and the rest is scanned.
+    Fast path: a body with fewer brackets than the limit cannot be too deep. Otherwise one
+    linear scan skips string literals (brackets inside them do not nest) and counts the rest;
+    Midtrans runs this before authentication, so it must stay cheap on any input.
     """
     if body.count(b"{") + body.count(b"[") <= max_depth:
         return
     depth = 0
-    for m in _BRACKETS.finditer(_STRING.sub(b"", body)):
-        if m.group() in (b"{", b"["):
+    for m in _TOKENS.finditer(body):
+        token = m.group()
+        if token[:1] == b'"':
+            continue
+        if token in (b"{", b"["):
             depth += 1
             if depth > max_depth:
                 raise Unusable(f"JSON nesting deeper than {max_depth} levels", kind="too-deep")
@@ -105,8 +110,15 @@ def check_depth(body: bytes, max_depth: int) -> None:
             depth -= 1
 
 
-def decode_error(exc: msgspec.DecodeError) -> str:
+# What decoding a body can raise: msgspec raises UnicodeDecodeError (not DecodeError) for
+# invalid UTF-8 inside a string, which must be a 400/401 like any other bad body, never a 500.
+DECODE_ERRORS: tuple[type[ValueError], ...] = (msgspec.DecodeError, UnicodeDecodeError)
+
+
+def decode_error(exc: ValueError) -> str:
     """msgspec's message already names the path (``at `$.data.id```); keep it short."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"body is not valid UTF-8 (byte {exc.start} of a string)"
     text = str(exc)
     return text if len(text) <= 300 else text[:300] + "..."
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import msgspec
 
 from ledger.providers.base import (
+    DECODE_ERRORS,
     Accepted,
     Unusable,
     body_digest,
@@ -84,7 +85,7 @@ class Mayar:
         check_depth(body, self._max_depth)
         try:
             hook = DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise Unusable(f"Mayar body: {decode_error(exc)}", kind="malformed") from None
         if not known_event(hook.event):
             raise Unusable(f"unknown Mayar event {hook.event!r} at `$.event`", kind=hook.event[:64])

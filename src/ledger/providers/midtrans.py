@@ -10,7 +10,14 @@ from typing import Literal
 
 import msgspec
 
-from ledger.providers.base import Accepted, Unauthorized, Unusable, check_depth, decode_error
+from ledger.providers.base import (
+    DECODE_ERRORS,
+    Accepted,
+    Unauthorized,
+    Unusable,
+    check_depth,
+    decode_error,
+)
 
 TransactionStatus = Literal[
     "authorize",
@@ -83,7 +90,7 @@ class Midtrans:
             # Too deep or malformed cannot be authenticated: it is refused, not recorded.
             check_depth(body, self._max_depth)
             signed = SIGNED.decode(body)
-        except (Unusable, msgspec.DecodeError) as exc:
+        except (Unusable, msgspec.DecodeError, UnicodeDecodeError) as exc:
             why = str(exc) if isinstance(exc, Unusable) else decode_error(exc)
             raise Unauthorized(f"signature cannot be verified: {why}") from None
         expected = signature(
@@ -95,6 +102,6 @@ class Midtrans:
             )
         try:
             n = DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise Unusable(f"Midtrans body: {decode_error(exc)}", kind="malformed") from None
         return Accepted(dedup_key=dedup_key(n), kind=n.transaction_status)

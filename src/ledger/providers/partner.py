@@ -10,6 +10,7 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.providers.base import (
+    DECODE_ERRORS,
     Accepted,
     Unauthorized,
     Unusable,
@@ -66,7 +67,7 @@ class Partner:
         check_depth(body, self._max_depth)
         try:
             update = DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise Unusable(f"partner body: {decode_error(exc)}", kind="malformed") from None
         idem = headers.get("idempotency-key") or headers.get("x-idempotency-key")
         if idem:

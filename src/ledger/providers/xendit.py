@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from ledger.providers.base import Accepted, Unusable, check_depth, check_token, decode_error
+from ledger.providers.base import (
+    DECODE_ERRORS,
+    Accepted,
+    Unusable,
+    check_depth,
+    check_token,
+    decode_error,
+)
 
 InvoiceStatus = Literal["PENDING", "PAID", "SETTLED", "EXPIRED"]
 
@@ -54,7 +61,7 @@ class Xendit:
         check_depth(body, self._max_depth)
         try:
             inv = DECODER.decode(body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise Unusable(f"Xendit body: {decode_error(exc)}", kind="malformed") from None
         webhook_id = headers.get("webhook-id")
         key = f"xendit:webhook-id:{webhook_id}" if webhook_id else f"xendit:{inv.id}:{inv.status}"

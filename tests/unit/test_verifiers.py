@@ -1,0 +1,405 @@
+"""Verifiers under hostile input: only ever Accepted, Unauthorized or Unusable.
+
+Every provider's ``accept(headers, body)`` is fed random header dicts, random bytes, random
+JSON, correctly signed deliveries with a flipped byte, truncated deliveries and deep
+nesting. Anything other than the three outcomes would become a 500 at the edge, so it fails
+the test. Correctly signed deliveries from ``ledger.trigger.build`` must be accepted with the
+dedup key documented in ``shared/reference/providers.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.providers import Accepted, Provider, Unauthorized, Unusable
+from ledger.providers.base import check_depth, hmac_sha256_hex
+from ledger.providers.mayar import EVENTS as MAYAR_EVENTS
+from ledger.providers.mayar import Mayar
+from ledger.providers.midtrans import Midtrans, signature
+from ledger.providers.partner import Partner
+from ledger.providers.xendit import Xendit
+from ledger.trigger import MIDTRANS_STATUS_CODES, build
+from tests import support
+from tests.support import SECRETS
+
+SETTINGS = support.test_settings()
+DEPTH = SETTINGS.max_json_depth
+MAYAR_TOKEN = SECRETS["LEDGER_MAYAR_TOKEN"]
+MIDTRANS_KEY = SECRETS["LEDGER_MIDTRANS_SERVER_KEY"]
+XENDIT_TOKEN = SECRETS["LEDGER_XENDIT_TOKEN"]
+PARTNER_SECRET = SECRETS["LEDGER_PARTNER_SECRET"]
+
+PROVIDERS: dict[str, Provider] = {
+    "mayar": Mayar(MAYAR_TOKEN, max_depth=DEPTH),
+    "midtrans": Midtrans(MIDTRANS_KEY, max_depth=DEPTH),
+    "xendit": Xendit(XENDIT_TOKEN, max_depth=DEPTH),
+    "partner": Partner(PARTNER_SECRET, max_depth=DEPTH),
+}
+# One valid event per provider, for signed deliveries built by ``ledger trigger``.
+EVENTS = {
+    "mayar": sorted(MAYAR_EVENTS),
+    "midtrans": sorted(MIDTRANS_STATUS_CODES),
+    "xendit": ["PENDING", "PAID", "SETTLED", "EXPIRED"],
+    "partner": ["booking.paid", "booking.updated"],
+}
+# The headers a correctly authenticated delivery carries (Midtrans signs inside the body).
+AUTH_HEADERS: dict[str, dict[str, str]] = {
+    "mayar": {"x-callback-token": MAYAR_TOKEN},
+    "midtrans": {},
+    "xendit": {"x-callback-token": XENDIT_TOKEN},
+    "partner": {},  # the signature depends on the body; see ``partner_headers``
+}
+
+BOUNDED = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+provider_names = st.sampled_from(sorted(PROVIDERS))
+
+# What an ASGI server hands us: header names lowercased, values decoded as latin-1.
+header_values = st.one_of(
+    st.binary(max_size=80).map(lambda b: b.decode("latin-1")),
+    st.text(st.characters(codec="latin-1"), max_size=80),
+    st.sampled_from([MAYAR_TOKEN, XENDIT_TOKEN, PARTNER_SECRET, MIDTRANS_KEY, "", " "]),
+)
+header_names = st.one_of(
+    st.sampled_from(
+        [
+            "x-callback-token",
+            "x-pwa-signature",
+            "webhook-id",
+            "idempotency-key",
+            "x-idempotency-key",
+            "content-type",
+        ]
+    ),
+    st.text(st.characters(codec="ascii", categories=["Ll", "Nd", "Pd"]), min_size=1, max_size=20),
+)
+header_dicts = st.dictionaries(header_names, header_values, max_size=6)
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# Objects shaped like the real payloads (right field names, arbitrary values).
+FIELDS = [
+    "event",
+    "data",
+    "id",
+    "customerEmail",
+    "customer",
+    "package",
+    "order_id",
+    "status_code",
+    "gross_amount",
+    "signature_key",
+    "transaction_status",
+    "transaction_id",
+    "fraud_status",
+    "external_id",
+    "user_id",
+    "status",
+    "merchant_name",
+    "amount",
+    "created",
+    "updated",
+    "currency",
+    "paid_amount",
+    "booking_id",
+    "timestamp",
+    "payment_details",
+]
+shaped = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=12)
+random_bodies = st.one_of(
+    st.binary(max_size=600),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    shaped.map(lambda v: json.dumps(v).encode()),
+    shaped.map(lambda v: json.dumps({"event": "payment.success", "data": v}).encode()),
+)
+
+
+def partner_headers(body: bytes) -> dict[str, str]:
+    return {"x-pwa-signature": hmac_sha256_hex(PARTNER_SECRET, body)}
+
+
+def authenticated_headers(provider: str, body: bytes) -> dict[str, str]:
+    return partner_headers(body) if provider == "partner" else dict(AUTH_HEADERS[provider])
+
+
+def outcome(provider: Provider, headers: Mapping[str, str], body: bytes) -> object:
+    """The verifier's answer; any exception other than the two refusals propagates."""
+    try:
+        result = provider.accept(headers, body)
+    except (Unauthorized, Unusable) as exc:
+        refusal: Exception = exc
+    else:
+        refusal = None
+    if refusal is not None:
+        assert str(refusal), "a refusal must name its fault"
+        return refusal
+    assert isinstance(result, Accepted)
+    assert isinstance(result.dedup_key, str)
+    assert result.dedup_key.startswith(f"{provider.name}:")
+    assert isinstance(result.kind, str)
+    return result
+
+
+def signed_delivery(provider: str, event: str, **kw: str) -> tuple[dict[str, str], bytes]:
+    d = build(SETTINGS, provider, event, **kw)
+    return dict(d.headers), d.body
+
+
+# -- random input only ever yields the three outcomes ------------------------------------
+
+
+@BOUNDED
+@given(provider_names, header_dicts, random_bodies)
+def test_random_headers_and_bodies(name: str, headers: dict[str, str], body: bytes) -> None:
+    outcome(PROVIDERS[name], headers, body)
+
+
+@BOUNDED
+@given(provider_names, random_bodies)
+def test_random_bodies_with_valid_credentials(name: str, body: bytes) -> None:
+    got = outcome(PROVIDERS[name], authenticated_headers(name, body), body)
+    if name != "midtrans":
+        # Authenticated senders are never refused: their bad payloads are quarantined.
+        assert not isinstance(got, Unauthorized)
+
+
+@BOUNDED
+@given(
+    st.text(max_size=40),
+    st.text(max_size=5),
+    st.text(max_size=20),
+    st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8),
+)
+def test_midtrans_signed_random_fields(
+    order_id: str, status_code: str, gross: str, extra: dict[str, Any]
+) -> None:
+    """Correctly signed but otherwise arbitrary: past authentication, decoding must cope."""
+    body = {
+        **extra,
+        "order_id": order_id,
+        "status_code": status_code,
+        "gross_amount": gross,
+        "signature_key": signature(order_id, status_code, gross, MIDTRANS_KEY),
+    }
+    got = outcome(PROVIDERS["midtrans"], {}, json.dumps(body).encode())
+    assert not isinstance(got, Unauthorized)
+
+
+@BOUNDED
+@given(provider_names, st.data())
+def test_signed_body_with_a_flipped_byte(name: str, data: st.DataObject) -> None:
+    headers, body = signed_delivery(name, data.draw(st.sampled_from(EVENTS[name])))
+    i = data.draw(st.integers(0, len(body) - 1))
+    flipped = bytearray(body)
+    flipped[i] ^= data.draw(st.integers(1, 255))
+    got = outcome(PROVIDERS[name], headers, bytes(flipped))
+    if name == "partner":
+        assert isinstance(got, Unauthorized)
+
+
+@BOUNDED
+@given(provider_names, st.data())
+def test_truncated_signed_body(name: str, data: st.DataObject) -> None:
+    headers, body = signed_delivery(name, data.draw(st.sampled_from(EVENTS[name])))
+    cut = body[: data.draw(st.integers(0, len(body) - 1))]
+    got = outcome(PROVIDERS[name], headers, cut)
+    assert not isinstance(got, Accepted), "a truncated JSON object is never usable"
+    if name == "partner":
+        assert isinstance(got, Unauthorized)
+
+
+@BOUNDED
+@given(provider_names, st.integers(0, 3000), st.sampled_from([b"[", b"{", b'{"a":', b'[{"a":']))
+def test_deep_nesting(name: str, depth: int, opener: bytes) -> None:
+    closer = {b"[": b"]", b"{": b"}", b'{"a":': b"}", b'[{"a":': b"}]"}[opener]
+    core = opener * depth + b"1" + closer * depth
+    levels = depth * (2 if opener == b'[{"a":' else 1)
+    got = outcome(PROVIDERS[name], authenticated_headers(name, core), core)
+    if levels > DEPTH:
+        if name == "midtrans":  # too deep to authenticate: refused, not recorded
+            assert isinstance(got, Unauthorized)
+            assert "nesting" in str(got)
+        else:
+            assert isinstance(got, Unusable)
+            assert got.kind == "too-deep"
+    else:
+        assert not (isinstance(got, Unusable) and got.kind == "too-deep")
+
+
+# -- correctly signed deliveries are accepted with the documented dedup key ---------------
+
+
+def documented_key(provider: str, headers: Mapping[str, str], body: bytes) -> str:
+    """The dedup key as ``shared/reference/providers.md`` defines it, from the raw body."""
+    doc = json.loads(body)
+    if provider == "mayar":
+        return f"mayar:{doc['data']['id']}:{doc['event']}"
+    if provider == "midtrans":
+        key = ":".join(
+            [
+                "midtrans",
+                doc["order_id"],
+                doc["transaction_id"],
+                doc["transaction_status"],
+                doc["status_code"],
+            ]
+        )
+        return f"{key}:{doc['fraud_status']}" if doc.get("fraud_status") else key
+    if provider == "xendit":
+        if "webhook-id" in headers:
+            return f"xendit:webhook-id:{headers['webhook-id']}"
+        return f"xendit:{doc['id']}:{doc['status']}"
+    return f"partner:{doc['booking_id']}:{doc['event']}:{doc['status']}:{doc['timestamp']}"
+
+
+safe_ids = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=30
+)
+amounts = st.decimals(min_value=1, max_value=10**12, places=2).map(str)
+
+
+@BOUNDED
+@given(provider_names, st.data())
+def test_signed_valid_delivery_is_accepted_with_documented_key(
+    name: str, data: st.DataObject
+) -> None:
+    event = data.draw(st.sampled_from(EVENTS[name]))
+    kw: dict[str, str] = {"order_id": data.draw(safe_ids)}
+    if name == "midtrans":
+        kw["amount"] = data.draw(amounts)
+        if data.draw(st.booleans()):
+            kw["fraud_status"] = data.draw(st.sampled_from(["accept", "challenge", "deny"]))
+    headers, body = signed_delivery(name, event, **kw)
+    if name == "xendit" and data.draw(st.booleans()):
+        headers["webhook-id"] = data.draw(safe_ids)
+    got = outcome(PROVIDERS[name], headers, body)
+    assert isinstance(got, Accepted), got
+    assert got.dedup_key == documented_key(name, headers, body)
+    assert got.kind == event
+
+
+def test_mayar_without_data_id_keys_on_the_body_digest() -> None:
+    body = json.dumps({"event": "testing", "data": {"customerEmail": "a@b.c"}}).encode()
+    got = PROVIDERS["mayar"].accept({"x-callback-token": MAYAR_TOKEN}, body)
+    assert got.dedup_key == f"mayar:{hashlib.sha256(body).hexdigest()}"
+
+
+def test_partner_idempotency_header_wins() -> None:
+    headers, body = signed_delivery("partner", "booking.paid")
+    got = PROVIDERS["partner"].accept({**headers, "idempotency-key": "abc-1"}, body)
+    assert got.dedup_key == "partner:idempotency:abc-1"
+
+
+# -- tampering ------------------------------------------------------------------------
+
+
+@BOUNDED
+@given(amounts, amounts)
+def test_midtrans_tampered_gross_amount_is_unauthorized(real: str, forged: str) -> None:
+    _, body = signed_delivery("midtrans", "settlement", amount=real)
+    doc = json.loads(body)
+    doc["gross_amount"] = forged if forged != real else real + "0"
+    with pytest.raises(Unauthorized, match="signature_key"):
+        PROVIDERS["midtrans"].accept({}, json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("field", ["order_id", "status_code"])
+def test_midtrans_tampered_signed_field_is_unauthorized(field: str) -> None:
+    _, body = signed_delivery("midtrans", "settlement")
+    doc = json.loads(body)
+    doc[field] = doc[field] + "1"
+    with pytest.raises(Unauthorized):
+        PROVIDERS["midtrans"].accept({}, json.dumps(doc).encode())
+
+
+def test_partner_every_single_flipped_byte_is_unauthorized() -> None:
+    headers, body = signed_delivery("partner", "booking.paid")
+    assert isinstance(PROVIDERS["partner"].accept(headers, body), Accepted)
+    for i in range(len(body)):
+        flipped = bytearray(body)
+        flipped[i] ^= 0x01
+        with pytest.raises(Unauthorized):
+            PROVIDERS["partner"].accept(headers, bytes(flipped))
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
+def test_no_secret_configured_accepts_nothing(name: str) -> None:
+    bare: Provider = type(PROVIDERS[name])(None)  # type: ignore[call-arg]
+    headers, body = signed_delivery(name, EVENTS[name][0])
+    with pytest.raises(Unauthorized, match="configured"):
+        bare.accept({**headers, "x-callback-token": ""}, body)
+
+
+# -- check_depth ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opener", ["[", "{"])
+def test_check_depth_exactly_max_is_ok_and_one_more_is_rejected(opener: str) -> None:
+    close = "]" if opener == "[" else "}"
+    inner = "1" if opener == "[" else ""
+
+    def nested(n: int) -> bytes:
+        if opener == "[":
+            return (opener * n + inner + close * n).encode()
+        return ('{"a":' * (n - 1) + "{}" + "}" * (n - 1)).encode()
+
+    check_depth(nested(DEPTH), DEPTH)
+    with pytest.raises(Unusable, match=f"deeper than {DEPTH}") as info:
+        check_depth(nested(DEPTH + 1), DEPTH)
+    assert info.value.kind == "too-deep"
+
+
+def test_check_depth_ignores_brackets_inside_strings() -> None:
+    brackets = "[{" * 200
+    body = json.dumps({"note": brackets, "esc": 'quote " then [[[[', "list": [[["x"]]]}).encode()
+    assert body.count(b"[") + body.count(b"{") > DEPTH  # the slow path is exercised
+    check_depth(body, DEPTH)
+    # ...but the same brackets outside a string do count.
+    with pytest.raises(Unusable):
+        check_depth(brackets.encode(), DEPTH)
+
+
+def test_check_depth_escaped_quote_does_not_end_the_string() -> None:
+    body = b'["\\"' + b"[" * 100 + b'"]'
+    check_depth(body, DEPTH)
+    with pytest.raises(Unusable):
+        check_depth(b'["\\\\"' + b"[" * 100 + b'"]', DEPTH)  # escaped backslash: string ends
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 40 + b'"' + b'\\"' * 32_000,  # one unterminated string of escaped quotes
+        b"[" * 40 + b'"\\' * 32_000,
+        b'{"a":"' + b'\\"[' * 21_000,
+    ],
+)
+def test_check_depth_is_linear_on_adversarial_bodies(body: bytes) -> None:
+    """Midtrans runs check_depth before authentication: it must stay cheap for anyone."""
+    assert len(body) <= 64 * 1024
+    start = time.perf_counter()
+    with contextlib.suppress(Unusable):
+        check_depth(body, DEPTH)
+    assert time.perf_counter() - start < 0.5
