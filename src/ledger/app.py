@@ -28,6 +28,7 @@ from ledger.ingest import Ingest
 from ledger.keys import KeyRing
 from ledger.metrics import Metrics
 from ledger.providers import build_providers
+from ledger.readmodels import ReadModels
 from ledger.store import EventStore, GroupCommitter
 
 log = logging.getLogger("ledger")
@@ -63,6 +64,11 @@ class Component(Protocol):
 def components(services: Services) -> list[Component]:
     """The background components this process runs (add one line per component)."""
     found: list[Component] = []
+    if services.settings.run_projections:
+        from ledger.runner import ProjectionRunner
+
+        services.runner = ProjectionRunner(services.database_url)
+        found.append(services.runner)
     return found
 
 
@@ -115,6 +121,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             ingest=Ingest(build_providers(cfg), committer),
             keyring=KeyRing(pool),
             database_url=url,
+            read_models=ReadModels(pool),
         )
         started: list[Component] = []
         try:

@@ -1,0 +1,428 @@
+"""The projection runner: folds the log into every projection, exactly once (ADR 0005).
+
+One worker task per (projection, generation) that is live or being rebuilt. A worker:
+
+- holds a session-level advisory lock for its (name, generation) on its own connection, so
+  exactly one process applies a generation at a time; others retry every ``lock_retry``
+  seconds and take over when the holder's connection closes (process death);
+- reads the events after its position in batches (all topics, states only for its own),
+  and in ONE transaction locks the tracking row, checks the position did not move (a
+  split-brain overlap then backs off), applies the batch with ``search_path`` set to the
+  generation's schema, advances the position and NOTIFYs ``ledger_projections``;
+- wakes on ``ledger_events`` notifications and polls every ``poll_interval`` anyway, so a
+  lost notification never stalls it;
+- on a failing ``apply`` keeps its position, records ``state='failed'`` and the error, logs
+  once and retries with exponential backoff: an event is never skipped.
+
+A rebuild is blue/green: generation N+1 folds from position 0 in its own schema while N
+keeps serving; the batch that reaches the head also switches ``live_generation`` in the
+same transaction. The old schema is dropped ``retire_grace`` seconds later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from ledger.database import APP_ROLE
+from ledger.projection import Conn, Projection, discover, schema_name
+from ledger.queries import package_sql
+from ledger.store import UNAVAILABLE_ERRORS, StoredRecord
+
+log = logging.getLogger("ledger.runner")
+SQL = package_sql("runner")
+
+# Connection trouble and transaction conflicts: retry, without marking the projection failed.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE_ERRORS,
+    asyncpg.exceptions.TransactionRollbackError,
+)
+
+
+class UnknownProjection(LookupError):
+    """No projection of that name exists in this code base."""
+
+
+def lock_key(name: str, generation: int) -> int:
+    """The advisory-lock key of one projection generation (a stable signed 64-bit int)."""
+    digest = hashlib.blake2b(f"ledger.projection:{name}:{generation}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+async def connect(url: str, app_name: str = "ledger-runner") -> asyncpg.Connection:
+    """A dedicated connection running as the application role (not from the pool)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        url, server_settings={"application_name": app_name, "role": APP_ROLE}
+    )
+    return conn
+
+
+async def create_generation(conn: Conn, proj: Projection, generation: int) -> None:
+    """Create the generation's schema and tables (call inside a transaction)."""
+    schema = schema_name(proj.name, generation)
+    if await conn.fetchval(SQL["schema_exists"], schema):
+        return
+    await conn.execute(SQL["create_schema"], schema)
+    await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+    await conn.execute(proj.schema_sql)
+    await conn.execute("SET LOCAL search_path TO public")
+
+
+async def register(conn: Conn, proj: Projection) -> None:
+    """Give a projection seen for the first time generation 1 (idempotent, race-safe)."""
+    async with conn.transaction():
+        if await conn.fetchval(SQL["register"], proj.name, proj.version):
+            await conn.execute(SQL["add_generation"], proj.name, 1)
+            await create_generation(conn, proj, 1)
+
+
+async def start_rebuild(conn: Conn, proj: Projection) -> tuple[int, bool]:
+    """Start a blue/green rebuild: a new generation folding from position 0.
+
+    Returns ``(generation, started)``; when a rebuild is already in progress its
+    generation is returned with ``started=False`` (asking twice is harmless).
+    """
+    await register(conn, proj)
+    async with conn.transaction():
+        row = await conn.fetchrow(SQL["lock_projection"], proj.name)
+        assert row is not None  # registered above
+        if row["building_generation"] is not None:
+            return int(row["building_generation"]), False
+        highest = await conn.fetchval(SQL["max_generation"], proj.name)
+        generation = max(int(highest), int(row["live_generation"])) + 1
+        await conn.execute(SQL["add_generation"], proj.name, generation)
+        await create_generation(conn, proj, generation)
+        await conn.execute(SQL["start_building"], proj.name, generation)
+        await conn.execute(SQL["notify_progress"], f"{proj.name}:{generation}:rebuild")
+    return generation, True
+
+
+def _error_text(generation: int, position: int, exc: BaseException) -> str:
+    text = f"generation {generation}, after position {position}: {type(exc).__name__}: {exc}"
+    return text[:1000]
+
+
+class Step(enum.Enum):
+    BUSY = "busy"  # applied a full batch (or lost a race): go again at once
+    IDLE = "idle"  # at the head: wait for a notification or the poll
+    RETIRED = "retired"  # the generation is no longer live or building: stop
+
+
+class ProjectionRunner:
+    """Runs every projection's live (and building) generation in this process.
+
+    A ``Component`` (``start``/``stop``). Several instances, in one process or many, may
+    run against the same database: the advisory locks decide who applies what.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        projections: Mapping[str, Projection] | None = None,
+        *,
+        batch_size: int = 2000,
+        poll_interval: float = 1.0,
+        lock_retry: float = 1.0,
+        retire_grace: float = 5.0,
+        backoff_max: float = 30.0,
+        app_name: str = "ledger-runner",
+    ) -> None:
+        self.database_url = database_url
+        self.projections: dict[str, Projection] = dict(projections or {})
+        self._discover = projections is None
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.lock_retry = lock_retry
+        self.retire_grace = retire_grace
+        self.backoff_max = backoff_max
+        self.app_name = app_name
+        self.applied = 0  # events applied by this process (all projections)
+        self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._wakes: dict[tuple[str, int], asyncio.Event] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._control = asyncio.Event()
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._discover:
+            self.projections = discover()
+        conn = await connect(self.database_url, self.app_name)
+        try:
+            for proj in self.projections.values():
+                await register(conn, proj)
+        finally:
+            await conn.close()
+        self._stopping = False
+        self._supervisor = asyncio.create_task(self._supervise(), name="projection-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._control.set()
+        for ev in self._wakes.values():
+            ev.set()
+        tasks = [t for t in (self._supervisor, *self._workers.values()) if t is not None]
+        _, pending = await asyncio.wait(tasks, timeout=5.0) if tasks else (set(), set())
+        for t in pending:
+            t.cancel()
+        for t in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._workers.clear()
+        self._supervisor = None
+        await self._close_listener()
+
+    @property
+    def running(self) -> list[tuple[str, int]]:
+        """The (name, generation) pairs with a worker task in this process."""
+        return sorted(k for k, t in self._workers.items() if not t.done())
+
+    # -- supervision -----------------------------------------------------------------
+
+    def _wake_all(self, *_: Any) -> None:
+        for ev in self._wakes.values():
+            ev.set()
+
+    def _on_control(self, *_: Any) -> None:
+        self._control.set()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await connect(self.database_url, self.app_name)
+        await self._listener.add_listener("ledger_events", self._wake_all)
+        await self._listener.add_listener("ledger_projections", self._on_control)
+        self._wake_all()  # events may have arrived while we were not listening
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self._listener.close(timeout=2)
+            self._listener = None
+
+    async def _supervise(self) -> None:
+        """Keep one worker per live/building generation; rebuild on a version change;
+        drop retired generations' schemas."""
+        while not self._stopping:
+            try:
+                await self._ensure_listener()
+                assert self._listener is not None
+                await self._reconcile(self._listener)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("projection supervisor: database unavailable (%s)", type(exc).__name__)
+                await self._close_listener()
+            except Exception:  # a bad schema_sql, a lock timeout: report it and try again later
+                log.exception("projection supervisor: reconcile failed")
+            self._control.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control.wait(), self.poll_interval)
+
+    async def _reconcile(self, conn: asyncpg.Connection) -> None:
+        rows = {r["name"]: r for r in await conn.fetch(SQL["all_projections"])}
+        for name, proj in self.projections.items():
+            row = rows.get(name)
+            if row is None:
+                await register(conn, proj)
+                continue
+            if row["version"] != proj.version and row["building_generation"] is None:
+                generation, _ = await start_rebuild(conn, proj)
+                log.info(
+                    "projection %s: version %s -> %s, rebuilding as generation %d",
+                    name,
+                    row["version"],
+                    proj.version,
+                    generation,
+                )
+                row = await conn.fetchrow(SQL["get_projection"], name)
+                assert row is not None  # rows are never deleted
+            for generation in (row["live_generation"], row["building_generation"]):
+                if generation is None:
+                    continue
+                key = (name, int(generation))
+                task = self._workers.get(key)
+                if task is None or task.done():
+                    self._wakes[key] = asyncio.Event()
+                    self._workers[key] = asyncio.create_task(
+                        self._work(proj, int(generation)), name=f"projection-{name}-g{generation}"
+                    )
+        for key in [k for k, t in self._workers.items() if t.done()]:
+            del self._workers[key]
+            self._wakes.pop(key, None)
+        for r in await conn.fetch(SQL["retired_generations"], self.retire_grace):
+            if r["name"] in self.projections:
+                await self._retire(conn, r["name"], int(r["generation"]))
+
+    async def _retire(self, conn: asyncpg.Connection, name: str, generation: int) -> None:
+        """Drop a generation that is neither live nor building (after the grace period)."""
+        schema = schema_name(name, generation)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
+            await conn.execute(SQL["drop_tracking"], name, generation)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        log.info("projection %s: dropped retired generation %d", name, generation)
+
+    # -- one generation --------------------------------------------------------------
+
+    async def _work(self, proj: Projection, generation: int) -> None:
+        key = (proj.name, generation)
+        wake = self._wakes[key]
+        conn: asyncpg.Connection | None = None
+        locked = False
+        failures = 0
+        failed = False
+        try:
+            while not self._stopping:
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await connect(self.database_url, self.app_name)
+                        locked = False
+                    if not locked:
+                        locked = bool(
+                            await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(*key))
+                        )
+                        if not locked:
+                            await self._pause(wake, self.lock_retry)
+                            continue
+                        log.info("projection %s: applying generation %d", *key)
+                    wake.clear()
+                    step = await self._step(conn, proj, generation)
+                except TRANSIENT_ERRORS as exc:
+                    log.warning(
+                        "projection %s g%d: database trouble (%s); retrying",
+                        proj.name,
+                        generation,
+                        type(exc).__name__,
+                    )
+                    if conn is not None:
+                        conn.terminate()
+                    conn, locked = None, False
+                    await self._pause(wake, min(self.backoff_max, self.lock_retry))
+                    continue
+                except ApplyFailed as exc:
+                    failures += 1
+                    delay = min(self.backoff_max, 0.5 * 2 ** min(failures - 1, 10))
+                    if not failed:
+                        log.error(
+                            "projection %s stopped at position %d: %s (retrying with backoff)",
+                            proj.name,
+                            exc.position,
+                            exc.text,
+                            exc_info=exc.__cause__,
+                        )
+                        failed = True
+                    await self._record_failure(proj.name, exc.text)
+                    await self._pause(wake, delay)
+                    continue
+                if failed:
+                    failed, failures = False, 0
+                    assert conn is not None
+                    await conn.execute(SQL["recover"], proj.name)
+                    log.info("projection %s g%d recovered", proj.name, generation)
+                if step is Step.RETIRED:
+                    return
+                if step is Step.IDLE:
+                    await self._pause(wake, self.poll_interval)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    await conn.close(timeout=2)
+
+    async def _pause(self, wake: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+
+    async def _record_failure(self, name: str, text: str) -> None:
+        try:
+            conn = await connect(self.database_url, self.app_name)
+        except TRANSIENT_ERRORS:
+            return
+        try:
+            await conn.execute(SQL["fail"], name, text)
+        except TRANSIENT_ERRORS:
+            return
+        finally:
+            await conn.close()
+
+    async def _step(self, conn: asyncpg.Connection, proj: Projection, generation: int) -> Step:
+        """Apply the next batch (if any) in one transaction with the tracking position."""
+        name = proj.name
+        start = await conn.fetchval(SQL["tracking_position"], name, generation)
+        if start is None:
+            return Step.RETIRED
+        rows = await conn.fetch(SQL["read_batch"], start, self.batch_size, list(proj.topics))
+        at_head = len(rows) < self.batch_size
+        if not rows:
+            info = await conn.fetchrow(SQL["get_projection"], name)
+            if info is None or generation not in (
+                info["live_generation"],
+                info["building_generation"],
+            ):
+                return Step.RETIRED
+            if info["building_generation"] != generation:
+                return Step.IDLE
+        records = [
+            StoredRecord(
+                r["notification_id"],
+                r["originator_id"],
+                r["originator_version"],
+                r["topic"],
+                r["state"],
+            )
+            for r in rows
+            if r["state"] is not None
+        ]
+        last = rows[-1]["notification_id"] if rows else start
+        schema = schema_name(name, generation)
+        async with conn.transaction():
+            position = await conn.fetchval(SQL["lock_tracking"], name, generation)
+            if position is None:
+                return Step.RETIRED
+            if position != start:
+                return Step.BUSY  # another runner moved it (split brain): re-read
+            info = await conn.fetchrow(
+                SQL["lock_projection" if at_head else "get_projection"], name
+            )
+            if info is None or generation not in (
+                info["live_generation"],
+                info["building_generation"],
+            ):
+                return Step.RETIRED
+            if records:
+                await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+                try:
+                    await proj.apply(conn, records)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:  # any fault of the handler stops the projection
+                    raise ApplyFailed(start, _error_text(generation, start, exc)) from exc
+                await conn.execute("SET LOCAL search_path TO public")
+            if last != start:
+                await conn.execute(SQL["advance"], name, generation, last)
+                await conn.execute(SQL["notify_progress"], f"{name}:{generation}:{last}")
+            switched = at_head and info["building_generation"] == generation
+            if switched:
+                await conn.execute(SQL["switch"], name, generation, proj.version)
+                await conn.execute(SQL["notify_progress"], f"{name}:{generation}:live")
+        self.applied += len(records)
+        if switched:
+            log.info("projection %s: generation %d is live", name, generation)
+            self._control.set()
+        return Step.IDLE if at_head else Step.BUSY
+
+
+class ApplyFailed(Exception):
+    """A projection's ``apply`` raised; the batch was rolled back, the position kept."""
+
+    def __init__(self, position: int, text: str) -> None:
+        super().__init__(text)
+        self.position = position
+        self.text = text

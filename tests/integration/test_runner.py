@@ -1,0 +1,397 @@
+"""The projection runner against the real database: exactly-once batches, resume, wake-ups,
+failure handling, several runners at once, blue/green rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from litestar.plugins.problem_details import ProblemDetailsException
+
+from ledger.database import create_pool
+from ledger.domain import (
+    DELIVERY_TOPIC,
+    RECEIVED_TOPIC,
+    DeliveryState,
+    decode_delivery,
+    encode_state,
+)
+from ledger.projection import Conn, schema_name
+from ledger.readmodels import ReadModels, require_position
+from ledger.runner import ProjectionRunner, start_rebuild
+from ledger.store import StoredRecord
+
+PROVIDERS = ("mayar", "midtrans", "xendit", "partner")
+
+
+class Counting:
+    """A test projection that detects double application: ``seen`` has the position as
+    primary key (a replayed event raises) and ``counts`` adds up (a replay would show)."""
+
+    topics = (RECEIVED_TOPIC,)
+    schema_sql = """
+        CREATE TABLE seen (position bigint PRIMARY KEY, provider text NOT NULL);
+        CREATE TABLE counts (provider text PRIMARY KEY, n bigint NOT NULL);
+    """
+
+    def __init__(self, name: str = "test_counts", version: int = 1, *, delay: float = 0.0) -> None:
+        self.name = name
+        self.version = version
+        self.delay = delay
+        self.poison: int | None = None  # position whose batch raises while set
+
+    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.poison is not None and any(r.position == self.poison for r in records):
+            raise ValueError(f"cannot fold event at position {self.poison}")
+        positions = [r.position for r in records]
+        providers = [decode_delivery(r.state).provider for r in records]
+        await conn.execute(
+            "INSERT INTO seen SELECT * FROM unnest($1::bigint[], $2::text[])", positions, providers
+        )
+        await conn.execute(
+            "INSERT INTO counts SELECT p, count(*) FROM unnest($1::text[]) AS p GROUP BY p "
+            "ON CONFLICT (provider) DO UPDATE SET n = counts.n + excluded.n",
+            providers,
+        )
+
+    async def digest(self, conn: Conn) -> str:
+        h = hashlib.sha256()
+        for r in await conn.fetch("SELECT provider, n FROM counts ORDER BY provider"):
+            h.update(f"{r['provider']}={r['n']};".encode())
+        row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(position), 0) AS s FROM seen")
+        h.update(f"{row['n']}:{row['s']}".encode())
+        return h.hexdigest()
+
+
+def _state(i: int) -> bytes:
+    provider = PROVIDERS[i % 4]
+    body = f'{{"n":{i},"provider":"{provider}"}}'.encode()
+    return encode_state(
+        DeliveryState(
+            originator_topic=DELIVERY_TOPIC,
+            timestamp=datetime.now(UTC),
+            provider=provider,
+            dedup_key=f"{provider}:{i}",
+            kind="payment",
+            source=None,
+            scheme="test",
+            headers={"content-type": "application/json"},
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            body_b64=base64.b64encode(body).decode(),
+        )
+    )
+
+
+async def seed(url: str, n: int, *, start: int = 0, other_every: int = 7) -> int:
+    """Append ``n`` events (every ``other_every``-th of another topic); return the head."""
+    topics = [
+        "test:Other" if (i % other_every == 0) else RECEIVED_TOPIC for i in range(start, start + n)
+    ]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])",
+            [uuid.uuid4() for _ in range(n)],
+            [1] * n,
+            topics,
+            [_state(i) for i in range(start, start + n)],
+        )
+        head: int = await conn.fetchval("SELECT max(notification_id) FROM stored_events")
+    finally:
+        await conn.close()
+    return head
+
+
+def expected_counts(n: int, other_every: int = 7) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in range(n):
+        if i % other_every:
+            counts[PROVIDERS[i % 4]] = counts.get(PROVIDERS[i % 4], 0) + 1
+    return counts
+
+
+@pytest.fixture
+async def read_models(database_url: str) -> AsyncIterator[ReadModels]:
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    yield ReadModels(pool)
+    await pool.close()
+
+
+async def until(predicate, timeout: float = 20.0, every: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(every)
+
+
+async def counts_of(rm: ReadModels, name: str) -> dict[str, int]:
+    async with rm.reading(name) as conn:
+        return {r["provider"]: r["n"] for r in await conn.fetch("SELECT provider, n FROM counts")}
+
+
+def runner(url: str, *projs: Counting, **kw: object) -> ProjectionRunner:
+    opts: dict[str, object] = {"batch_size": 100, "poll_interval": 0.2, "lock_retry": 0.1}
+    opts.update(kw)
+    return ProjectionRunner(url, {p.name: p for p in projs}, **opts)  # type: ignore[arg-type]
+
+
+async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url, read_models):
+    proj = Counting()
+    head = await seed(database_url, 750)
+    r = runner(database_url, proj)
+    await r.start()
+    try:
+        assert await read_models.wait_for(proj.name, head, timeout=20)
+    finally:
+        await r.stop()
+    assert await counts_of(read_models, proj.name) == expected_counts(750)
+    # Events appended while no runner runs are applied after a restart, none twice
+    # (``seen`` would raise on a replayed position).
+    head = await seed(database_url, 250, start=750)
+    r2 = runner(database_url, proj)
+    await r2.start()
+    try:
+        assert await read_models.wait_for(proj.name, head, timeout=20)
+    finally:
+        await r2.stop()
+    assert await counts_of(read_models, proj.name) == expected_counts(1000)
+    assert await read_models.position(proj.name) == head  # other topics advance it too
+    [st] = await read_models.status()
+    assert (st.state, st.lag_events, st.lag_seconds, st.live_generation) == ("running", 0, 0, 1)
+
+
+async def test_notification_wakes_the_runner_before_the_poll(database_url, read_models):
+    proj = Counting()
+    r = runner(database_url, proj, poll_interval=30.0)
+    await r.start()
+    try:
+        await until(lambda: read_models.live_schema(proj.name))  # registered
+        await asyncio.sleep(0.3)  # workers idle, waiting up to 30 s
+        head = await seed(database_url, 5)
+        t0 = time.monotonic()
+        assert await read_models.wait_for(proj.name, head, timeout=5)
+        assert time.monotonic() - t0 < 3
+    finally:
+        await r.stop()
+
+
+async def test_poll_catches_up_when_notifications_are_lost(database_url, read_models):
+    proj = Counting()
+    r = runner(database_url, proj, poll_interval=0.2)
+    r._wake_all = lambda *_: None  # type: ignore[method-assign]  # every notification lost
+    await r.start()
+    try:
+        await asyncio.sleep(0.3)
+        head = await seed(database_url, 40)
+        assert await read_models.wait_for(proj.name, head, timeout=5)
+    finally:
+        await r.stop()
+
+
+async def test_failing_apply_stops_at_its_position_then_recovers(database_url, read_models):
+    proj = Counting()
+    head = await seed(database_url, 300)
+    proj.poison = 150
+    r = runner(database_url, proj, backoff_max=0.2)
+    await r.start()
+    try:
+
+        async def failed() -> bool:
+            [st] = await read_models.status()
+            return st.state == "failed"
+
+        await until(failed)
+        [st] = await read_models.status()
+        assert st.position == 100  # the batch holding 150 was rolled back, nothing skipped
+        assert st.error is not None
+        assert "cannot fold event at position 150" in st.error
+        assert st.lag_events == head - 100
+        await asyncio.sleep(0.5)
+        assert await read_models.position(proj.name) == 100  # retries never skip it
+        proj.poison = None
+        assert await read_models.wait_for(proj.name, head, timeout=10)
+        await until(lambda: _state_is(read_models, "running"))
+    finally:
+        await r.stop()
+    assert await counts_of(read_models, proj.name) == expected_counts(300)
+
+
+async def _state_is(rm: ReadModels, state: str) -> bool:
+    return all(s.state == state for s in await rm.status())
+
+
+async def test_two_runners_apply_each_generation_once_and_take_over(
+    database_url, server_url, read_models
+):
+    head = await seed(database_url, 3000)
+    slow = Counting(delay=0.01)
+    a = runner(database_url, slow, batch_size=50, app_name="runner-a")
+    b = runner(database_url, slow, batch_size=50, app_name="runner-b")
+    await a.start()
+    await until(lambda: _at_least(read_models, slow.name, 300))
+    await b.start()
+    await asyncio.sleep(0.3)
+    assert a.applied > 0
+    assert b.applied == 0  # a holds the lock; b waits
+    # a dies: its connections go away (as when a process is killed).
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'runner-a' AND datname = current_database()"
+        )
+    finally:
+        await admin.close()
+    await a.stop()
+    before = a.applied
+    try:
+        assert await read_models.wait_for(slow.name, head, timeout=30)
+    finally:
+        await b.stop()
+    assert b.applied > 0
+    assert before + b.applied == sum(expected_counts(3000).values())
+    assert await counts_of(read_models, slow.name) == expected_counts(3000)
+
+    # The same as a single-runner build: rebuild alone and compare digests.
+    live = await read_models.digest(slow)
+    fast = Counting()
+    solo = runner(database_url, fast, batch_size=1000, retire_grace=60)
+    async with read_models.pool.acquire() as conn:
+        generation, started = await start_rebuild(conn, fast)
+    assert (generation, started) == (2, True)
+    await solo.start()
+    try:
+        await until(lambda: _live_is(read_models, fast.name, 2))
+    finally:
+        await solo.stop()
+    assert await read_models.digest(fast) == live
+
+
+async def _at_least(rm: ReadModels, name: str, position: int) -> bool:
+    try:
+        return await rm.position(name) >= position
+    except asyncpg.PostgresError:
+        return False
+
+
+async def _live_is(rm: ReadModels, name: str, generation: int) -> bool:
+    return await rm.live_schema(name) == schema_name(name, generation)
+
+
+async def test_split_brain_batch_backs_off_on_a_moved_position(database_url, read_models):
+    """Even two workers without the lock cannot apply a batch twice: the position check
+    under ``FOR UPDATE`` makes the second one re-read."""
+    proj = Counting()
+    head = await seed(database_url, 80)
+    r = runner(database_url, proj, batch_size=1000)
+    await r.start()  # registers
+    await r.stop()
+    from ledger.runner import Step, connect
+
+    c1 = await connect(database_url)
+    c2 = await connect(database_url)
+    try:
+        results = await asyncio.gather(r._step(c1, proj, 1), r._step(c2, proj, 1))
+    finally:
+        await c1.close()
+        await c2.close()
+    assert sorted(s.value for s in results) == sorted([Step.IDLE.value, Step.BUSY.value])
+    assert await read_models.position(proj.name) == head
+    assert await counts_of(read_models, proj.name) == expected_counts(80)
+
+
+async def test_rebuild_is_blue_green_and_matches_the_live_digest(database_url, read_models):
+    proj = Counting()
+    head = await seed(database_url, 500)
+    r = runner(database_url, proj, retire_grace=0.5)
+    await r.start()
+    try:
+        assert await read_models.wait_for(proj.name, head, timeout=20)
+        live = await read_models.digest(proj)
+        proj.delay = 0.05  # slow the rebuild down so we can watch it
+        async with read_models.pool.acquire() as conn:
+            generation, started = await start_rebuild(conn, proj)
+            again = await start_rebuild(conn, proj)
+        assert (generation, started, again) == (2, True, (2, False))
+        await until(lambda: _building_past(read_models, 100))
+        # While generation 2 builds, readers still get generation 1, complete.
+        assert await read_models.live_schema(proj.name) == schema_name(proj.name, 1)
+        assert await counts_of(read_models, proj.name) == expected_counts(500)
+        [st] = await read_models.status()
+        assert st.state == "rebuilding"
+        assert st.building_generation == 2
+        proj.delay = 0
+        await until(lambda: _live_is(read_models, proj.name, 2))
+        assert await read_models.digest(proj) == live
+        [st] = await read_models.status()
+        assert (st.state, st.building_generation, st.lag_events) == ("running", None, 0)
+
+        async def dropped() -> bool:
+            async with read_models.pool.acquire() as conn:
+                return not await conn.fetchval(
+                    "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)",
+                    schema_name(proj.name, 1),
+                )
+
+        await until(dropped)
+        head = await seed(database_url, 10, start=500)
+        assert await read_models.wait_for(proj.name, head, timeout=5)
+    finally:
+        await r.stop()
+
+
+async def _building_past(rm: ReadModels, position: int) -> bool:
+    [st] = await rm.status()
+    return (st.building_position or 0) >= position
+
+
+async def test_a_new_code_version_rebuilds_automatically(database_url, read_models):
+    head = await seed(database_url, 200)
+    r1 = runner(database_url, Counting(version=1))
+    await r1.start()
+    try:
+        assert await read_models.wait_for("test_counts", head, timeout=20)
+    finally:
+        await r1.stop()
+    r2 = runner(database_url, Counting(version=2))
+    await r2.start()
+    try:
+        await until(lambda: _live_is(read_models, "test_counts", 2))
+    finally:
+        await r2.stop()
+    [st] = await read_models.status()
+    assert (st.version, st.live_generation, st.position) == (2, 2, head)
+    assert await counts_of(read_models, "test_counts") == expected_counts(200)
+
+
+async def test_require_position_answers_503_with_the_lag(database_url, read_models):
+    proj = Counting()
+    r = runner(database_url, proj)
+    await r.start()
+    await r.stop()
+    head = await seed(database_url, 3)  # nobody applies these
+    await require_position(read_models, proj.name, None)
+    await require_position(read_models, proj.name, 0)
+    t0 = time.monotonic()
+    with pytest.raises(ProblemDetailsException) as info:
+        await require_position(read_models, proj.name, head, timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 2
+    exc = info.value
+    assert exc.status_code == 503
+    assert exc.extra == {
+        "projection": proj.name,
+        "reached": 0,
+        "wanted": head,
+        "lag": head,
+    }
