@@ -23,6 +23,8 @@ SECRET_FIELDS = (
     "partner_sync_secret",
 )
 
+URL_FIELDS = ("database_url", "partner_sync_url", "smtp_url", "revalidate_url")
+
 # The providers whose inbound secret must be set in production when they are enabled.
 PROVIDER_SECRETS = {
     "mayar": "mayar_token",
@@ -64,7 +66,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             f: ("<set>" if getattr(self, f) else None) if f in SECRET_FIELDS else getattr(self, f)
             for f in self.__struct_fields__
         }
-        shown["database_url"] = redact_url(self.database_url)
+        for url_field in URL_FIELDS:  # URLs may carry credentials (smtp://user:pw@host)
+            shown[url_field] = redact_url(getattr(self, url_field))
         return f"Settings({shown})"
 
     __str__ = __repr__
