@@ -1,0 +1,253 @@
+"""Acknowledged means durable: SIGKILL the real server under load, restart it, check the log.
+
+A real ``ledger serve`` subprocess on 127.0.0.1 takes a bounded stream of distinct signed
+Midtrans deliveries from several concurrent clients and is killed with SIGKILL three times
+mid-load (no shutdown hook runs), then restarted. At the end every delivery that got a 2xx is
+in ``stored_events`` exactly once, under the acknowledged id, position and dedup key, and no
+dedup key is there twice. Clients retry a delivery whose answer was lost in a kill, as a
+provider would: the retry finds it committed (duplicate) or records it now, never twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from ledger.domain import DELIVERY_TOPICS, RECEIVED_TOPIC, delivery_id
+from tests.support import SECRETS, signed
+
+LEDGER = str(Path(sys.executable).with_name("ledger"))  # the installed console script
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def ledger_env(database_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for a ``ledger`` subprocess: the test database, known secrets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env |= SECRETS
+    env |= {
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_HOME": str(home),
+        # Only ingest is under test: keep background workers from competing for 2 cores.
+        "LEDGER_RUN_PROJECTIONS": "false",
+        "LEDGER_RUN_OUTBOX": "false",
+    }
+    return env | extra
+
+
+@dataclass
+class ServerProcess:
+    """``ledger serve`` as a subprocess in its own process group; always killed by ``stop``."""
+
+    database_url: str
+    home: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "server.log"
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    async def start(self, timeout: float = 30.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [LEDGER, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=ledger_env(self.database_url, self.home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"server exited early:\n{self.log_tail()}")
+                try:
+                    if (await client.get(f"{self.url}/ready")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown code runs."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+        self.proc = None
+
+
+@dataclass
+class Tally:
+    acked: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (event_id, pos)
+    statuses: dict[str, str] = field(default_factory=dict)  # key -> accepted | duplicate
+    bodies: dict[str, bytes] = field(default_factory=dict)  # every delivery sent, by key
+    broken: set[str] = field(default_factory=set)  # in flight when the server died
+    retried: set[str] = field(default_factory=set)  # sent again after a failed attempt
+
+
+def midtrans_key(body: bytes) -> str:
+    doc = json.loads(body)
+    return ":".join(
+        [
+            "midtrans",
+            doc["order_id"],
+            doc["transaction_id"],
+            doc["transaction_status"],
+            doc["status_code"],
+        ]
+    )
+
+
+async def client_loop(
+    server: ServerProcess, tally: Tally, stop: asyncio.Event, worker: int, limit: int
+) -> None:
+    """Send distinct deliveries; like a provider, retry one until it gets an answer."""
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        for n in range(limit):
+            if stop.is_set():
+                return
+            d = signed("midtrans", "settlement", order_id=f"DUR-{worker}-{n}")
+            key = midtrans_key(d.body)
+            tally.bodies[key] = d.body
+            deadline = time.monotonic() + 30
+            while True:
+                assert time.monotonic() < deadline, f"{key} never answered"
+                try:
+                    r = await http.post(server.url + d.path, content=d.body, headers=d.headers)
+                except httpx.ConnectError:  # down: nothing was sent
+                    tally.retried.add(key)
+                    await asyncio.sleep(0.05)
+                    continue
+                except httpx.TransportError:  # sent, then the server died: maybe recorded
+                    tally.broken.add(key)
+                    tally.retried.add(key)
+                    await asyncio.sleep(0.05)
+                    continue
+                if r.status_code == 503:  # store unavailable: retry later, like Midtrans
+                    tally.retried.add(key)
+                    await asyncio.sleep(0.05)
+                    continue
+                assert r.status_code == 200, r.text  # never a 500, never a 4xx
+                ack = r.json()
+                tally.acked[key] = (ack["event_id"], ack["position"])
+                tally.statuses[key] = ack["status"]
+                # A duplicate only where an earlier attempt's answer was lost in a kill.
+                assert ack["status"] == "accepted" or key in tally.broken, ack
+                break
+
+
+async def stored(database_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(
+            """
+            SELECT originator_id, notification_id, topic,
+                   convert_from(state, 'UTF8')::jsonb ->> 'dedup_key' AS dedup_key
+            FROM stored_events
+            ORDER BY notification_id
+            """
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+async def test_acknowledged_deliveries_survive_sigkill(database_url: str, tmp_path: Path) -> None:
+    server = ServerProcess(database_url, tmp_path / "home")
+    tally = Tally()
+    kills = 3
+    started = time.monotonic()
+    try:
+        await server.start()
+        stop = asyncio.Event()
+        clients = [
+            asyncio.create_task(client_loop(server, tally, stop, worker, limit=400))
+            for worker in range(8)
+        ]
+        try:
+            for _ in range(kills):
+                await asyncio.sleep(1.5)  # load running
+                acked_before = len(tally.acked)
+                server.kill()
+                assert acked_before > 0, server.log_tail()
+                await asyncio.sleep(0.3)  # clients hit a dead port for a moment
+                await server.start()
+            await asyncio.sleep(1.5)  # and load after the last restart
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+
+        # Redeliver a sample of the acknowledged after the last restart: each answers
+        # "duplicate" with its first acknowledgement, and nothing new is written.
+        sample = list(tally.acked)[:: max(1, len(tally.acked) // 50)]
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            for key in sample:
+                r = await http.post(
+                    server.url + "/webhooks/midtrans",
+                    content=tally.bodies[key],
+                    headers={"content-type": "application/json"},
+                )
+                assert r.status_code == 200, r.text
+                ack = r.json()
+                assert ack["status"] == "duplicate"
+                assert (ack["event_id"], ack["position"]) == tally.acked[key]
+    finally:
+        server.stop()
+
+    assert server.starts == kills + 1
+    assert tally.broken, "no request was in flight at any kill: the test proved nothing"
+    rows = [r for r in await stored(database_url) if r["topic"] in DELIVERY_TOPICS]
+    by_id = {str(r["originator_id"]): r for r in rows}
+    keys = [r["dedup_key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a dedup key is in the log twice"
+    assert len(by_id) == len(rows)
+    for key, (event_id, position) in tally.acked.items():
+        row = by_id.get(event_id)
+        assert row is not None, f"acknowledged {key} at {position} is not in the log"
+        assert row["dedup_key"] == key
+        assert row["notification_id"] == position
+        assert row["topic"] == RECEIVED_TOPIC
+        assert uuid.UUID(event_id) == delivery_id(key)
+    # Every delivery sent was acknowledged in the end, and the log holds exactly those.
+    assert set(tally.acked) == set(tally.bodies)
+    assert set(keys) == set(tally.bodies)
+    assert time.monotonic() - started < 60
