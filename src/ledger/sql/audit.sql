@@ -19,3 +19,106 @@ SELECT notification_id, hash
 FROM stored_events
 ORDER BY notification_id DESC
 LIMIT 1
+
+-- Audit index (src/ledger/audit.py) ------------------------------------------------------
+
+-- name: index_lock
+-- One catch-up at a time (across processes): the tracking row is the lock.
+SELECT position FROM audit_index_tracking WHERE id = 1 FOR UPDATE
+
+-- name: index_position
+SELECT position FROM audit_index_tracking WHERE id = 1
+
+-- name: index_source
+SELECT notification_id, originator_id, originator_version, topic, state
+FROM stored_events
+WHERE notification_id > $1
+ORDER BY notification_id
+LIMIT $2
+
+-- name: index_insert
+INSERT INTO audit_index (
+    position, event_id, topic, received_at, category, provider, kind, dedup_key, customer,
+    order_id, status, amount, paid_amount, currency, body_sha256, actor, target
+)
+SELECT * FROM unnest(
+    $1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::numeric[],
+    $13::numeric[], $14::text[], $15::text[], $16::text[], $17::text[]
+)
+ON CONFLICT (position) DO NOTHING
+
+-- name: index_advance
+UPDATE audit_index_tracking SET position = $1 WHERE id = 1
+
+-- name: search
+-- Optional filters are NULL when absent; keyset pagination by position.
+SELECT i.*, e.hash
+FROM audit_index i
+JOIN stored_events e ON e.notification_id = i.position
+WHERE i.position > $1
+  AND ($3::text IS NULL OR i.provider = $3)
+  AND ($4::text IS NULL OR i.customer = $4)
+  AND ($5::text IS NULL OR i.order_id = $5)
+  AND ($6::text IS NULL OR $6 IN (i.kind, i.topic, split_part(i.topic, ':', 2)))
+  AND ($7::timestamptz IS NULL OR i.received_at >= $7)
+  AND ($8::timestamptz IS NULL OR i.received_at < $8)
+ORDER BY i.position
+LIMIT $2
+
+-- name: time_bounds
+-- The position range holding events received in [$1, $2) (received_at follows the
+-- position closely, so exports then walk positions with the time filter).
+SELECT min(position) AS lo, max(position) AS hi
+FROM audit_index
+WHERE received_at >= $1 AND received_at < $2
+
+-- name: export_page
+SELECT i.position, i.event_id, i.received_at, i.category, i.provider, i.kind, i.dedup_key,
+       i.customer, i.order_id, i.status, i.amount, i.currency, i.body_sha256, e.hash
+FROM audit_index i
+JOIN stored_events e ON e.notification_id = i.position
+WHERE i.position > $1 AND i.position <= $2
+  AND i.received_at >= $3 AND i.received_at < $4
+ORDER BY i.position
+LIMIT $5
+
+-- name: summary_counts
+SELECT provider,
+       count(*) AS deliveries,
+       count(*) FILTER (WHERE category = 'received') AS received,
+       count(*) FILTER (WHERE category = 'quarantined') AS quarantined,
+       count(*) FILTER (WHERE category = 'conflicted') AS conflicted,
+       count(*) FILTER (WHERE category = 'received' AND status = 'paid') AS paid_notifications,
+       count(*) FILTER (WHERE category = 'received' AND status = 'failed') AS failures,
+       count(*) FILTER (
+           WHERE category = 'received' AND status IN ('refunded', 'partially_refunded')
+       ) AS refunds,
+       count(*) FILTER (
+           WHERE category = 'received' AND status IN ('charged_back', 'partially_charged_back')
+       ) AS chargebacks
+FROM audit_index
+WHERE received_at >= $1 AND received_at < $2 AND provider IS NOT NULL
+GROUP BY provider
+ORDER BY provider
+
+-- name: summary_paid
+-- Money counts once per order: an order is paid on the day of its first paid notification
+-- (a Midtrans capture followed by its settlement, or a redelivery, is not paid twice).
+WITH day_paid AS (
+    SELECT DISTINCT provider, coalesce(order_id, event_id::text) AS ref
+    FROM audit_index
+    WHERE received_at >= $1 AND received_at < $2
+      AND category = 'received' AND status = 'paid' AND provider IS NOT NULL
+), first_paid AS (
+    SELECT DISTINCT ON (i.provider, coalesce(i.order_id, i.event_id::text))
+           i.provider, i.received_at, coalesce(i.paid_amount, i.amount) AS paid
+    FROM audit_index i
+    JOIN day_paid d ON d.provider = i.provider AND d.ref = coalesce(i.order_id, i.event_id::text)
+    WHERE i.category = 'received' AND i.status = 'paid'
+    ORDER BY i.provider, coalesce(i.order_id, i.event_id::text), i.position
+)
+SELECT provider, count(*) AS paid_orders, coalesce(sum(paid), 0) AS paid_amount
+FROM first_paid
+WHERE received_at >= $1 AND received_at < $2
+GROUP BY provider

@@ -1,0 +1,313 @@
+"""Finance audit routes (``/v1/audit``) and key administration with a reason (``/v1/keys``).
+
+Times in query strings are ISO 8601 (a date means its midnight; no offset means UTC).
+``reason_header`` is the one way routes read the operator's ``X-Ledger-Reason``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
+
+from ledger import audit, chain
+from ledger.api.auth import current_key, require_key
+from ledger.api.problems import problem
+from ledger.keys import KeyRing, list_keys, revoke_key
+from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
+
+REASON_HEADER = "x-ledger-reason"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def reason_header(request: Request[Any, Any, Any]) -> str:
+    """The operator's reason, or a 400 problem naming the header."""
+    try:
+        return check_reason(request.headers.get(REASON_HEADER))
+    except ReasonRequired as exc:
+        raise problem(
+            400,
+            "reason-required",
+            "A reason is required",
+            f"send why in the X-Ledger-Reason header ({exc})",
+        ) from None
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        if len(value) == 10:
+            parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
+        else:
+            parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise problem(
+            400,
+            "invalid-time",
+            "Invalid time",
+            f"query parameter {name!r} must be an ISO 8601 date or time, got {value[:40]!r}",
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class AuditEvent(msgspec.Struct, kw_only=True):
+    position: int
+    event_id: str
+    topic: str
+    received_at: str
+    category: str
+    provider: str | None
+    kind: str | None
+    dedup_key: str | None
+    customer: str | None
+    order_id: str | None
+    status: str | None
+    amount: str | None
+    paid_amount: str | None
+    currency: str | None
+    body_sha256: str | None
+    actor: str | None
+    target: str | None
+    hash: str | None
+
+
+class AuditPage(msgspec.Struct, kw_only=True):
+    items: list[AuditEvent]
+    next_after: int
+    has_more: bool
+
+
+class Head(msgspec.Struct, kw_only=True):
+    position: int
+    hash: str | None
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    date: str
+    tz: str
+    since: str
+    until: str
+    providers: list[audit.ProviderDay]
+
+
+def _dec(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _event(r: Any) -> AuditEvent:
+    return AuditEvent(
+        position=r["position"],
+        event_id=str(r["event_id"]),
+        topic=r["topic"],
+        received_at=r["received_at"].isoformat(),
+        category=r["category"],
+        provider=r["provider"],
+        kind=r["kind"],
+        dedup_key=r["dedup_key"],
+        customer=r["customer"],
+        order_id=r["order_id"],
+        status=r["status"],
+        amount=_dec(r["amount"]),
+        paid_amount=_dec(r["paid_amount"]),
+        currency=r["currency"],
+        body_sha256=r["body_sha256"],
+        actor=r["actor"],
+        target=r["target"],
+        hash=None if r["hash"] is None else bytes(r["hash"]).hex(),
+    )
+
+
+async def _csv(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(audit.EXPORT_COLUMNS)
+    yield buf.getvalue().encode()
+    async for rows in pages:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerows(audit.export_values(r) for r in rows)
+        yield buf.getvalue().encode()
+
+
+async def _jsonl(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
+    enc = msgspec.json.Encoder()
+    cols = audit.EXPORT_COLUMNS
+    async for rows in pages:
+        out = bytearray()
+        for r in rows:
+            enc.encode_into(dict(zip(cols, audit.export_values(r), strict=True)), out, -1)
+            out += b"\n"
+        yield bytes(out)
+
+
+class AuditController(Controller):
+    path = "/v1/audit"
+    tags = ["audit"]
+    guards = [require_key]
+    opt = {"scopes": ("audit:read",)}
+
+    @get("/head", summary="The latest position and its chain hash (keep daily digests)")
+    async def head(self, request: Request[Any, Any, Any]) -> Head:
+        async with request.app.state.services.pool.acquire() as conn:
+            position, digest = await chain.head(conn)
+        return Head(position=position, hash=digest.hex() if digest else None)
+
+    @get("/events", summary="Search the log by provider, customer, order, type and time")
+    async def events(
+        self,
+        request: Request[Any, Any, Any],
+        provider: FromQuery[str | None] = None,
+        customer: FromQuery[str | None] = None,
+        order_id: FromQuery[str | None] = None,
+        type_: Annotated[
+            str | None, QueryParameter(name="type", description="kind, topic or event name")
+        ] = None,
+        from_: Annotated[str | None, QueryParameter(name="from", description="ISO 8601")] = None,
+        to: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,
+        after: Annotated[int, QueryParameter(ge=0, description="position cursor")] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> AuditPage:
+        filters = audit.Filters(
+            provider=provider,
+            customer=customer,
+            order_id=order_id,
+            type=type_,
+            since=parse_time("from", from_),
+            until=parse_time("to", to),
+        )
+        pool = request.app.state.services.pool
+        await audit.catch_up(pool)
+        async with pool.acquire() as conn:
+            rows = await audit.search(conn, filters, after, limit + 1)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        return AuditPage(
+            items=[_event(r) for r in rows],
+            next_after=rows[-1]["position"] if rows else after,
+            has_more=has_more,
+        )
+
+    @get("/export", summary="Stream events received in [from, to) as CSV or JSON lines")
+    async def export(
+        self,
+        request: Request[Any, Any, Any],
+        from_: Annotated[str | None, QueryParameter(name="from", description="ISO 8601")] = None,
+        to: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,
+        format_: Annotated[Literal["csv", "jsonl"], QueryParameter(name="format")] = "csv",
+    ) -> Stream:
+        since = parse_time("from", from_) or _EPOCH
+        until = parse_time("to", to) or _FAR
+        pool = request.app.state.services.pool
+        await audit.catch_up(pool)
+        pages = audit.export_pages(pool, since, until)
+        if format_ == "csv":
+            body, media, ext = _csv(pages), "text/csv; charset=utf-8", "csv"
+        else:
+            body, media, ext = _jsonl(pages), "application/x-ndjson", "jsonl"
+        name = f"ledger-{since.date().isoformat()}-{until.date().isoformat()}.{ext}"
+        return Stream(
+            body,
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @get("/summary", summary="Per provider for one day: deliveries, paid, refunds, failures")
+    async def summary(
+        self,
+        request: Request[Any, Any, Any],
+        date_: Annotated[str, QueryParameter(name="date", description="YYYY-MM-DD")],
+        tz: Annotated[str, QueryParameter(description="IANA time zone of the day")] = "UTC",
+    ) -> Summary:
+        try:
+            day = date.fromisoformat(date_)
+        except ValueError:
+            raise problem(
+                400,
+                "invalid-date",
+                "Invalid date",
+                f"'date' must be YYYY-MM-DD, got {date_[:40]!r}",
+            ) from None
+        try:
+            zone = ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise problem(
+                400, "invalid-tz", "Unknown time zone", f"'tz' {tz[:60]!r} is not an IANA zone"
+            ) from None
+        since = datetime.combine(day, datetime.min.time(), tzinfo=zone)
+        until = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone)
+        pool = request.app.state.services.pool
+        await audit.catch_up(pool)
+        async with pool.acquire() as conn:
+            days = await audit.summary(conn, since, until)
+        return Summary(
+            date=day.isoformat(),
+            tz=tz,
+            since=since.isoformat(),
+            until=until.isoformat(),
+            providers=days,
+        )
+
+
+class KeyView(msgspec.Struct, kw_only=True):
+    key_id: str
+    name: str
+    scopes: list[str]
+    created_at: str
+    revoked_at: str | None
+
+
+class Revoked(msgspec.Struct, kw_only=True):
+    key: KeyView
+    revoked_now: bool
+    position: int | None
+
+
+def _key_view(k: Any) -> KeyView:
+    return KeyView(
+        key_id=k.key_id,
+        name=k.name,
+        scopes=list(k.scopes),
+        created_at=k.created_at.isoformat(),
+        revoked_at=k.revoked_at.isoformat() if k.revoked_at else None,
+    )
+
+
+class KeysController(Controller):
+    path = "/v1/keys"
+    tags = ["operators"]
+    guards = [require_key]
+    opt = {"scopes": ("ops:admin",)}
+
+    @get("/", summary="API keys: ids, names, scopes, created/revoked (never secrets)")
+    async def list_keys(self, request: Request[Any, Any, Any]) -> list[KeyView]:
+        async with request.app.state.services.pool.acquire() as conn:
+            return [_key_view(k) for k in await list_keys(conn)]
+
+    @post("/{key_id:str}/revoke", status_code=200, summary="Revoke a key (X-Ledger-Reason)")
+    async def revoke(self, request: Request[Any, Any, Any], key_id: FromPath[str]) -> Revoked:
+        reason = reason_header(request)
+        actor = current_key(request)
+        services = request.app.state.services
+        async with services.pool.acquire() as conn, conn.transaction():
+            info, now = await revoke_key(conn, key_id)
+            position = None
+            if now:
+                event = operator_event(
+                    actor.key_id, "ops:admin", "key.revoke", f"api_key:{key_id}", reason
+                )
+                position = await append_in(conn, event)
+        if info is None:
+            raise problem(404, "key-not-found", "No such key", f"no API key {key_id!r}")
+        keyring: KeyRing = services.keyring
+        keyring.invalidate(key_id)
+        return Revoked(key=_key_view(info), revoked_now=now, position=position)

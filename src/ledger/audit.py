@@ -1,0 +1,273 @@
+"""Finance's view of the log: the audit index, search, streaming export, daily summary.
+
+The index (``audit_index``, migration 0008) holds one row per event with the interpreted
+fields finance filters by. Deliveries are interpreted with ``ledger.stream.payment_fact``
+(the providers' own decoders and the status mapping of providers.md); operator actions
+carry their actor, action and target; other events keep their ``customer`` when they have
+one. ``catch_up`` folds new log events into it page by page, each page and the tracking
+position in one transaction, under a row lock, so any number of processes may call it and
+none double-counts. Every audit query calls it first: answers include everything committed
+before the request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ledger.domain import OPERATOR_ACTION_TOPIC
+from ledger.operator import decode_operator_action
+from ledger.projection import Conn
+from ledger.queries import package_sql
+from ledger.store import StoredRecord
+from ledger.stream import payment_fact
+
+SQL = package_sql("audit")
+INDEX_PAGE = 5_000
+EXPORT_PAGE = 2_000
+
+EXPORT_COLUMNS = (
+    "position",
+    "event_id",
+    "received_at",
+    "category",
+    "provider",
+    "kind",
+    "dedup_key",
+    "customer",
+    "order_id",
+    "status",
+    "amount",
+    "currency",
+    "body_sha256",
+    "hash",
+)
+
+_generic = msgspec.json.Decoder()
+
+
+@dataclass(slots=True)
+class IndexRow:
+    """One ``audit_index`` row (column order of ``index_insert``)."""
+
+    position: int
+    event_id: uuid.UUID
+    topic: str
+    received_at: datetime
+    category: str
+    provider: str | None = None
+    kind: str | None = None
+    dedup_key: str | None = None
+    customer: str | None = None
+    order_id: str | None = None
+    status: str | None = None
+    amount: Decimal | None = None
+    paid_amount: Decimal | None = None
+    currency: str | None = None
+    body_sha256: str | None = None
+    actor: str | None = None
+    target: str | None = None
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def _timestamp(raw: Any) -> datetime | None:
+    if isinstance(raw, str):
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+    return None
+
+
+def interpret(rec: StoredRecord) -> IndexRow:
+    """The index row for one stored event. Never raises on odd data: an event whose state
+    cannot be read is still indexed by position, id and topic."""
+    fact = payment_fact(rec)
+    if fact is not None:
+        state = msgspec.json.decode(rec.state)
+        return IndexRow(
+            position=rec.position,
+            event_id=rec.id,
+            topic=rec.topic,
+            received_at=datetime.fromisoformat(fact.recorded_at),
+            category=fact.state,
+            provider=fact.provider,
+            kind=fact.kind,
+            dedup_key=state.get("dedup_key"),
+            customer=fact.customer,
+            order_id=fact.order_id,
+            status=fact.status,
+            amount=_decimal(fact.amount),
+            paid_amount=_decimal(fact.paid_amount),
+            currency=fact.currency,
+            body_sha256=state.get("body_sha256"),
+        )
+    if rec.topic == OPERATOR_ACTION_TOPIC:
+        op = decode_operator_action(rec.state)
+        return IndexRow(
+            position=rec.position,
+            event_id=rec.id,
+            topic=rec.topic,
+            received_at=op.timestamp,
+            category="operator",
+            kind=op.action,
+            actor=op.key_id,
+            target=op.target,
+        )
+    try:
+        data = _generic.decode(rec.state)
+    except msgspec.DecodeError:
+        data = None
+    data = data if isinstance(data, dict) else {}
+    customer = data.get("customer")
+    return IndexRow(
+        position=rec.position,
+        event_id=rec.id,
+        topic=rec.topic,
+        received_at=_timestamp(data.get("timestamp")) or datetime.fromtimestamp(0, UTC),
+        category="other",
+        kind=rec.topic.rpartition(":")[2] or None,
+        customer=customer.strip().lower() if isinstance(customer, str) else None,
+    )
+
+
+def _columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
+    fields = IndexRow.__slots__
+    return [[getattr(r, f) for r in rows] for f in fields]
+
+
+async def catch_up(pool: asyncpg.Pool, *, page: int = INDEX_PAGE) -> int:
+    """Index every committed event not indexed yet; return the index position."""
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            position: int = await conn.fetchval(SQL["index_lock"])
+            rows = await conn.fetch(SQL["index_source"], position, page)
+            if not rows:
+                return position
+            records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+            await conn.execute(SQL["index_insert"], *_columns([interpret(r) for r in records]))
+            await conn.execute(SQL["index_advance"], records[-1].position)
+            if len(rows) < page:
+                return records[-1].position
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    provider: str | None = None
+    customer: str | None = None
+    order_id: str | None = None
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def search(conn: Conn, filters: Filters, after: int, limit: int) -> list[asyncpg.Record]:
+    """Index rows (with the chain hash) after ``after`` matching every given filter."""
+    customer = filters.customer.strip().lower() if filters.customer else None
+    result: list[asyncpg.Record] = await conn.fetch(
+        SQL["search"],
+        after,
+        limit,
+        filters.provider,
+        customer,
+        filters.order_id,
+        filters.type,
+        filters.since,
+        filters.until,
+    )
+    return result
+
+
+async def export_pages(
+    pool: asyncpg.Pool, since: datetime, until: datetime, *, page: int = EXPORT_PAGE
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Rows received in [since, until), position order, one bounded page at a time (each
+    page on a short-lived connection, so a slow client holds no transaction open)."""
+    async with pool.acquire() as conn:
+        bounds = await conn.fetchrow(SQL["time_bounds"], since, until)
+    if bounds is None or bounds["lo"] is None:
+        return
+    after, hi = bounds["lo"] - 1, bounds["hi"]
+    while after < hi:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(SQL["export_page"], after, hi, since, until, page)
+        if not rows:
+            return
+        yield rows
+        after = rows[-1]["position"]
+
+
+def export_values(r: asyncpg.Record) -> list[Any]:
+    """One export row as JSON-native values, in ``EXPORT_COLUMNS`` order (amounts as exact
+    decimal strings, the hash as hex)."""
+    return [
+        r["position"],
+        str(r["event_id"]),
+        r["received_at"].isoformat(),
+        r["category"],
+        r["provider"],
+        r["kind"],
+        r["dedup_key"],
+        r["customer"],
+        r["order_id"],
+        r["status"],
+        None if r["amount"] is None else str(r["amount"]),
+        r["currency"],
+        r["body_sha256"],
+        None if r["hash"] is None else bytes(r["hash"]).hex(),
+    ]
+
+
+class ProviderDay(msgspec.Struct, kw_only=True):
+    provider: str
+    deliveries: int
+    received: int
+    quarantined: int
+    conflicted: int
+    paid_notifications: int
+    paid_orders: int
+    paid_amount: str
+    failures: int
+    refunds: int
+    chargebacks: int
+
+
+async def summary(conn: Conn, since: datetime, until: datetime) -> list[ProviderDay]:
+    """Per provider, deliveries received in [since, until) and the money they moved."""
+    counts = await conn.fetch(SQL["summary_counts"], since, until)
+    paid = {r["provider"]: r for r in await conn.fetch(SQL["summary_paid"], since, until)}
+    days = []
+    for c in counts:
+        p = paid.get(c["provider"])
+        days.append(
+            ProviderDay(
+                provider=c["provider"],
+                deliveries=c["deliveries"],
+                received=c["received"],
+                quarantined=c["quarantined"],
+                conflicted=c["conflicted"],
+                paid_notifications=c["paid_notifications"],
+                paid_orders=p["paid_orders"] if p else 0,
+                paid_amount=str(p["paid_amount"]) if p else "0",
+                failures=c["failures"],
+                refunds=c["refunds"],
+                chargebacks=c["chargebacks"],
+            )
+        )
+    return days

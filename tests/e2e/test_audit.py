@@ -1,0 +1,228 @@
+"""Finance audit through the real app: head, search, export, daily summary."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import tracemalloc
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from ledger import audit
+from ledger.config import Settings
+from ledger.database import create_pool
+from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
+from ledger.store import EventStore, NewEvent
+from tests.support import bearer, make_key, signed
+from tests.support import test_settings as make_settings
+
+
+async def post(client, provider: str, event: str, **kw: str) -> dict:
+    d = signed(provider, event, **kw)
+    r = await client.post(d.path, content=d.body, headers=d.headers)
+    assert r.status_code in (200, 400), r.text
+    return r.json()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    # Audit reads the log itself: no projection runner or outbox competing for the CPU.
+    return make_settings(LEDGER_RUN_PROJECTIONS="false", LEDGER_RUN_OUTBOX="false")
+
+
+@pytest.fixture
+async def reader(database_url: str) -> dict[str, str]:
+    return bearer(await make_key(database_url, "audit:read"))
+
+
+async def test_audit_routes_need_an_audit_key(client, database_url):
+    r = await client.get("/v1/audit/head")
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    other = bearer(await make_key(database_url, "tokens:write"))
+    r = await client.get("/v1/audit/events", headers=other)
+    assert r.status_code == 403
+
+
+async def test_head_is_the_latest_position_and_its_chain_hash(client, database_url, reader):
+    r = await client.get("/v1/audit/head", headers=reader)
+    assert r.json() == {"position": 0, "hash": None}
+    await post(client, "midtrans", "settlement")
+    last = await post(client, "xendit", "PAID")
+    head = (await client.get("/v1/audit/head", headers=reader)).json()
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT hash FROM stored_events WHERE notification_id = $1", last["position"]
+        )
+    finally:
+        await conn.close()
+    assert head == {"position": last["position"], "hash": bytes(stored).hex()}
+
+
+async def test_search_filters_and_paginates(client, reader):
+    a = await post(client, "midtrans", "settlement", order_id="INV-A", customer="Ana@X.io")
+    b = await post(client, "midtrans", "pending", order_id="INV-B")
+    c = await post(client, "xendit", "PAID", order_id="BOOK-1", customer="ana@x.io")
+    d = await post(client, "mayar", "payment.success", customer="budi@y.io")
+    q = await post(client, "mayar", "no.such.event")  # quarantined, still searchable
+
+    async def find(**params: str) -> list[int]:
+        r = await client.get("/v1/audit/events", params=params, headers=reader)
+        assert r.status_code == 200, r.text
+        return [i["position"] for i in r.json()["items"]]
+
+    assert await find(provider="midtrans") == [a["position"], b["position"]]
+    assert await find(customer="ANA@x.io") == [a["position"], c["position"]]
+    assert await find(order_id="BOOK-1") == [c["position"]]
+    assert await find(type="settlement") == [a["position"]]
+    assert await find(type="Delivery.Quarantined") == [q["position"]]
+    assert await find(provider="mayar", customer="budi@y.io") == [d["position"]]
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert await find(**{"from": future}) == []
+    assert len(await find(to=future)) == 5
+
+    item = (
+        await client.get("/v1/audit/events", params={"order_id": "INV-A"}, headers=reader)
+    ).json()
+    row = item["items"][0]
+    assert row["amount"] == "299000.00"
+    assert row["status"] == "paid"
+    assert row["dedup_key"].startswith("midtrans:INV-A:")
+    assert len(row["hash"]) == 64
+
+    seen, after = [], 0
+    while True:
+        page = (
+            await client.get(
+                "/v1/audit/events", params={"after": after, "limit": 2}, headers=reader
+            )
+        ).json()
+        seen += [i["position"] for i in page["items"]]
+        after = page["next_after"]
+        if not page["has_more"]:
+            break
+    assert seen == sorted(
+        [a["position"], b["position"], c["position"], d["position"], q["position"]]
+    )
+
+
+async def test_bad_query_values_are_problems_naming_the_parameter(client, reader):
+    r = await client.get("/v1/audit/events", params={"from": "yesterday"}, headers=reader)
+    assert r.status_code == 400
+    assert "'from'" in r.json()["detail"]
+    r = await client.get("/v1/audit/summary", params={"date": "2026-13-01"}, headers=reader)
+    assert r.status_code == 400
+    assert "'date'" in r.json()["detail"]
+    r = await client.get(
+        "/v1/audit/summary", params={"date": "2026-01-01", "tz": "Mars/Base"}, headers=reader
+    )
+    assert r.status_code == 400
+    r = await client.get("/v1/audit/export", params={"format": "xml"}, headers=reader)
+    assert r.status_code == 400
+
+
+async def test_daily_summary_counts_money_once_per_order(client, reader):
+    await post(client, "midtrans", "capture", order_id="INV-1", amount="100000.00")
+    await post(client, "midtrans", "settlement", order_id="INV-1", amount="100000.00")
+    await post(client, "midtrans", "settlement", order_id="INV-2", amount="0.10")
+    await post(client, "midtrans", "expire", order_id="INV-3")
+    await post(client, "midtrans", "refund", order_id="INV-1", amount="100000.00")
+    await post(client, "xendit", "PAID", order_id="B-1", amount="32000")
+    await post(client, "xendit", "EXPIRED", order_id="B-2")
+    await post(client, "mayar", "no.such.event")
+    today = datetime.now(UTC).date().isoformat()
+    r = await client.get("/v1/audit/summary", params={"date": today}, headers=reader)
+    assert r.status_code == 200, r.text
+    by = {p["provider"]: p for p in r.json()["providers"]}
+    mid = by["midtrans"]
+    assert mid["deliveries"] == 5
+    assert mid["paid_orders"] == 2
+    assert mid["paid_amount"] == "100000.10"
+    assert mid["paid_notifications"] == 3  # capture + settlement of INV-1, INV-2
+    assert mid["failures"] == 1
+    assert mid["refunds"] == 1
+    assert by["xendit"]["paid_amount"] == "32000"
+    assert by["xendit"]["failures"] == 1
+    assert by["mayar"]["quarantined"] == 1
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    r = await client.get("/v1/audit/summary", params={"date": yesterday}, headers=reader)
+    assert r.json()["providers"] == []
+
+
+def delivery(i: int, at: datetime) -> NewEvent:
+    """A real signed Midtrans body recorded as if received at ``at`` (bulk, no HTTP)."""
+    body = signed("midtrans", "settlement", order_id=f"INV-{i}", amount="1000.00").body
+    state = DeliveryState(
+        originator_topic=DELIVERY_TOPIC,
+        timestamp=at,
+        provider="midtrans",
+        dedup_key=f"midtrans:INV-{i}:bulk",
+        kind="settlement",
+        source=None,
+        scheme="test",
+        headers={},
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        body_b64=base64.b64encode(body).decode(),
+    )
+    return NewEvent(uuid.uuid4(), RECEIVED_TOPIC, encode_state(state))
+
+
+async def test_export_streams_a_large_range_in_bounded_pages(client, database_url, reader):
+    n = 20_000
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        store = EventStore(pool)
+        for k in range(0, n, 2000):
+            await store.append_many(
+                [delivery(i, start + timedelta(seconds=i * 10)) for i in range(k, k + 2000)]
+            )
+        await audit.catch_up(pool)
+
+        # Page-wise: no page exceeds its size, and memory does not grow with the range.
+        async def peak(until: datetime) -> tuple[int, int]:
+            rows = 0
+            tracemalloc.start()
+            try:
+                async for page in audit.export_pages(pool, start, until, page=1000):
+                    assert len(page) <= 1000
+                    rows += len(page)
+                    del page
+                return rows, tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+
+        small_rows, small_peak = await peak(start + timedelta(seconds=2000 * 10))
+        big_rows, big_peak = await peak(start + timedelta(seconds=n * 10))
+        assert (small_rows, big_rows) == (2000, n)
+        assert big_peak < 2 * small_peak + 256 * 1024, (small_peak, big_peak)
+    finally:
+        await pool.close()
+
+    march = {"from": "2026-03-01", "to": "2026-03-02"}  # 8640 events at 10 s apart
+    r = await client.get("/v1/audit/export", params=march, headers=reader)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert tuple(rows[0]) == audit.EXPORT_COLUMNS
+    assert len(rows) == 1 + 8640
+    positions = [int(x[0]) for x in rows[1:]]
+    assert positions == sorted(positions)
+    first = dict(zip(rows[0], rows[1], strict=True))
+    assert first["order_id"] == "INV-0"
+    assert first["amount"] == "1000.00"
+    assert len(first["hash"]) == 64
+
+    r = await client.get("/v1/audit/export", params={**march, "format": "jsonl"}, headers=reader)
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(x) for x in r.text.splitlines()]
+    assert len(lines) == 8640
+    assert list(lines[-1]) == list(audit.EXPORT_COLUMNS)
+    assert lines[-1]["received_at"].startswith("2026-03-01T23:59:50")
