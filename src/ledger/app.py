@@ -18,9 +18,11 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from ledger import __version__, migrate
 from ledger.api import problems
+from ledger.api.accounts import AccountsController
 from ledger.api.auth import require_key
 from ledger.api.events import EventsController
 from ledger.api.health import health, ready
+from ledger.api.orders import OrdersController, ReviewController, SubscriptionsController
 from ledger.api.webhooks import WebhookController
 from ledger.config import Settings, load_settings
 from ledger.database import create_pool, resolve_database_url
@@ -97,6 +99,10 @@ def route_handlers() -> list[Any]:
         WebhookController,
         EventsController,
         MetricsController,
+        AccountsController,
+        OrdersController,
+        SubscriptionsController,
+        ReviewController,
     ]
 
 

@@ -56,6 +56,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     token_packages: dict[str, int] = msgspec.field(
         default_factory=lambda: {"silver": 5, "gold": 100}
     )
+    # Optional price per package in IDR ("silver=50000,gold=500000"): a paid amount that
+    # differs is flagged for review instead of credited. None: amounts are not checked.
+    package_prices: dict[str, int] | None = None
     max_body_bytes: int = 64 * 1024
     max_json_depth: int = 32
     group_commit_max: int = 512
@@ -105,12 +108,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             raw[field] = env[key]
     if "providers" in raw:
         raw["providers"] = list(_split_list(str(raw["providers"])))
-    if "token_packages" in raw:
-        # "silver=5,gold=100"
-        pairs = _split_list(str(raw["token_packages"]))
-        raw["token_packages"] = {
-            k.strip(): v.strip() for k, _, v in (p.partition("=") for p in pairs)
-        }
+    for pairs_field in ("token_packages", "package_prices"):
+        if pairs_field in raw:
+            # "silver=5,gold=100"
+            pairs = _split_list(str(raw[pairs_field]))
+            raw[pairs_field] = {
+                k.strip(): v.strip() for k, _, v in (p.partition("=") for p in pairs)
+            }
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:

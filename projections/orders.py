@@ -1,0 +1,134 @@
+"""Order status per provider order: Midtrans ``order_id``, Xendit ``external_id``, partner
+``booking_id``.
+
+Each notification becomes a history row with its provider status and the order status it
+maps to (``ledger.orderstatus``); the order row is the highest-ranked notification's view
+(precedence, ties broken by event id), so any arrival order gives the same rows. A
+``pending`` or ``expire`` that arrives after ``paid`` is kept in the history and reads as
+late (computed from positions by the API); it never downgrades the order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from ledger import orderstatus
+from ledger.domain import RECEIVED_TOPIC, DeliveryState, decode_delivery
+from ledger.folding import columns, raw_body, table_digest
+from ledger.projection import Conn
+from ledger.providers import midtrans, partner, xendit
+from ledger.queries import load
+from ledger.store import StoredRecord
+
+SQL = load(Path(__file__).with_suffix(".sql"))
+
+
+class Note(NamedTuple):
+    """One notification about an order, in the columns of ``order_history``."""
+
+    event_id: uuid.UUID
+    provider: str
+    order_id: str
+    position: int
+    provider_status: str
+    status: str
+    rank: int
+    amount: str | None
+    currency: str | None
+    payment_method: str | None
+    customer: str | None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def note(rec: StoredRecord, state: DeliveryState) -> Note | None:
+    """The order notification a delivery carries, or None (not an order provider)."""
+    body = raw_body(state)
+    amount: str | None
+    currency: str | None
+    method: str | None
+    customer: str | None
+    if state.provider == "midtrans":
+        m = midtrans.DECODER.decode(body)
+        status = orderstatus.midtrans_status(m.transaction_status, m.fraud_status)
+        shown = m.transaction_status + (f"/{m.fraud_status}" if m.fraud_status else "")
+        order_id, amount, currency = m.order_id, m.gross_amount, m.currency
+        method, customer = m.payment_type, m.customer_email
+    elif state.provider == "xendit":
+        x = xendit.DECODER.decode(body)
+        status = orderstatus.xendit_status(x.status)
+        shown, order_id, currency = x.status, x.external_id, x.currency
+        amount = _text(x.paid_amount if x.paid_amount is not None else x.amount)
+        method = x.payment_channel or x.payment_method
+        customer = x.payer_email
+    elif state.provider == "partner":
+        p = partner.DECODER.decode(body)
+        status = orderstatus.partner_status(p.event, p.status)
+        shown = p.event + (f"/{p.status}" if p.status else "")
+        order_id, amount, currency = p.booking_id, _text(p.paid_amount), None
+        method, customer = p.payment_method, None
+    else:
+        return None
+    if customer:
+        customer = customer.strip().lower() or None
+    return Note(
+        rec.id,
+        state.provider,
+        order_id,
+        rec.position,
+        shown,
+        status,
+        orderstatus.rank(status),
+        amount,
+        currency,
+        method,
+        customer,
+    )
+
+
+class Orders:
+    name = "orders"
+    version = 1
+    topics: tuple[str, ...] = (RECEIVED_TOPIC,)
+    schema_sql = SQL["schema"]
+
+    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        notes: list[Note] = []
+        best: dict[tuple[str, str], Note] = {}
+        for rec in records:
+            state = decode_delivery(rec.state)
+            n = note(rec, state)
+            if n is None:
+                continue
+            notes.append(n)
+            key = (n.provider, n.order_id)
+            seen = best.get(key)
+            if seen is None or (n.rank, n.event_id) > (seen.rank, seen.event_id):
+                best[key] = n
+        if not notes:
+            return
+        await conn.execute(SQL["insert_history"], *columns(notes))
+        top = [best[k] for k in sorted(best)]
+        await conn.execute(
+            SQL["upsert_orders"],
+            [n.provider for n in top],
+            [n.order_id for n in top],
+            [n.status for n in top],
+            [n.rank for n in top],
+            [n.event_id for n in top],
+            [n.amount for n in top],
+            [n.currency for n in top],
+            [n.payment_method for n in top],
+            [n.customer for n in top],
+        )
+
+    async def digest(self, conn: Conn) -> str:
+        return await table_digest(conn, [SQL["digest_orders"], SQL["digest_history"]])
+
+
+PROJECTION = Orders()

@@ -1,0 +1,85 @@
+"""Subscriptions: per customer and license code, the facts Mayar's ``subscription.*`` and
+``membership.*`` events state, folded order-independently (rule: ``ledger.folding``).
+
+Only maxima are stored (latest grant expiry, latest cancelled-through, latest
+expired-through), so any arrival order or repetition of the same events gives the same
+rows; ``ledger.folding.subscription_status`` turns a row into active / cancelled / expired
+at query time, so a subscription whose expiry passed reads expired with no event at all.
+Events without a customer or with an unreadable expiry are listed by the ``review``
+projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from ledger.domain import RECEIVED_TOPIC, decode_delivery
+from ledger.folding import is_subscription_event, raw_body, subscription_fact, table_digest
+from ledger.projection import Conn
+from ledger.providers import mayar
+from ledger.queries import load
+from ledger.store import StoredRecord
+
+SQL = load(Path(__file__).with_suffix(".sql"))
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+class Row:
+    __slots__ = ("cancelled", "expired", "expiry", "position")
+
+    def __init__(self) -> None:
+        self.expiry: datetime | None = None
+        self.cancelled: datetime | None = None
+        self.expired: datetime | None = None
+        self.position = 0
+
+
+class Subscriptions:
+    name = "subscriptions"
+    version = 1
+    topics: tuple[str, ...] = (RECEIVED_TOPIC,)
+    schema_sql = SQL["schema"]
+
+    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        rows: dict[tuple[str, str], Row] = {}
+        for rec in records:
+            state = decode_delivery(rec.state)
+            if state.provider != "mayar" or not is_subscription_event(state.kind):
+                continue
+            hook = mayar.DECODER.decode(raw_body(state))
+            fact = subscription_fact(hook.event, hook.data)
+            if fact.kind is None or fact.customer is None:
+                continue
+            row = rows.setdefault((fact.customer, fact.license_code), Row())
+            if fact.kind == "grant":
+                row.expiry = _max(row.expiry, fact.until)
+            elif fact.kind == "cancel":
+                row.cancelled = _max(row.cancelled, fact.until)
+            else:
+                row.expired = _max(row.expired, fact.until)
+            row.position = max(row.position, rec.position)
+        if not rows:
+            return
+        keys = sorted(rows)
+        await conn.execute(
+            SQL["upsert"],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [rows[k].expiry for k in keys],
+            [rows[k].cancelled for k in keys],
+            [rows[k].expired for k in keys],
+            [rows[k].position for k in keys],
+        )
+
+    async def digest(self, conn: Conn) -> str:
+        return await table_digest(conn, [SQL["digest"]])
+
+
+PROJECTION = Subscriptions()

@@ -1,0 +1,92 @@
+"""Token balances: credits from paid Mayar deliveries, debits from spends.
+
+Credits come from Mayar ``payment.success`` / ``payment.received`` through the package
+catalogue (``ledger.folding.classify_payment``): one credit per Mayar payment id, so a
+payment announced by both events is credited once. Flagged deliveries (unknown package or
+customer, amount mismatch) credit nothing; the ``review`` projection lists them.
+
+Debits are ``TokenSpend.Spent`` events appended by ``ledger.spend`` under the customer's
+lock; their ``balance_after`` is stored as recorded, so a repeated request can be answered
+from the log. The projection itself never refuses a spend (the log is the truth).
+
+Configuration: the catalogue is read from the environment when the module is imported
+(``LEDGER_TOKEN_PACKAGES``, ``LEDGER_PACKAGE_PRICES``; defaults silver = 5, gold = 100, no
+prices). It is part of the projection's meaning: after changing it, rebuild the projection.
+Tests build their own ``TokenBalances(Catalogue.of(...))``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from ledger.domain import RECEIVED_TOPIC, SPENT_TOPIC, decode_delivery, decode_spend
+from ledger.folding import Catalogue, classify_payment, columns, raw_body, table_digest
+from ledger.projection import Conn
+from ledger.providers import mayar
+from ledger.queries import load
+from ledger.store import StoredRecord
+
+SQL = load(Path(__file__).with_suffix(".sql"))
+
+CreditRow = tuple[str, uuid.UUID, str, str, int, int]
+
+
+class TokenBalances:
+    name = "token_balances"
+    version = 1
+    topics: tuple[str, ...] = (RECEIVED_TOPIC, SPENT_TOPIC)
+    schema_sql = SQL["schema"]
+
+    def __init__(self, catalogue: Catalogue | None = None) -> None:
+        self.catalogue = catalogue or Catalogue()
+
+    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        credits: dict[str, CreditRow] = {}
+        spends: list[tuple[uuid.UUID, str, int, str, int, int]] = []
+        for rec in records:
+            if rec.topic == RECEIVED_TOPIC:
+                state = decode_delivery(rec.state)
+                if state.provider != "mayar" or state.kind not in mayar.PAID_EVENTS:
+                    continue
+                data = mayar.DECODER.decode(raw_body(state)).data
+                credit = classify_payment(data, self.catalogue, str(rec.id))
+                if credit.tokens <= 0 or credit.customer is None or credit.package is None:
+                    continue
+                row = (
+                    credit.payment_key,
+                    rec.id,
+                    credit.customer,
+                    credit.package,
+                    credit.tokens,
+                    rec.position,
+                )
+                seen = credits.get(credit.payment_key)
+                if seen is None or rec.id < seen[1]:
+                    credits[credit.payment_key] = row
+            elif rec.topic == SPENT_TOPIC:
+                s = decode_spend(rec.state)
+                spends.append(
+                    (rec.id, s.customer, s.amount, s.idempotency_key, s.balance_after, rec.position)
+                )
+        touched: set[str] = set()
+        if credits:
+            rows = list(credits.values())
+            for r in await conn.fetch(SQL["existing_credit_customers"], [r[0] for r in rows]):
+                touched.add(r["customer"])
+            await conn.execute(SQL["upsert_credits"], *columns(rows))
+            touched.update(r[2] for r in rows)
+        if spends:
+            await conn.execute(SQL["insert_spends"], *columns(spends))
+            touched.update(s[1] for s in spends)
+        if touched:
+            await conn.execute(SQL["recompute_accounts"], sorted(touched))
+
+    async def digest(self, conn: Conn) -> str:
+        return await table_digest(
+            conn, [SQL["digest_credits"], SQL["digest_spends"], SQL["digest_accounts"]]
+        )
+
+
+PROJECTION = TokenBalances(Catalogue.from_env())

@@ -1,0 +1,136 @@
+"""Order status: each provider's notification mapped to one order status, and precedence.
+
+Pure logic (no I/O), shared by the ``orders`` projection and the orders API.
+
+The mapping follows ``shared/reference/providers.md``. Precedence makes the folded status
+independent of arrival order: an order's status is the highest-ranked status among all its
+notifications, so a ``pending`` or ``expire`` that arrives after ``paid`` never downgrades it
+(it stays in the history, marked late). Ranks::
+
+    pending < failed < paid < partially_refunded < refunded
+            < partially_charged_back < charged_back
+
+The reference only says "chargebacks after paid"; we rank them after the refunds too, so a
+chargeback (a dispute the merchant lost) is what an order finally reads, whatever else came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+OrderStatus = Literal[
+    "pending",
+    "failed",
+    "paid",
+    "partially_refunded",
+    "refunded",
+    "partially_charged_back",
+    "charged_back",
+]
+
+RANK: dict[str, int] = {
+    "pending": 10,
+    "failed": 20,
+    "paid": 30,
+    "partially_refunded": 40,
+    "refunded": 50,
+    "partially_charged_back": 60,
+    "charged_back": 70,
+}
+
+_MIDTRANS: dict[str, OrderStatus] = {
+    "settlement": "paid",
+    "pending": "pending",
+    "authorize": "pending",
+    "deny": "failed",
+    "cancel": "failed",
+    "expire": "failed",
+    "failure": "failed",
+    "refund": "refunded",
+    "partial_refund": "partially_refunded",
+    "chargeback": "charged_back",
+    "partial_chargeback": "partially_charged_back",
+}
+
+_XENDIT: dict[str, OrderStatus] = {
+    "PENDING": "pending",
+    "PAID": "paid",
+    "SETTLED": "paid",
+    "EXPIRED": "failed",
+}
+
+
+class UnknownStatus(ValueError):
+    """A provider status this module cannot map (the caller decides: review or raise)."""
+
+
+def midtrans_status(transaction_status: str, fraud_status: str | None = None) -> OrderStatus:
+    """``capture`` depends on ``fraud_status``: accept (or absent) is paid, challenge is
+    pending (a person must decide), deny is failed; an unknown verdict is pending too."""
+    if transaction_status == "capture":
+        fraud = (fraud_status or "accept").lower()
+        if fraud == "accept":
+            return "paid"
+        if fraud == "challenge":
+            return "pending"
+        if fraud == "deny":
+            return "failed"
+        return "pending"  # an unknown fraud verdict needs a person, like challenge
+    try:
+        return _MIDTRANS[transaction_status]
+    except KeyError:
+        raise UnknownStatus(f"Midtrans transaction_status {transaction_status!r}") from None
+
+
+def xendit_status(status: str) -> OrderStatus:
+    try:
+        return _XENDIT[status]
+    except KeyError:
+        raise UnknownStatus(f"Xendit status {status!r}") from None
+
+
+def partner_status(event: str, status: str | None) -> OrderStatus:
+    """``LUNAS`` (paid in full) is paid; ``DP`` (down payment only) is still pending;
+    a ``booking.paid`` without a status is taken as paid."""
+    if status == "LUNAS" or (status is None and event == "booking.paid"):
+        return "paid"
+    if status == "DP" or status is None:
+        return "pending"
+    raise UnknownStatus(f"partner booking status {status!r}")
+
+
+def rank(status: str) -> int:
+    return RANK[status]
+
+
+def fold(statuses: Iterable[OrderStatus]) -> OrderStatus | None:
+    """The order's status from all its notifications' statuses (any order, any repeats)."""
+    best: OrderStatus | None = None
+    for s in statuses:
+        if best is None or RANK[s] > RANK[best]:
+            best = s
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One notification in an order's history, as the projection stores it."""
+
+    position: int
+    event_id: str
+    provider_status: str
+    status: str
+
+
+def late_flags(history: Sequence[Entry]) -> list[bool]:
+    """For a history in log order: was each entry ranked below a status already recorded
+    before it? Such a notification arrived late and did not change the order."""
+    flags: list[bool] = []
+    best = -1
+    for e in history:
+        r = RANK[e.status]
+        flags.append(r < best)
+        best = max(best, r)
+    return flags

@@ -1,0 +1,330 @@
+"""The read models folded straight through the projection contract, on real deliveries.
+
+Deliveries are signed and ingested through the real app (``client``); the records are read
+back from the real log and folded into a fresh schema per projection, as the runner does
+(``search_path`` set to the schema, ``schema_sql``, then ``apply`` in a transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from ledger import orderstatus
+from ledger.domain import SPEND_TOPIC, SPENT_TOPIC, SpendState, encode_spend, spend_id
+from ledger.folding import Catalogue, subscription_status
+from ledger.projection import Projection
+from ledger.store import EventStore, NewEvent, StoredRecord
+from projections.orders import Orders
+from projections.review import Review
+from projections.subscriptions import Subscriptions
+from projections.token_balances import TokenBalances
+from tests.support import signed
+
+MAYAR = {"content-type": "application/json", "x-callback-token": "test-mayar-token"}
+
+
+def mayar_body(event: str, **data: Any) -> bytes:
+    return json.dumps({"event": event, "data": data}).encode()
+
+
+async def post_mayar(client: Any, event: str, **data: Any) -> dict[str, Any]:
+    r = await client.post("/webhooks/mayar", content=mayar_body(event, **data), headers=MAYAR)
+    assert r.status_code in (200, 400), r.text
+    ack: dict[str, Any] = r.json()
+    return ack
+
+
+async def post(client: Any, provider: str, event: str, **kw: str) -> dict[str, Any]:
+    d = signed(provider, event, **kw)
+    r = await client.post(d.path, content=d.body, headers=d.headers)
+    assert r.status_code == 200, r.text
+    ack: dict[str, Any] = r.json()
+    return ack
+
+
+async def read_log(url: str) -> list[StoredRecord]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM stored_events ORDER BY notification_id"
+        )
+    finally:
+        await conn.close()
+    return [
+        StoredRecord(
+            r["notification_id"],
+            r["originator_id"],
+            r["originator_version"],
+            r["topic"],
+            bytes(r["state"]),
+        )
+        for r in rows
+    ]
+
+
+async def fold(
+    conn: asyncpg.Connection,
+    proj: Projection,
+    records: Sequence[StoredRecord],
+    schema: str,
+    *,
+    batch: int = 100,
+) -> None:
+    """Create ``schema``, run the DDL and apply ``records`` (its topics only) in batches."""
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        await conn.execute(proj.schema_sql)
+    mine = [r for r in records if r.topic in proj.topics]
+    for i in range(0, len(mine), batch):
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+            await proj.apply(conn, mine[i : i + batch])
+
+
+async def digest(conn: asyncpg.Connection, proj: Projection, schema: str) -> str:
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        return await proj.digest(conn)
+
+
+async def query(conn: asyncpg.Connection, schema: str, sql: str, *args: Any) -> list[Any]:
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        return list(await conn.fetch(sql, *args))
+
+
+def spend_event(customer: str, amount: int, key: str, balance_after: int) -> NewEvent:
+    state = SpendState(
+        originator_topic=SPEND_TOPIC,
+        timestamp=datetime.now(UTC),
+        customer=customer,
+        amount=amount,
+        idempotency_key=key,
+        reason="test",
+        balance_after=balance_after,
+    )
+    return NewEvent(spend_id(customer, key), SPENT_TOPIC, encode_spend(state))
+
+
+async def test_token_balances_credit_catalogue_and_spends(client, database_url):
+    await post(client, "mayar", "payment.success", customer=" Ana@Example.com ", package="silver")
+    await post_mayar(
+        client, "payment.received", id="p-2", customerEmail="ana@example.com", package="GOLD"
+    )
+    # The same payment announced by both events is one credit.
+    await post_mayar(
+        client, "payment.success", id="p-2", customerEmail="ana@example.com", package="gold"
+    )
+    await post_mayar(
+        client,
+        "payment.success",
+        id="p-3",
+        customer={"email": "bo@example.com"},
+        membershipTierName="Silver",
+    )
+    await post_mayar(client, "payment.success", id="p-4", customerEmail="bo@x.com", package="plat")
+    await post_mayar(client, "payment.success", id="p-5", package="silver")  # no customer
+    await post_mayar(client, "payment.pending", id="p-6", customerEmail="bo@x.com", package="gold")
+    await post(client, "midtrans", "settlement", customer="ana@example.com")
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await EventStore(pool).append_many([spend_event("ana@example.com", 3, "k1", 102)])
+    finally:
+        await pool.close()
+
+    records = await read_log(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        proj = TokenBalances()
+        await fold(conn, proj, records, "t_tokens")
+        rows = await query(
+            conn, "t_tokens", "SELECT customer, credited, spent FROM accounts ORDER BY customer"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("ana@example.com", 105, 3),
+            ("bo@example.com", 5, 0),
+        ]
+        spends = await query(conn, "t_tokens", "SELECT amount, balance_after FROM spends")
+        assert [tuple(r) for r in spends] == [(3, 102)]
+        # One event per batch gives the same state as one batch.
+        await fold(conn, proj, records, "t_tokens_1", batch=1)
+        assert await digest(conn, proj, "t_tokens_1") == await digest(conn, proj, "t_tokens")
+        # The unknown package and the missing customer are in the review queue instead.
+        review = Review()
+        await fold(conn, review, records, "t_review")
+        reasons = await query(conn, "t_review", "SELECT reason, detail FROM review_items")
+        assert sorted(r["reason"] for r in reasons) == [
+            "unknown-customer",
+            "unknown-package",
+        ]
+        assert any("'plat'" in r["detail"] for r in reasons)
+    finally:
+        await conn.close()
+
+
+async def test_configured_prices_flag_a_wrong_amount(client, database_url):
+    await post_mayar(
+        client, "payment.success", id="ok", customerEmail="c@x.com", package="silver", amount=50000
+    )
+    await post_mayar(
+        client, "payment.success", id="bad", customerEmail="c@x.com", package="silver", amount=1
+    )
+    catalogue = Catalogue.of({"silver": 5, "gold": 100}, {"silver": 50000})
+    records = await read_log(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await fold(conn, TokenBalances(catalogue), records, "t_priced")
+        rows = await query(conn, "t_priced", "SELECT credited FROM accounts")
+        assert [r["credited"] for r in rows] == [5]
+        await fold(conn, Review(catalogue), records, "t_priced_review")
+        flagged = await query(conn, "t_priced_review", "SELECT reason, detail FROM review_items")
+        assert [r["reason"] for r in flagged] == ["amount-mismatch"]
+        assert "data.amount 1 differs" in flagged[0]["detail"]
+        assert "50000" in flagged[0]["detail"]
+        # Without prices the same deliveries credit twice.
+        await fold(conn, TokenBalances(), records, "t_unpriced")
+        rows = await query(conn, "t_unpriced", "SELECT credited FROM accounts")
+        assert [r["credited"] for r in rows] == [10]
+    finally:
+        await conn.close()
+
+
+async def test_subscriptions_fold_and_expire_at_query_time(client, database_url):
+    future = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    later = (datetime.now(UTC) + timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    past = "2020-01-01T00:00:00.000Z"
+    sub = {"customerEmail": "Sub@X.com"}
+    await post_mayar(
+        client, "subscription.activated", id="s1", licenseCode="L1", expiredAt=future, **sub
+    )
+    await post_mayar(
+        client, "subscription.cancelled", id="s2", licenseCode="L1", expiredAt=future, **sub
+    )
+    await post_mayar(
+        client, "subscription.renewed", id="s3", licenseCode="L2", expiredAt=future, **sub
+    )
+    await post_mayar(
+        client, "subscription.renewed", id="s4", licenseCode="L2", expiredAt=later, **sub
+    )
+    await post_mayar(
+        client, "subscription.cancelled", id="s5", licenseCode="L2", expiredAt=future, **sub
+    )
+    await post_mayar(
+        client, "membership.activated", id="s6", licenseCode="L3", expiredAt=past, **sub
+    )
+    await post_mayar(
+        client, "subscription.activated", id="s7", licenseCode="L4", expiredAt=future, **sub
+    )
+    await post_mayar(client, "subscription.expired", id="s8", licenseCode="L4", **sub)
+    await post_mayar(
+        client, "subscription.activated", id="s9", licenseCode="L5", expiredAt="soon", **sub
+    )
+    records = await read_log(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        proj = Subscriptions()
+        await fold(conn, proj, records, "t_subs")
+        rows = await query(
+            conn,
+            "t_subs",
+            "SELECT * FROM subscriptions WHERE customer = 'sub@x.com' ORDER BY license_code",
+        )
+        now = datetime.now(UTC)
+        status = {
+            r["license_code"]: subscription_status(
+                r["expiry"], r["cancelled_through"], r["expired_through"], now
+            )
+            for r in rows
+        }
+        # L1 cancelled (still has access until the expiry); L2 renewed past its cancelled
+        # period; L3 ran out with no event; L4 ended by an expired event; L5 unreadable.
+        assert status == {"L1": "cancelled", "L2": "active", "L3": "expired", "L4": "expired"}
+        # Reversed arrival gives the same rows.
+        await fold(conn, proj, list(reversed(records)), "t_subs_rev", batch=1)
+        assert await digest(conn, proj, "t_subs_rev") == await digest(conn, proj, "t_subs")
+        await fold(conn, Review(), records, "t_subs_review")
+        flagged = await query(conn, "t_subs_review", "SELECT reason FROM review_items")
+        assert [r["reason"] for r in flagged] == ["invalid-expiry"]
+    finally:
+        await conn.close()
+
+
+async def test_orders_precedence_history_and_late_notifications(client, database_url):
+    await post(client, "midtrans", "pending", order_id="INV-1", transaction_id="t1")
+    await post(client, "midtrans", "settlement", order_id="INV-1", transaction_id="t1")
+    await post(client, "midtrans", "expire", order_id="INV-1", transaction_id="t1")
+    await post(client, "midtrans", "capture", order_id="INV-2", fraud_status="challenge")
+    await post(client, "xendit", "PAID", order_id="BOOK-1", amount="32000")
+    await post(client, "xendit", "PENDING", order_id="BOOK-1", amount="32000")
+    await post(client, "partner", "booking.paid", order_id="b-1")
+    records = await read_log(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        proj = Orders()
+        await fold(conn, proj, records, "t_orders")
+        orders = {
+            (r["provider"], r["order_id"]): r
+            for r in await query(conn, "t_orders", "SELECT * FROM orders")
+        }
+        assert orders["midtrans", "INV-1"]["status"] == "paid"
+        assert orders["midtrans", "INV-1"]["amount"] == "299000.00"
+        assert orders["midtrans", "INV-1"]["payment_method"] == "bank_transfer"
+        assert orders["midtrans", "INV-2"]["status"] == "pending"
+        assert orders["xendit", "BOOK-1"]["status"] == "paid"
+        assert orders["xendit", "BOOK-1"]["payment_method"] == "QRIS"
+        assert orders["partner", "b-1"]["status"] == "paid"
+        history = await query(
+            conn,
+            "t_orders",
+            "SELECT * FROM order_history WHERE order_id = 'INV-1' ORDER BY position",
+        )
+        assert [h["provider_status"] for h in history] == ["pending", "settlement", "expire"]
+        entries = [
+            orderstatus.Entry(h["position"], str(h["event_id"]), h["provider_status"], h["status"])
+            for h in history
+        ]
+        assert orderstatus.late_flags(entries) == [False, False, True]
+        await fold(conn, proj, list(reversed(records)), "t_orders_rev", batch=2)
+        assert await digest(conn, proj, "t_orders_rev") == await digest(conn, proj, "t_orders")
+    finally:
+        await conn.close()
+
+
+async def test_review_lists_quarantined_and_conflicted(client, database_url):
+    r = await client.post(
+        "/webhooks/xendit",
+        content=b'{"id": "x", "status": "PAID"}',
+        headers={"x-callback-token": "test-xendit-token"},
+    )
+    assert r.status_code == 400
+    await post_mayar(client, "payment.success", id="dup", customerEmail="a@x.com", package="silver")
+    ack = await post_mayar(
+        client, "payment.success", id="dup", customerEmail="a@x.com", package="gold"
+    )
+    assert ack["flag"] == "dedup-conflict"
+    records = await read_log(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await fold(conn, Review(), records, "t_rev")
+        rows = await query(conn, "t_rev", "SELECT * FROM review_items ORDER BY position")
+        assert [(r["reason"], r["provider"]) for r in rows] == [
+            ("quarantined", "xendit"),
+            ("dedup-conflict", "mayar"),
+        ]
+        assert "external_id" in rows[0]["detail"]
+        assert rows[1]["event_id"] == uuid.UUID(ack["event_id"])
+        # The conflicting body credited nothing: silver only.
+        await fold(conn, TokenBalances(), records, "t_rev_tokens")
+        credited = await query(conn, "t_rev_tokens", "SELECT credited FROM accounts")
+        assert [r["credited"] for r in credited] == [5]
+    finally:
+        await conn.close()
