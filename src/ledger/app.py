@@ -19,10 +19,13 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from ledger import __version__, migrate
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
+from ledger.api.admin import admin_page
 from ledger.api.auth import require_key
 from ledger.api.events import EventsController
 from ledger.api.health import health, ready
 from ledger.api.orders import OrdersController, ReviewController, SubscriptionsController
+from ledger.api.outbox import OutboxController
+from ledger.api.stream import stream
 from ledger.api.webhooks import WebhookController
 from ledger.config import Settings, load_settings
 from ledger.database import create_pool, resolve_database_url
@@ -71,6 +74,9 @@ def components(services: Services) -> list[Component]:
 
         services.runner = ProjectionRunner(services.database_url)
         found.append(services.runner)
+    from ledger.outbox import outbox_components
+
+    found.extend(outbox_components(services))
     return found
 
 
@@ -103,6 +109,9 @@ def route_handlers() -> list[Any]:
         OrdersController,
         SubscriptionsController,
         ReviewController,
+        OutboxController,
+        stream,
+        admin_page,
     ]
 
 

@@ -63,6 +63,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_json_depth: int = 32
     group_commit_max: int = 512
     run_projections: bool = True
+    # Outbox (ADR 0007). Comma-separated strings keep the env parsing trivial.
+    smtp_from: str = "ledger@localhost"
+    partner_booking_providers: str = "xendit"  # whose paid orders are partner bookings
+    run_outbox: bool = True
+    outbox_workers: int = 2
+    outbox_batch: int = 64
+    outbox_timeout: float = 10.0  # seconds per HTTP/SMTP attempt
+    outbox_lease: float = 60.0  # seconds a worker owns a claimed message
+    outbox_retry_schedule: str = ""  # seconds between attempts; empty: the ~1 day default
 
     def __repr__(self) -> str:
         shown = {

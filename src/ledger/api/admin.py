@@ -1,0 +1,38 @@
+"""``GET /admin``: the operator page (one self-contained HTML file, no CDN, no build step).
+
+The page itself is public; it asks for an API key once (kept in the browser's
+localStorage) and sends it with every data call: ``/v1/stream`` (live feed),
+``/v1/outbox`` (dead letters, retry, search) and ``/v1/projections`` (lag) when present.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from litestar import MediaType, get
+from litestar.response import Response
+
+PAGE = Path(__file__).resolve().parent.parent / "static" / "admin.html"
+
+
+@cache
+def _page() -> bytes:
+    return PAGE.read_bytes()
+
+
+@get("/admin", media_type=MediaType.HTML, include_in_schema=False)
+async def admin_page() -> Response[bytes]:
+    return Response(
+        _page(),
+        media_type=MediaType.HTML,
+        headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": (
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+            ),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )

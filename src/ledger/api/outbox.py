@@ -1,0 +1,129 @@
+"""Operator routes for the outbox (scope ``ops:admin``): list messages, retry one.
+
+A retry needs a reason (``X-Ledger-Reason``); it is recorded in the log as an operator
+action in the same transaction that makes the message due again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, QueryParameter
+
+from ledger.api.auth import current_key, require_key
+from ledger.api.problems import problem
+from ledger.operator import ReasonRequired
+from ledger.outbox import NotRetryable, get_message, list_messages, retry_message
+
+State = Literal["pending", "dead", "delivered"]
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    attempt: int
+    started_at: datetime
+    latency_ms: int
+    status: int | None
+    outcome: str
+    excerpt: str | None
+
+
+class Message(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    kind: str
+    target: str
+    state: str
+    attempts: int
+    due_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    dead_at: datetime | None
+    last_error: str | None
+    order_ref: str | None
+    customer: str | None
+    source_position: int
+    attempt_log: list[Attempt] | None = None
+
+
+class MessagePage(msgspec.Struct, kw_only=True):
+    items: list[Message]
+
+
+class Retried(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    state: str
+    action_position: int
+
+
+def _id(message_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(message_id)
+    except ValueError:
+        raise problem(
+            400, "invalid-message-id", "Invalid message id", f"{message_id!r} is not a UUID"
+        ) from None
+
+
+class OutboxController(Controller):
+    path = "/v1/outbox"
+    tags = ["outbox"]
+    guards = [require_key]
+    opt = {"scopes": ("ops:admin",)}
+
+    @get("/", summary="Outbox messages, newest first")
+    async def list_outbox(
+        self,
+        request: Request[Any, Any, Any],
+        message_state: Annotated[
+            State | None, QueryParameter(name="state", description="pending, dead, delivered")
+        ] = None,
+        q: Annotated[
+            str | None, QueryParameter(max_length=200, description="order id or customer")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> MessagePage:
+        async with request.app.state.services.pool.acquire() as conn:
+            rows = await list_messages(conn, message_state, q, limit)
+        return MessagePage(items=[msgspec.convert(r, Message) for r in rows])
+
+    @get("/{message_id:str}", summary="One message with every attempt")
+    async def get_outbox(
+        self, request: Request[Any, Any, Any], message_id: FromPath[str]
+    ) -> Message:
+        mid = _id(message_id)
+        async with request.app.state.services.pool.acquire() as conn:
+            row = await get_message(conn, mid)
+        if row is None:
+            raise problem(404, "message-not-found", "No such message", f"no message {mid}")
+        return msgspec.convert(row, Message)
+
+    @post("/{message_id:str}/retry", status_code=202, summary="Deliver a message again now")
+    async def retry(self, request: Request[Any, Any, Any], message_id: FromPath[str]) -> Retried:
+        mid = _id(message_id)
+        reason = request.headers.get("x-ledger-reason", "")
+        key = current_key(request)
+        services = request.app.state.services
+        try:
+            async with services.pool.acquire() as conn:
+                position = await retry_message(
+                    conn, mid, key_id=key.key_id, scope="ops:admin", reason=reason
+                )
+        except ReasonRequired as exc:
+            raise problem(
+                400,
+                "reason-required",
+                "A reason is required",
+                f"send the reason in the X-Ledger-Reason header: {exc}",
+            ) from None
+        except LookupError:
+            raise problem(
+                404, "message-not-found", "No such message", f"no message {mid}"
+            ) from None
+        except NotRetryable as exc:
+            raise problem(409, "not-retryable", "The message cannot be retried", str(exc)) from None
+        if services.dispatcher is not None:
+            services.dispatcher.wake()
+        return Retried(id=mid, state="pending", action_position=position)

@@ -1,0 +1,129 @@
+"""``GET /v1/stream``: server-sent events of payments and status changes, live.
+
+Each SSE message's ``id`` is the event's log position. A client that reconnects with
+``Last-Event-ID`` (browsers' EventSource do it by themselves) first receives everything it
+missed from the log, then live events: no gaps, no duplicates. Without it the stream starts
+at the head, or ``backlog`` deliveries back, or after the position ``after``.
+
+Auth: scope ``audit:read`` or ``ops:admin``. EventSource cannot set headers, so this route
+alone also accepts the key as ``?access_token=``; prefer the header everywhere else (a key
+in a URL can end up in proxy logs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from ledger.api.auth import require_key
+from ledger.api.problems import problem
+from ledger.domain import DELIVERY_TOPICS
+from ledger.keys import KeyRing
+from ledger.stream import StreamHub
+
+SCOPES = ("audit:read", "ops:admin")
+HEAD = "SELECT coalesce(max(notification_id), 0) FROM stored_events"
+NTH_LATEST = """
+SELECT notification_id FROM stored_events
+WHERE topic = ANY($1::text[])
+ORDER BY notification_id DESC
+OFFSET $2 LIMIT 1
+"""
+_encoder = msgspec.json.Encoder()
+
+
+async def stream_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """``require_key``, or the same checks on ``?access_token=`` when no header is sent."""
+    token = connection.query_params.get("access_token")
+    if connection.headers.get("authorization") or not token:
+        await require_key(connection, handler)
+        return
+    keyring: KeyRing = connection.app.state.services.keyring
+    key = await keyring.lookup(token)
+    if key is None:
+        raise problem(
+            401, "api-key-invalid", "The API key is not valid", "access_token is unknown or revoked"
+        )
+    if not set(SCOPES) & set(key.scopes):
+        raise problem(
+            403,
+            "scope-missing",
+            "The API key lacks the required scope",
+            f"this route needs one of the scopes {list(SCOPES)}; the key has {list(key.scopes)}",
+        )
+    connection.scope["state"]["api_key"] = key
+
+
+async def start_position(request: Request[Any, Any, Any], after: int | None, backlog: int) -> int:
+    last_id = request.headers.get("last-event-id")
+    if last_id is not None:
+        try:
+            value = int(last_id)
+        except ValueError:
+            raise problem(
+                400,
+                "invalid-last-event-id",
+                "Invalid Last-Event-ID",
+                f"Last-Event-ID {last_id[:40]!r} is not a log position (an integer)",
+            ) from None
+        if value < 0:
+            raise problem(
+                400, "invalid-last-event-id", "Invalid Last-Event-ID", "Last-Event-ID must be >= 0"
+            )
+        return value
+    if after is not None:
+        return after
+    async with request.app.state.services.pool.acquire() as conn:
+        if backlog > 0:
+            pos = await conn.fetchval(NTH_LATEST, list(DELIVERY_TOPICS), backlog)
+            return int(pos) if pos is not None else 0
+        return int(await conn.fetchval(HEAD))
+
+
+@get(
+    "/v1/stream",
+    guards=[stream_guard],
+    opt={"scopes": SCOPES},
+    tags=["live"],
+    summary="Live payments and status changes (server-sent events, resumable)",
+)
+async def stream(
+    request: Request[Any, Any, Any],
+    after: Annotated[
+        int | None, QueryParameter(ge=0, description="start after this position")
+    ] = None,
+    backlog: Annotated[
+        int, QueryParameter(ge=0, le=500, description="start this many deliveries back")
+    ] = 0,
+    access_token: Annotated[
+        str | None, QueryParameter(description="API key, for EventSource (no headers)")
+    ] = None,
+) -> ServerSentEvent:
+    del access_token  # checked by the guard
+    hub: StreamHub = request.app.state.services.extras["stream"]
+    start = await start_position(request, after, backlog)
+
+    async def events() -> AsyncIterator[ServerSentEventMessage]:
+        yield ServerSentEventMessage(data=None, comment=f"from position {start}", retry=1000)
+        async for fact in hub.follow(start):
+            if fact is None:
+                yield ServerSentEventMessage(data=None, comment="keepalive")
+                continue
+            yield ServerSentEventMessage(
+                id=fact.position,
+                event="payment" if fact.status == "paid" else "status",
+                data=_encoder.encode(fact).decode(),
+            )
+
+    return ServerSentEvent(
+        events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

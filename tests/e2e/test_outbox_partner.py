@@ -1,0 +1,410 @@
+"""Partner booking sync through the real app, runner, outbox and dispatcher, delivered to a
+real loopback HTTP server that misbehaves on purpose (500, 503 + Retry-After, 429, hangs,
+resets, "applied but the answer was lost", 4xx)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from ledger.app import create_app
+from ledger.config import Settings
+from ledger.database import create_pool
+from ledger.outbox import Dispatcher
+from tests import support
+from tests.support import SECRETS, bearer, make_key, signed
+
+SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]
+
+
+@dataclass
+class Seen:
+    """What the partner saw for one idempotency id."""
+
+    bodies: list[bytes] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    applied: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class Partner:
+    """A loopback partner: verifies x-pwa-signature like the openssl recipe, applies each
+    idempotency id once, and follows a script of misbehaviours per booking id."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[str]] = {}
+        self.seen: dict[str, Seen] = defaultdict(Seen)
+        self.bad_signatures = 0
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/api/webhooks/pwa-sync"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self._writers):
+            w.close()
+        await self.server.wait_closed()
+
+    _writers: set[asyncio.StreamWriter] = set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if not await self._respond(headers, body, reader, writer):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _respond(
+        self,
+        headers: dict[str, str],
+        body: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(headers.get("x-pwa-signature", ""), expected):
+            self.bad_signatures += 1
+            await _send(writer, 401, {"error": "Invalid webhook signature"})
+            return True
+        idem = headers["idempotency-key"]
+        seen = self.seen[idem]
+        seen.bodies.append(body)
+        seen.times.append(time.monotonic())
+        seen.in_flight += 1
+        seen.max_in_flight = max(seen.max_in_flight, seen.in_flight)
+        try:
+            booking = json.loads(body)["booking_id"]
+            script = self.scripts.get(booking, [])
+            step = script[len(seen.bodies) - 1] if len(seen.bodies) <= len(script) else "ok"
+            if step == "hang":  # until the client gives up and closes (or 3 s)
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(reader.read(1), 3)
+                return False
+            if step == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return False
+            if step in ("ok", "lost"):
+                if seen.applied == 0:
+                    seen.applied = 1  # a repeat of an applied id is acknowledged, not re-applied
+                if step == "lost":
+                    writer.transport.abort()
+                    return False
+                await _send(writer, 200, {"success": True, "booking_id": booking})
+                return True
+            if step == "503":
+                await _send(writer, 503, {"error": "busy"}, {"retry-after": "1"})
+                return True
+            await _send(writer, int(step), {"error": f"scripted {step}"})
+            return True
+        finally:
+            seen.in_flight -= 1
+
+
+async def _send(
+    writer: asyncio.StreamWriter, status: int, obj: object, extra: dict[str, str] | None = None
+) -> None:
+    data = json.dumps(obj).encode()
+    head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
+    for k, v in (extra or {}).items():
+        head += f"{k}: {v}\r\n"
+    writer.write(head.encode() + b"\r\n" + data)
+    await writer.drain()
+
+
+@pytest.fixture
+async def partner() -> AsyncIterator[Partner]:
+    p = Partner()
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def outbox_settings(url: str, **extra: str) -> Settings:
+    env = {
+        "LEDGER_PARTNER_SYNC_URL": url,
+        "LEDGER_OUTBOX_RETRY_SCHEDULE": "0.05,0.1,0.2,0.3,0.3,0.3,0.3",
+        "LEDGER_OUTBOX_TIMEOUT": "0.5",
+        "LEDGER_OUTBOX_LEASE": "5",
+    }
+    return support.test_settings(**{**env, **extra})
+
+
+async def wait_settled(url: str, expected: int, timeout: float = 20.0) -> list[asyncpg.Record]:
+    """Every one of ``expected`` messages delivered or dead (the test's deadline)."""
+    deadline = time.monotonic() + timeout
+    conn = await asyncpg.connect(url)
+    try:
+        while True:
+            rows = await conn.fetch("SELECT * FROM outbox ORDER BY created_at")
+            if len(rows) >= expected and all(r["state"] != "pending" for r in rows):
+                return rows
+            if time.monotonic() > deadline:
+                states = [(r["order_ref"], r["state"], r["attempts"]) for r in rows]
+                raise AssertionError(f"outbox did not settle: {states}")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+def xendit_invoice(booking: str, amount: int, paid: int, status: str = "PAID") -> tuple[bytes, dict]:
+    body = json.dumps(
+        {
+            "id": f"inv-{booking}",
+            "external_id": booking,
+            "user_id": "u-1",
+            "status": status,
+            "merchant_name": "Smash Courts",
+            "amount": amount,
+            "paid_amount": paid,
+            "paid_at": "2026-02-04T23:00:00.000Z",
+            "payment_method": "QR_CODE",
+            "payment_channel": "QRIS",
+            "payer_email": "budi@example.com",
+            "created": "2026-02-04T22:00:00.000Z",
+            "updated": "2026-02-04T23:00:00.000Z",
+            "currency": "IDR",
+        }
+    ).encode()
+    return body, {"content-type": "application/json", "x-callback-token": "test-xendit-token"}
+
+
+def test_signature_matches_the_openssl_recipe():
+    body = b'{"event":"booking.paid","booking_id":"test-id","status":"LUNAS","paid_amount":50000}'
+    out = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", SECRET],
+        input=body,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    from ledger.senders import HttpSender
+
+    sig = HttpSender(None, secret=SECRET).headers(uuid.uuid4(), body, 1)["x-pwa-signature"]  # type: ignore[arg-type]
+    assert out.strip().split()[-1] == sig
+
+
+async def test_partner_flaps_and_every_message_is_applied_once(partner, database_url):
+    scripts = {
+        "b-500": ["500", "500", "ok"],
+        "b-503": ["503", "ok"],
+        "b-429": ["429", "ok"],
+        "b-hang": ["hang", "ok"],
+        "b-reset": ["reset", "ok"],
+        "b-lost": ["lost", "ok"],
+        "b-ok": ["ok"],
+        "b-400": ["400"],
+        "b-401": ["401"],
+        "b-404": ["404"],
+    }
+    partner.scripts = scripts
+    app = create_app(outbox_settings(partner.url), database_url=database_url)
+    async with AsyncTestClient(app) as client:
+        for booking in scripts:
+            d = signed("xendit", "PAID", order_id=booking, amount="32000")
+            r = await client.post(d.path, content=d.body, headers=d.headers)
+            assert r.status_code == 200, r.text
+        rows = await wait_settled(database_url, len(scripts))
+
+        by_booking = {r["order_ref"].split(":", 1)[1]: r for r in rows}
+        assert set(by_booking) == set(scripts)
+        assert partner.bad_signatures == 0
+        for booking, row in by_booking.items():
+            seen = partner.seen[str(row["id"])]  # the idempotency id is the message id
+            assert seen.max_in_flight == 1, booking
+            assert len(set(seen.bodies)) == 1, "every attempt sends the same bytes"
+            assert seen.bodies[0] == bytes(row["payload"])
+            if booking in ("b-400", "b-401", "b-404"):
+                assert row["state"] == "dead", booking
+                assert row["last_error"].startswith(f"HTTP {booking[2:]}")
+                assert len(seen.bodies) == 1, "a permanent answer is not retried"
+                assert seen.applied == 0
+            else:
+                assert row["state"] == "delivered", (booking, row["last_error"])
+                assert seen.applied == 1, booking
+                assert len(seen.bodies) == len(scripts[booking]), booking
+        gap = partner.seen[str(by_booking["b-503"]["id"])].times
+        assert gap[1] - gap[0] >= 0.95, "Retry-After: 1 is honoured"
+
+        # Every attempt is recorded, with status, latency and a short excerpt, no secret.
+        conn = await asyncpg.connect(database_url)
+        try:
+            attempts = await conn.fetch(
+                "SELECT a.*, o.order_ref FROM outbox_attempts a JOIN outbox o ON o.id = a.message_id"
+            )
+        finally:
+            await conn.close()
+        assert len(attempts) == sum(len(s) for s in scripts.values())
+        per = defaultdict(list)
+        for a in attempts:
+            per[a["order_ref"].split(":", 1)[1]].append(a)
+        assert [a["status"] for a in per["b-500"]] == [500, 500, 200]
+        assert [a["outcome"] for a in per["b-hang"]] == ["retry", "delivered"]
+        assert per["b-hang"][0]["status"] is None and "timeout" in per["b-hang"][0]["excerpt"]
+        assert per["b-reset"][0]["status"] is None
+        assert all(SECRET not in (a["excerpt"] or "") for a in attempts)
+
+        # Operators see the dead letters and retry one with a reason (an event in the log).
+        key = await make_key(database_url, "ops:admin")
+        r = await client.get("/v1/outbox", params={"state": "dead"}, headers=bearer(key))
+        assert r.status_code == 200
+        dead = {m["order_ref"]: m for m in r.json()["items"]}
+        assert set(dead) == {"xendit:b-400", "xendit:b-401", "xendit:b-404"}
+        mid = dead["xendit:b-404"]["id"]
+        r = await client.post(f"/v1/outbox/{mid}/retry", headers=bearer(key))
+        assert r.status_code == 400 and "X-Ledger-Reason" in r.json()["detail"]
+        partner.scripts["b-404"] = ["404", "ok"]  # the partner created the booking meanwhile
+        r = await client.post(
+            f"/v1/outbox/{mid}/retry",
+            headers={**bearer(key), "x-ledger-reason": "booking created on the partner side"},
+        )
+        assert r.status_code == 202, r.text
+        await wait_settled(database_url, len(scripts))
+        r = await client.get(f"/v1/outbox/{mid}", headers=bearer(key))
+        assert r.json()["state"] == "delivered"
+        assert [a["status"] for a in r.json()["attempt_log"]] == [404, 200]
+        assert partner.seen[mid].applied == 1
+        r = await client.post(
+            f"/v1/outbox/{mid}/retry", headers={**bearer(key), "x-ledger-reason": "again"}
+        )
+        assert r.status_code == 409
+        events = (await client.get("/v1/events", headers=bearer(await make_key(database_url, "audit:read")))).json()
+        actions = [e for e in events["items"] if "outbox.retry" in json.dumps(e["data"])]
+        assert len(actions) == 1
+        assert actions[0]["data"]["target"] == mid
+        assert actions[0]["data"]["reason"] == "booking created on the partner side"
+
+
+async def test_payload_is_exactly_the_reference_shape(partner, database_url):
+    app = create_app(outbox_settings(partner.url), database_url=database_url)
+    async with AsyncTestClient(app) as client:
+        body, headers = xendit_invoice("b24a8a76-edb7-4b0c-950b-3144cc4d7ec6", 64000, 32000)
+        assert (await client.post("/webhooks/xendit", content=body, headers=headers)).status_code == 200
+        # The rest is paid later on a second invoice: the partner hears booking.updated, LUNAS.
+        body2 = body.replace(b'"inv-', b'"inv2-').replace(b'"paid_amount": 32000', b'"paid_amount": 64000')
+        assert (await client.post("/webhooks/xendit", content=body2, headers=headers)).status_code == 200
+        # A SETTLED for the same invoice and amount changes nothing the partner cares about.
+        body3 = body2.replace(b'"PAID"', b'"SETTLED"')
+        assert (await client.post("/webhooks/xendit", content=body3, headers=headers)).status_code == 200
+        rows = await wait_settled(database_url, 2)
+        await asyncio.sleep(0.3)
+    assert len(rows) == 2
+    sent = [json.loads(s.bodies[0]) for s in partner.seen.values()]
+    sent.sort(key=lambda b: b["event"])
+    assert sent[0] == {
+        "event": "booking.paid",
+        "booking_id": "b24a8a76-edb7-4b0c-950b-3144cc4d7ec6",
+        "status": "DP",
+        "paid_amount": 32000,
+        "payment_method": "QRIS",
+        "payment_details": {"invoice_id": "inv-b24a8a76-edb7-4b0c-950b-3144cc4d7ec6"},
+        "timestamp": sent[0]["timestamp"],
+    }
+    assert list(sent[0]) == [
+        "event",
+        "booking_id",
+        "status",
+        "paid_amount",
+        "payment_method",
+        "payment_details",
+        "timestamp",
+    ]
+    assert sent[0]["timestamp"].endswith("Z") and len(sent[0]["timestamp"]) == 24
+    assert sent[1]["event"] == "booking.updated"
+    assert (sent[1]["status"], sent[1]["paid_amount"]) == ("LUNAS", 64000)
+
+
+async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
+    """Worker A takes the message and dies while the partner is still working; after A's
+    lease expires worker B sends it again, with the same idempotency id, and nothing ran
+    concurrently."""
+    partner.scripts = {"b-kill": ["hang", "ok"]}
+    settings = outbox_settings(
+        partner.url, LEDGER_RUN_OUTBOX="false", LEDGER_OUTBOX_LEASE="1.5", LEDGER_OUTBOX_TIMEOUT="10"
+    )
+    app = create_app(settings, database_url=database_url)
+    async with AsyncTestClient(app) as client:
+        d = signed("xendit", "PAID", order_id="b-kill")
+        assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+        # The app runs in the test client's own loop: the workers get a pool of their own.
+        pool = await create_pool(database_url)
+        deadline = time.monotonic() + 10
+        while not await pool.fetchval("SELECT count(*) FROM outbox"):
+            assert time.monotonic() < deadline, "the projector made no message"
+            await asyncio.sleep(0.05)
+        a = Dispatcher(pool, settings)
+        b = Dispatcher(pool, settings)
+        await a.start()
+        while not partner.seen:
+            await asyncio.sleep(0.02)
+        await a.stop()  # killed mid-send: records nothing
+        killed_at = time.monotonic()
+        await b.start()
+        try:
+            rows = await wait_settled(database_url, 1)
+        finally:
+            await b.stop()
+        attempts = await pool.fetch("SELECT * FROM outbox_attempts")
+        await pool.close()
+    (seen,) = partner.seen.values()
+    assert rows[0]["state"] == "delivered" and rows[0]["attempts"] == 2
+    assert len(seen.bodies) == 2 and seen.applied == 1 and seen.max_in_flight == 1
+    assert seen.times[1] - killed_at >= 1.0, "B waited for A's lease to expire"
+    assert [a["outcome"] for a in attempts] == ["delivered"]  # A's attempt never finished
+
+
+async def test_a_rebuild_sends_nothing_twice(partner, database_url):
+    """Re-deriving the outbox from the whole log (what a rebuild does) inserts nothing new."""
+    from ledger.store import EventStore
+    from projections.outbox import PROJECTION
+
+    app = create_app(outbox_settings(partner.url), database_url=database_url)
+    async with AsyncTestClient(app) as client:
+        for booking in ("r-1", "r-2"):
+            d = signed("xendit", "PAID", order_id=booking)
+            assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+        before = await wait_settled(database_url, 2)
+        pool = await create_pool(database_url, as_app_role=False)
+        records = await EventStore(pool).read_after(0, 1000)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("CREATE SCHEMA rebuild_check")
+            await conn.execute("SET LOCAL search_path TO rebuild_check, public")
+            await conn.execute(PROJECTION.schema_sql)
+            await PROJECTION.apply(conn, records)
+            after = await conn.fetch("SELECT id, state FROM public.outbox ORDER BY created_at")
+        await pool.close()
+    assert [(r["id"], r["state"]) for r in after] == [(r["id"], "delivered") for r in before]
+    assert all(s.applied == 1 and len(s.bodies) == 1 for s in partner.seen.values())
