@@ -20,6 +20,7 @@ from ledger import __version__, migrate
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
 from ledger.api.admin import admin_page
+from ledger.api.audit import AuditController, KeysController
 from ledger.api.auth import require_key
 from ledger.api.events import EventsController
 from ledger.api.health import health, ready
@@ -112,6 +113,8 @@ def route_handlers() -> list[Any]:
         OutboxController,
         stream,
         admin_page,
+        AuditController,
+        KeysController,
     ]
 
 
