@@ -139,7 +139,9 @@ async def _send(
     writer: asyncio.StreamWriter, status: int, obj: object, extra: dict[str, str] | None = None
 ) -> None:
     data = json.dumps(obj).encode()
-    head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
+    head = (
+        f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
+    )
     for k, v in (extra or {}).items():
         head += f"{k}: {v}\r\n"
     writer.write(head.encode() + b"\r\n" + data)
@@ -181,7 +183,9 @@ async def wait_settled(url: str, expected: int, timeout: float = 20.0) -> list[a
         await conn.close()
 
 
-def xendit_invoice(booking: str, amount: int, paid: int, status: str = "PAID") -> tuple[bytes, dict]:
+def xendit_invoice(
+    booking: str, amount: int, paid: int, status: str = "PAID"
+) -> tuple[bytes, dict]:
     body = json.dumps(
         {
             "id": f"inv-{booking}",
@@ -273,7 +277,8 @@ async def test_partner_flaps_and_every_message_is_applied_once(partner, database
             per[a["order_ref"].split(":", 1)[1]].append(a)
         assert [a["status"] for a in per["b-500"]] == [500, 500, 200]
         assert [a["outcome"] for a in per["b-hang"]] == ["retry", "delivered"]
-        assert per["b-hang"][0]["status"] is None and "timeout" in per["b-hang"][0]["excerpt"]
+        assert per["b-hang"][0]["status"] is None
+        assert "timeout" in per["b-hang"][0]["excerpt"]
         assert per["b-reset"][0]["status"] is None
         assert all(SECRET not in (a["excerpt"] or "") for a in attempts)
 
@@ -285,7 +290,8 @@ async def test_partner_flaps_and_every_message_is_applied_once(partner, database
         assert set(dead) == {"xendit:b-400", "xendit:b-401", "xendit:b-404"}
         mid = dead["xendit:b-404"]["id"]
         r = await client.post(f"/v1/outbox/{mid}/retry", headers=bearer(key))
-        assert r.status_code == 400 and "X-Ledger-Reason" in r.json()["detail"]
+        assert r.status_code == 400
+        assert "X-Ledger-Reason" in r.json()["detail"]
         partner.scripts["b-404"] = ["404", "ok"]  # the partner created the booking meanwhile
         r = await client.post(
             f"/v1/outbox/{mid}/retry",
@@ -301,7 +307,11 @@ async def test_partner_flaps_and_every_message_is_applied_once(partner, database
             f"/v1/outbox/{mid}/retry", headers={**bearer(key), "x-ledger-reason": "again"}
         )
         assert r.status_code == 409
-        events = (await client.get("/v1/events", headers=bearer(await make_key(database_url, "audit:read")))).json()
+        events = (
+            await client.get(
+                "/v1/events", headers=bearer(await make_key(database_url, "audit:read"))
+            )
+        ).json()
         actions = [e for e in events["items"] if "outbox.retry" in json.dumps(e["data"])]
         assert len(actions) == 1
         assert actions[0]["data"]["target"] == mid
@@ -312,13 +322,21 @@ async def test_payload_is_exactly_the_reference_shape(partner, database_url):
     app = create_app(outbox_settings(partner.url), database_url=database_url)
     async with AsyncTestClient(app) as client:
         body, headers = xendit_invoice("b24a8a76-edb7-4b0c-950b-3144cc4d7ec6", 64000, 32000)
-        assert (await client.post("/webhooks/xendit", content=body, headers=headers)).status_code == 200
+        assert (
+            await client.post("/webhooks/xendit", content=body, headers=headers)
+        ).status_code == 200
         # The rest is paid later on a second invoice: the partner hears booking.updated, LUNAS.
-        body2 = body.replace(b'"inv-', b'"inv2-').replace(b'"paid_amount": 32000', b'"paid_amount": 64000')
-        assert (await client.post("/webhooks/xendit", content=body2, headers=headers)).status_code == 200
+        body2 = body.replace(b'"inv-', b'"inv2-').replace(
+            b'"paid_amount": 32000', b'"paid_amount": 64000'
+        )
+        assert (
+            await client.post("/webhooks/xendit", content=body2, headers=headers)
+        ).status_code == 200
         # A SETTLED for the same invoice and amount changes nothing the partner cares about.
         body3 = body2.replace(b'"PAID"', b'"SETTLED"')
-        assert (await client.post("/webhooks/xendit", content=body3, headers=headers)).status_code == 200
+        assert (
+            await client.post("/webhooks/xendit", content=body3, headers=headers)
+        ).status_code == 200
         rows = await wait_settled(database_url, 2)
         await asyncio.sleep(0.3)
     assert len(rows) == 2
@@ -342,7 +360,8 @@ async def test_payload_is_exactly_the_reference_shape(partner, database_url):
         "payment_details",
         "timestamp",
     ]
-    assert sent[0]["timestamp"].endswith("Z") and len(sent[0]["timestamp"]) == 24
+    assert sent[0]["timestamp"].endswith("Z")
+    assert len(sent[0]["timestamp"]) == 24
     assert sent[1]["event"] == "booking.updated"
     assert (sent[1]["status"], sent[1]["paid_amount"]) == ("LUNAS", 64000)
 
@@ -353,7 +372,10 @@ async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
     concurrently."""
     partner.scripts = {"b-kill": ["hang", "ok"]}
     settings = outbox_settings(
-        partner.url, LEDGER_RUN_OUTBOX="false", LEDGER_OUTBOX_LEASE="1.5", LEDGER_OUTBOX_TIMEOUT="10"
+        partner.url,
+        LEDGER_RUN_OUTBOX="false",
+        LEDGER_OUTBOX_LEASE="1.5",
+        LEDGER_OUTBOX_TIMEOUT="10",
     )
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app) as client:
@@ -380,8 +402,11 @@ async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
         attempts = await pool.fetch("SELECT * FROM outbox_attempts")
         await pool.close()
     (seen,) = partner.seen.values()
-    assert rows[0]["state"] == "delivered" and rows[0]["attempts"] == 2
-    assert len(seen.bodies) == 2 and seen.applied == 1 and seen.max_in_flight == 1
+    assert rows[0]["state"] == "delivered"
+    assert rows[0]["attempts"] == 2
+    assert len(seen.bodies) == 2
+    assert seen.applied == 1
+    assert seen.max_in_flight == 1
     assert seen.times[1] - killed_at >= 1.0, "B waited for A's lease to expire"
     assert [a["outcome"] for a in attempts] == ["delivered"]  # A's attempt never finished
 

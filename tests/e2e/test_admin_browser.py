@@ -1,0 +1,147 @@
+"""The admin page in real headless Chromium, driven over the DevTools protocol: open
+``/admin``, enter a key, post a webhook; its row must appear within 2 s, without reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from tests.e2e.test_stream import serve
+from tests.support import make_key, signed
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)"
+)
+
+
+class Page:
+    """Just enough of the DevTools protocol: evaluate JavaScript, navigate."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        mid = next(self.ids)
+        await self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+            if msg.get("id") == mid:
+                assert "error" not in msg, msg
+                result: dict[str, Any] = msg["result"]
+                return result
+
+    async def js(self, expression: str) -> Any:
+        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in r, r
+        return r["result"].get("value")
+
+    async def until(self, expression: str, timeout: float) -> float:
+        started = time.monotonic()
+        while not await self.js(expression):
+            assert time.monotonic() - started < timeout, f"not true within {timeout}s: {expression}"
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Page]:
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory(prefix="ledger-chromium-") as profile:
+        proc = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stderr is not None
+            port = None
+            deadline = time.monotonic() + 30
+            while port is None:
+                assert time.monotonic() < deadline, "chromium did not start"
+                line = (await asyncio.to_thread(proc.stderr.readline)).decode()
+                m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+                if m:
+                    port = int(m.group(1))
+            async with httpx.AsyncClient() as http:
+                targets = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+            url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            async with websockets.connect(url, max_size=None) as ws:
+                yield Page(ws)
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if proc.stderr:
+                proc.stderr.close()
+
+
+async def test_admin_page_shows_a_webhook_live(database_url):
+    key = await make_key(database_url, "ops:admin")
+    async with serve(database_url) as base, chromium() as page, httpx.AsyncClient() as http:
+        await page.call("Page.navigate", url=base + "/admin")
+        await page.until(
+            "document.readyState === 'complete' && !!document.getElementById('key')", 10
+        )
+        assert await page.js("document.getElementById('login').hidden") is False
+        await page.js(
+            f"document.getElementById('key').value = {json.dumps(key)};"
+            "document.getElementById('login-form').requestSubmit(); true"
+        )
+        await page.until("document.getElementById('conn').textContent === 'live'", 5)
+
+        d = signed("midtrans", "settlement", order_id="INV-BROWSER-1", customer="x@example.com")
+        r = await http.post(base + d.path, content=d.body, headers=d.headers)
+        assert r.status_code == 200
+        pos = r.json()["position"]
+        elapsed = await page.until(
+            f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 2.0
+        )
+        assert elapsed < 2.0
+        row = await page.js(
+            f"Array.from(document.querySelector('#feed tr[data-position=\"{pos}\"]').cells)"
+            ".map(c => c.textContent)"
+        )
+        assert row[2:6] == ["midtrans", "settlement", "INV-BROWSER-1", "paid"]
+        assert "x@example.com" in row
+
+        # The key is kept: a reload goes straight to the feed, which shows the row again.
+        await page.call("Page.reload")
+        await page.until(f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 5.0)
+        # Search filters the feed by order id.
+        await page.js(
+            "const s = document.getElementById('search'); s.value = 'no-such-order';"
+            "s.dispatchEvent(new Event('input')); true"
+        )
+        await page.until(
+            f"document.querySelector('#feed tr[data-position=\"{pos}\"]').hidden === true", 2.0
+        )
