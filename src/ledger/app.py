@@ -26,6 +26,7 @@ from ledger.api.events import EventsController
 from ledger.api.health import health, ready
 from ledger.api.orders import OrdersController, ReviewController, SubscriptionsController
 from ledger.api.outbox import OutboxController
+from ledger.api.projections import ProjectionsController
 from ledger.api.stream import stream
 from ledger.api.webhooks import WebhookController
 from ledger.config import Settings, load_settings
@@ -106,6 +107,7 @@ def route_handlers() -> list[Any]:
         WebhookController,
         EventsController,
         MetricsController,
+        ProjectionsController,
         AccountsController,
         OrdersController,
         SubscriptionsController,

@@ -155,3 +155,12 @@ def _register_audit() -> None:
 
 
 _register_audit()
+
+
+def _register_projections() -> None:
+    from ledger.cli_projections import register
+
+    register(main)
+
+
+_register_projections()

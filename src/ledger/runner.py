@@ -50,6 +50,11 @@ class UnknownProjection(LookupError):
     """No projection of that name exists in this code base."""
 
 
+def available() -> dict[str, Projection]:
+    """The projections this code base defines (``projections/``), by name."""
+    return discover()
+
+
 def lock_key(name: str, generation: int) -> int:
     """The advisory-lock key of one projection generation (a stable signed 64-bit int)."""
     digest = hashlib.blake2b(f"ledger.projection:{name}:{generation}".encode(), digest_size=8)
@@ -155,7 +160,7 @@ class ProjectionRunner:
 
     async def start(self) -> None:
         if self._discover:
-            self.projections = discover()
+            self.projections = available()
         conn = await connect(self.database_url, self.app_name)
         try:
             for proj in self.projections.values():
@@ -170,16 +175,24 @@ class ProjectionRunner:
         self._control.set()
         for ev in self._wakes.values():
             ev.set()
-        tasks = [t for t in (self._supervisor, *self._workers.values()) if t is not None]
-        _, pending = await asyncio.wait(tasks, timeout=5.0) if tasks else (set(), set())
+        if self._supervisor is not None:
+            await self._finish([self._supervisor])  # no new workers after this
+        await self._finish(list(self._workers.values()))
+        self._workers.clear()
+        self._supervisor = None
+        await self._close_listener()
+
+    @staticmethod
+    async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+        """Let tasks end their current batch (bounded), then cancel what is left."""
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=5.0)
         for t in pending:
             t.cancel()
         for t in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._workers.clear()
-        self._supervisor = None
-        await self._close_listener()
 
     @property
     def running(self) -> list[tuple[str, int]]:
@@ -192,8 +205,11 @@ class ProjectionRunner:
         for ev in self._wakes.values():
             ev.set()
 
-    def _on_control(self, *_: Any) -> None:
-        self._control.set()
+    def _on_control(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        # Batch commits also notify this channel (for readers); only a rebuild request or a
+        # switch changes which workers should run.
+        if str(payload).endswith((":rebuild", ":live")):
+            self._control.set()
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
@@ -249,7 +265,7 @@ class ProjectionRunner:
                     continue
                 key = (name, int(generation))
                 task = self._workers.get(key)
-                if task is None or task.done():
+                if (task is None or task.done()) and not self._stopping:
                     self._wakes[key] = asyncio.Event()
                     self._workers[key] = asyncio.create_task(
                         self._work(proj, int(generation)), name=f"projection-{name}-g{generation}"

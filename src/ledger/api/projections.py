@@ -1,0 +1,117 @@
+"""Projection operations (``ops:admin``): status with lag, content digests, rebuilds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, QueryParameter
+
+from ledger import runner
+from ledger.api.auth import require_key
+from ledger.api.problems import problem
+from ledger.projection import Projection
+from ledger.readmodels import ProjectionStatus, ReadModels
+
+
+class ProjectionList(msgspec.Struct, kw_only=True):
+    items: list[ProjectionStatus]
+    head: int
+
+
+class RebuildStarted(msgspec.Struct, kw_only=True):
+    name: str
+    generation: int
+    live_generation: int
+    started: bool  # false: a rebuild was already in progress; this is its generation
+
+
+def known(request: Request[Any, Any, Any]) -> dict[str, Projection]:
+    """The projections of this code base (the runner's when this process runs one)."""
+    active = request.app.state.services.runner
+    if active is not None and active.projections:
+        found: dict[str, Projection] = active.projections
+        return found
+    return runner.available()
+
+
+def _find(request: Request[Any, Any, Any], name: str) -> Projection:
+    projections = known(request)
+    proj = projections.get(name)
+    if proj is None:
+        raise problem(
+            404,
+            "projection-not-found",
+            "No such projection",
+            f"there is no projection named {name!r}; known: {sorted(projections)}",
+        )
+    return proj
+
+
+async def _with_digests(
+    rm: ReadModels, items: list[ProjectionStatus], projections: dict[str, Projection]
+) -> None:
+    for st in items:
+        proj = projections.get(st.name)
+        if proj is not None:
+            st.digest = await rm.digest(proj)
+
+
+class ProjectionsController(Controller):
+    path = "/v1/projections"
+    tags = ["operations"]
+    guards = [require_key]
+    opt = {"scopes": ("ops:admin",)}
+
+    @get("/", summary="Every projection: version, generations, position, lag, state")
+    async def list_projections(
+        self,
+        request: Request[Any, Any, Any],
+        digest: Annotated[
+            bool, QueryParameter(description="also compute each live content digest")
+        ] = False,
+    ) -> ProjectionList:
+        rm: ReadModels = request.app.state.services.read_models
+        items = await rm.status()
+        if digest:
+            await _with_digests(rm, items, known(request))
+        head = items[0].head if items else await request.app.state.services.store.head()
+        return ProjectionList(items=items, head=head)
+
+    @get("/{name:str}", summary="One projection's status")
+    async def get_projection(
+        self,
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        digest: Annotated[bool, QueryParameter(description="also compute the digest")] = False,
+    ) -> ProjectionStatus:
+        rm: ReadModels = request.app.state.services.read_models
+        found = [st for st in await rm.status() if st.name == name]
+        if not found:
+            _find(request, name)  # 404 when the code does not know it either
+            raise problem(
+                503,
+                "projection-unavailable",
+                "The projection is not available",
+                f"projection {name!r} has not been started on this database yet",
+                headers={"Retry-After": "1"},
+            )
+        if digest:
+            await _with_digests(rm, found, known(request))
+        return found[0]
+
+    @post("/{name:str}/rebuild", status_code=202, summary="Rebuild from position 0 (blue/green)")
+    async def rebuild(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RebuildStarted:
+        """Start building a new generation beside the live one; the runner (in this or
+        another process) folds it from position 0 and switches readers when it catches
+        up. Follow it with ``GET /v1/projections``."""
+        proj = _find(request, name)
+        services = request.app.state.services
+        async with services.pool.acquire() as conn:
+            generation, started = await runner.start_rebuild(conn, proj)
+        rm: ReadModels = services.read_models
+        live = int((await rm.live_schema(name)).rpartition("_g")[2])
+        return RebuildStarted(
+            name=name, generation=generation, live_generation=live, started=started
+        )

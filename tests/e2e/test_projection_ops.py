@@ -1,0 +1,244 @@
+"""Projection operations through the real HTTP app and the real CLI processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from ledger.app import create_app
+from ledger.config import Settings
+from ledger.database import create_pool
+from ledger.readmodels import ReadModels
+from tests.integration.test_runner import Counting, seed
+from tests.support import SECRETS, bearer, make_key, signed
+
+
+@pytest.fixture
+async def ops_client(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, database_url: str
+) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The real app whose runner (and ops routes) know one test projection."""
+    proj = Counting()
+    monkeypatch.setattr("ledger.runner.available", lambda: {proj.name: proj})
+    app = create_app(settings, database_url=database_url)
+    async with AsyncTestClient(app) as c:
+        yield c
+
+
+async def _status(client, key: str, **params: str) -> dict:  # type: ignore[no-untyped-def]
+    r = await client.get("/v1/projections", headers=bearer(key), params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def _until(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_status_lag_digest_and_blue_green_rebuild_over_http(ops_client, database_url):
+    client = ops_client
+    admin = await make_key(database_url, "ops:admin")
+    auditor = await make_key(database_url, "audit:read")
+    assert (await client.get("/v1/projections")).status_code == 401
+    r = await client.get("/v1/projections", headers=bearer(auditor))
+    assert r.status_code == 403
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+    last = 0
+    for provider, event in [
+        ("midtrans", "settlement"),
+        ("mayar", "payment.success"),
+        ("xendit", "PAID"),
+        ("partner", "booking.paid"),
+        ("midtrans", "pending"),
+    ]:
+        d = signed(provider, event)
+        ack = await client.post(d.path, content=d.body, headers=d.headers)
+        assert ack.status_code == 200, ack.text
+        last = ack.json()["position"]
+
+    async def caught_up() -> bool:
+        [item] = (await _status(client, admin))["items"]
+        return item["position"] >= last
+
+    await _until(caught_up)
+    body = await _status(client, admin, digest="true")
+    [item] = body["items"]
+    assert body["head"] == last
+    assert item["name"] == "test_counts"
+    assert item["version"] == 1
+    assert item["live_generation"] == 1
+    assert item["building_generation"] is None
+    assert (item["lag_events"], item["lag_seconds"], item["state"]) == (0, 0, "running")
+    assert re.fullmatch(r"[0-9a-f]{64}", item["digest"])
+    live_digest = item["digest"]
+    assert "digest" not in (await _status(client, admin))["items"][0] or (
+        (await _status(client, admin))["items"][0]["digest"] is None
+    )
+
+    missing = await client.post("/v1/projections/nope/rebuild", headers=bearer(admin))
+    assert missing.status_code == 404
+    assert "nope" in missing.json()["detail"]
+    assert (
+        await client.post("/v1/projections/test_counts/rebuild", headers=bearer(auditor))
+    ).status_code == 403
+
+    r = await client.post("/v1/projections/test_counts/rebuild", headers=bearer(admin))
+    assert r.status_code == 202, r.text
+    started = r.json()
+    assert started == {
+        "name": "test_counts",
+        "generation": 2,
+        "live_generation": 1,
+        "started": True,
+    }
+
+    async def switched() -> bool:
+        [item] = (await _status(client, admin))["items"]
+        return item["live_generation"] == 2 and item["building_generation"] is None
+
+    await _until(switched)
+    one = await client.get("/v1/projections/test_counts?digest=true", headers=bearer(admin))
+    assert one.status_code == 200
+    assert one.json()["digest"] == live_digest
+    assert one.json()["position"] == last
+    assert (await client.get("/v1/projections/nope", headers=bearer(admin))).status_code == 404
+
+
+def _ledger(database_url: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+    env = {**os.environ, **SECRETS, "LEDGER_DATABASE_URL": database_url}
+    env.pop("LEDGER_HOME", None)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from ledger.cli import main; main()", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def _run(database_url: str, *args: str) -> tuple[int, str, str]:
+    p = _ledger(database_url, *args)
+    out, err = p.communicate(timeout=60)
+    return p.returncode, out, err
+
+
+async def test_cli_status_and_rebuild_match_digests(client, database_url):
+    """``ledger projections rebuild NAME`` on the real projections of this code base: the
+    new generation's digest equals the live one's."""
+    last = 0
+    for i, (provider, event, opts) in enumerate(
+        [
+            ("mayar", "payment.success", {"customer": "a@b.c", "package": "silver"}),
+            ("mayar", "payment.success", {"customer": "a@b.c", "package": "gold"}),
+            ("mayar", "payment.success", {"customer": "z@b.c", "package": "silver"}),
+            ("midtrans", "settlement", {"order_id": "INV-1"}),
+            ("xendit", "PAID", {}),
+            ("partner", "booking.paid", {}),
+        ]
+    ):
+        d = signed(provider, event, **opts)
+        ack = await client.post(d.path, content=d.body, headers=d.headers)
+        assert ack.status_code == 200, (i, ack.text)
+        last = ack.json()["position"]
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await _check_cli_rebuild(database_url, ReadModels(pool), last)
+    finally:
+        await pool.close()
+
+
+async def _check_cli_rebuild(database_url: str, rm: ReadModels, last: int) -> None:
+    assert await rm.wait_for("token_balances", last, timeout=10)
+
+    code, out, err = await asyncio.to_thread(
+        _run, database_url, "projections", "status", "--digest"
+    )
+    assert code == 0, err
+    assert re.search(r"^token_balances\s+\d+\s+g1\s+-\s+", out, re.MULTILINE), out
+    before = re.search(r"^token_balances: digest (\S+)$", out, re.MULTILINE)
+    assert before is not None, out
+
+    code, out, err = await asyncio.to_thread(
+        _run, database_url, "projections", "rebuild", "token_balances"
+    )
+    assert code == 0, err
+    assert "rebuild of token_balances started generation 2" in out
+    after = re.search(r"generation 2 of token_balances is live; digest (\S+)", out)
+    assert after is not None, out
+    assert after.group(1) == before.group(1)
+
+    code, out, err = await asyncio.to_thread(
+        _run, database_url, "projections", "status", "--digest"
+    )
+    assert code == 0, err
+    assert re.search(r"^token_balances\s+\d+\s+g2\s+-\s+", out, re.MULTILINE), out
+    assert f"token_balances: digest {before.group(1)}" in out
+    async with rm.reading("token_balances") as conn:
+        assert await conn.fetchval("SELECT current_schema()") == "p_token_balances_g2"
+
+
+async def _holder(url: str) -> int | None:
+    """The OS pid of the worker holding test_counts' generation 1 (from its app name)."""
+    conn = await asyncpg.connect(url)
+    try:
+        name = await conn.fetchval(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
+            "AND a.application_name LIKE 'ledger-worker-%' LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    return int(name.rpartition("-")[2]) if name else None
+
+
+@pytest.mark.slow
+async def test_worker_processes_take_over_when_one_is_killed(database_url):
+    """Two ``ledger worker`` processes; SIGKILL the one applying; the other carries on,
+    and SIGTERM stops a worker cleanly."""
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    rm = ReadModels(pool)
+    workers = [_ledger(database_url, "worker"), _ledger(database_url, "worker")]
+    try:
+        head = await seed(database_url, 200)
+        await _until(lambda: _reached(rm, "token_balances", head), timeout=30)
+        holder = await _holder(database_url)
+        assert holder in {w.pid for w in workers}
+        victim = next(w for w in workers if w.pid == holder)
+        survivor = next(w for w in workers if w.pid != holder)
+        victim.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(victim.wait, 10)
+        head = await seed(database_url, 200, start=200)
+        await _until(lambda: _reached(rm, "token_balances", head), timeout=30)
+        assert await _holder(database_url) == survivor.pid
+        survivor.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(survivor.communicate, None, 15)
+        assert survivor.returncode == 0, err
+        assert "worker stopped" in out
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(5)
+        await pool.close()
+
+
+async def _reached(rm: ReadModels, name: str, position: int) -> bool:
+    try:
+        return await rm.position(name) >= position
+    except asyncpg.PostgresError:
+        return False
