@@ -174,6 +174,7 @@ class Dispatcher:
             wake.clear()
             try:
                 n = await self.run_once()
+                idle = 0.0 if n else await self._idle_for()
             except DB_ERRORS as exc:
                 log.warning("outbox: database unavailable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1.0)
@@ -181,7 +182,7 @@ class Dispatcher:
             if n:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), await self._idle_for())
+                await asyncio.wait_for(wake.wait(), idle)
 
     async def _idle_for(self) -> float:
         async with self.pool.acquire() as conn:
@@ -210,7 +211,12 @@ class Dispatcher:
         sender = (self._senders or {}).get(m.kind)
         if sender is None:
             return Result("dead", None, 0, f"no {m.kind} sender is configured in this process")
-        return await sender.send(m.id, m.target, m.payload, m.attempt)
+        try:
+            return await sender.send(m.id, m.target, m.payload, m.attempt)
+        except Exception as exc:  # a bug must not kill the worker silently:
+            # the message goes to the dead letter, naming the error, for an operator to see.
+            log.exception("outbox message=%s kind=%s: sender failed", m.id, m.kind)
+            return Result("dead", None, 0, f"internal error in the {m.kind} sender: {exc!r}"[:200])
 
     async def _record(
         self, token: uuid.UUID, started: datetime, claimed: list[Claimed], results: list[Result]
