@@ -164,3 +164,12 @@ def _register_projections() -> None:
 
 
 _register_projections()
+
+
+def _register_outbox() -> None:
+    from ledger.cli_outbox import register
+
+    register(main)
+
+
+_register_outbox()

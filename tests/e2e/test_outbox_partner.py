@@ -9,14 +9,17 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -433,3 +436,47 @@ async def test_a_rebuild_sends_nothing_twice(partner, database_url):
         await pool.close()
     assert [(r["id"], r["state"]) for r in after] == [(r["id"], "delivered") for r in before]
     assert all(s.applied == 1 and len(s.bodies) == 1 for s in partner.seen.values())
+
+
+async def test_cli_lists_dead_letters_and_retries_with_a_reason(partner, database_url):
+    partner.scripts = {"b-cli": ["404", "ok"]}
+    app = create_app(outbox_settings(partner.url), database_url=database_url)
+    env = {**os.environ, **support.SECRETS, "LEDGER_DATABASE_URL": database_url}
+
+    def ledger(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "ledger"), "outbox", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async with AsyncTestClient(app) as client:
+        d = signed("xendit", "PAID", order_id="b-cli")
+        assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+        (row,) = await wait_settled(database_url, 1)
+        assert row["state"] == "dead"
+        out = await asyncio.to_thread(ledger, "list", "--state", "dead")
+        assert out.returncode == 0, out.stderr
+        assert str(row["id"]) in out.stdout
+        assert "HTTP 404" in out.stdout
+        out = await asyncio.to_thread(ledger, "retry", str(row["id"]), "--reason", " ")
+        assert out.returncode != 0
+        assert "reason" in out.stderr
+        out = await asyncio.to_thread(
+            ledger, "retry", str(row["id"]), "--reason", "partner fixed the booking"
+        )
+        assert out.returncode == 0, out.stderr
+        (row,) = await wait_settled(database_url, 1)
+        assert row["state"] == "delivered"
+        out = await asyncio.to_thread(ledger, "show", str(row["id"]))
+        assert "status=404" in out.stdout
+        assert "status=200" in out.stdout
+    conn = await asyncpg.connect(database_url)
+    try:
+        states = await conn.fetch("SELECT state FROM stored_events WHERE topic LIKE '%Operator%'")
+    finally:
+        await conn.close()
+    reasons = [json.loads(s["state"])["reason"] for s in states]
+    assert "partner fixed the booking" in reasons
