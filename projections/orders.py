@@ -24,6 +24,7 @@ from ledger.queries import load
 from ledger.store import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
+ORDER_PROVIDERS = frozenset({"midtrans", "xendit", "partner"})
 
 
 class Note(NamedTuple):
@@ -48,6 +49,8 @@ def _text(value: object) -> str | None:
 
 def note(rec: StoredRecord, state: DeliveryState) -> Note | None:
     """The order notification a delivery carries, or None (not an order provider)."""
+    if state.provider not in ORDER_PROVIDERS:
+        return None
     body = raw_body(state)
     amount: str | None
     currency: str | None

@@ -91,6 +91,7 @@ class Spender:
         *,
         wait_timeout: float = 2.0,
         lock_timeout: float = 10.0,
+        max_holders: int = 8,
     ) -> None:
         self.store = store
         self.committer = committer
@@ -98,6 +99,10 @@ class Spender:
         self.wait_timeout = wait_timeout
         self.lock_timeout = lock_timeout
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # A lock holder keeps one pool connection and needs others (head, position, balance,
+        # the append): bounding holders below the pool size means they can never starve
+        # each other of connections, however many customers spend at once.
+        self._holders = asyncio.Semaphore(max_holders)
 
     async def spend(
         self, customer: str, amount: int, idempotency_key: str, reason: str
@@ -150,8 +155,16 @@ class Spender:
             except TimeoutError:
                 raise SpendBusy(f"another spend for {customer} is in progress") from None
             try:
-                async with self._advisory(customer):
-                    yield
+                try:
+                    async with asyncio.timeout(self.lock_timeout):
+                        await self._holders.acquire()
+                except TimeoutError:
+                    raise SpendBusy("too many spends in progress") from None
+                try:
+                    async with self._advisory(customer):
+                        yield
+                finally:
+                    self._holders.release()
             finally:
                 lock.release()
         finally:

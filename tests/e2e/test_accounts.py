@@ -113,6 +113,18 @@ async def test_fifty_concurrent_spends_of_one_against_ten_tokens(client, databas
     assert await spent_events(database_url) == 10
 
 
+async def test_many_customers_spending_at_once_do_not_starve_the_pool(client, database_url):
+    key = await make_key(database_url, "tokens:write")
+    customers = [f"m{i}@example.com" for i in range(30)]  # more than the pool's 20 connections
+    for c in customers:
+        await credit(client, c)
+    rs = await asyncio.wait_for(
+        asyncio.gather(*(spend(client, key, c, 5, "all") for c in customers)), timeout=30
+    )
+    assert [r.status_code for r in rs] == [201] * 30
+    assert {r.json()["balance"] for r in rs} == {0}
+
+
 async def test_scopes_and_bad_input(client, database_url):
     audit = await make_key(database_url, "audit:read")
     writer = await make_key(database_url, "tokens:write")
