@@ -170,3 +170,43 @@ def test_status_ignores_fact_order_and_repeats(facts, rnd):
     shuffled = list(facts)
     rnd.shuffle(shuffled)
     assert fold(facts) == fold(shuffled) == fold(facts + shuffled)
+
+
+def test_a_spend_event_is_an_eventsourcing_event():
+    """The hot path encodes ``SpendState``; eventsourcing's Mapper reads it as
+    ``TokenSpend.Spent`` and the aggregate it creates carries the same values."""
+    from eventsourcing.persistence import Mapper, StoredEvent
+
+    from ledger.domain import (
+        SPEND_TOPIC,
+        SPENT_TOPIC,
+        MsgspecTranscoder,
+        SpendState,
+        TokenSpend,
+        decode_spend,
+        encode_spend,
+        spend_id,
+    )
+
+    state = SpendState(
+        originator_topic=SPEND_TOPIC,
+        timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        customer="a@b.c",
+        amount=3,
+        idempotency_key="k-1",
+        reason="chat",
+        balance_after=7,
+    )
+    raw = encode_spend(state)
+    assert decode_spend(raw) == state
+    eid = spend_id("a@b.c", "k-1")
+    assert eid == spend_id("a@b.c", "k-1") != spend_id("a@b.c", "k-2")
+    assert spend_id("a@b.c", "k-1") != spend_id("a@b.cx", "-1")
+    event = Mapper(transcoder=MsgspecTranscoder()).to_domain_event(
+        StoredEvent(originator_id=eid, originator_version=1, topic=SPENT_TOPIC, state=raw)
+    )
+    assert type(event) is TokenSpend.Spent
+    spend = event.mutate(None)
+    assert isinstance(spend, TokenSpend)
+    assert (spend.id, spend.customer, spend.amount, spend.balance_after) == (eid, "a@b.c", 3, 7)
+    assert spend.created_on == state.timestamp
