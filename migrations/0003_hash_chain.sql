@@ -36,6 +36,7 @@ CREATE FUNCTION ledger_chain_hash() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     previous bytea;
+    topic_bytes bytea := convert_to(coalesce(NEW.topic, ''), 'UTF8');
 BEGIN
     -- Queries in a volatile function take a fresh snapshot per statement at READ COMMITTED,
     -- so this sees the predecessor committed just before the append lock was granted. A
@@ -44,17 +45,21 @@ BEGIN
         RAISE EXCEPTION 'appends to stored_events must run at READ COMMITTED (hash chain)'
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    PERFORM pg_advisory_xact_lock(7372002);  -- already held (0001); re-entrant, cheap
     SELECT e.hash INTO previous
     FROM stored_events e
     WHERE e.notification_id < NEW.notification_id
     ORDER BY e.notification_id DESC
     LIMIT 1;
+    -- Same bytes as ledger_chain_message(), written inline (a function call per row costs).
     NEW.hash := sha256(
         coalesce(previous, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
-        || ledger_chain_message(
-            NEW.notification_id, NEW.originator_id, NEW.originator_version, NEW.topic, NEW.state
-        )
+        || int8send(NEW.notification_id)
+        || uuid_send(NEW.originator_id)
+        || int8send(NEW.originator_version)
+        || int4send(octet_length(topic_bytes))
+        || topic_bytes
+        || int4send(coalesce(octet_length(NEW.state), 0))
+        || coalesce(NEW.state, ''::bytea)
     );
     RETURN NEW;
 END

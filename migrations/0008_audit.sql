@@ -20,11 +20,12 @@ CREATE TABLE audit_index (
     currency text,
     body_sha256 text,
     actor text,                        -- operator actions: the acting key id
-    target text                        -- operator actions: what was acted on
+    target text,                       -- operator actions: what was acted on
+    hash bytea                         -- the event's chain hash, copied when indexed
 );
 CREATE INDEX audit_index_customer_idx ON audit_index (customer, position) WHERE customer IS NOT NULL;
 CREATE INDEX audit_index_order_idx ON audit_index (order_id, position) WHERE order_id IS NOT NULL;
-CREATE INDEX audit_index_received_idx ON audit_index (received_at, position);
+CREATE INDEX audit_index_received_idx ON audit_index (received_at);
 CREATE INDEX audit_index_kind_idx ON audit_index (kind, position);
 
 CREATE TABLE audit_index_tracking (

@@ -74,6 +74,7 @@ class IndexRow:
     body_sha256: str | None = None
     actor: str | None = None
     target: str | None = None
+    hash: bytes | None = None
 
 
 def _decimal(text: str | None) -> Decimal | None:
@@ -160,11 +161,16 @@ async def catch_up(pool: asyncpg.Pool, *, page: int = INDEX_PAGE) -> int:
             rows = await conn.fetch(SQL["index_source"], position, page)
             if not rows:
                 return position
-            records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-            await conn.execute(SQL["index_insert"], *_columns([interpret(r) for r in records]))
-            await conn.execute(SQL["index_advance"], records[-1].position)
+            indexed = []
+            for r in rows:
+                row = interpret(StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])))
+                row.hash = r[5]
+                indexed.append(row)
+            await conn.execute(SQL["index_insert"], *_columns(indexed))
+            last: int = rows[-1][0]
+            await conn.execute(SQL["index_advance"], last)
             if len(rows) < page:
-                return records[-1].position
+                return last
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +212,13 @@ async def export_pages(
     after, hi = bounds["lo"] - 1, bounds["hi"]
     while after < hi:
         async with pool.acquire() as conn:
-            rows = await conn.fetch(SQL["export_page"], after, hi, since, until, page)
+            rows = await conn.fetch(SQL["export_page"], after, hi, page)
         if not rows:
             return
-        yield rows
         after = rows[-1]["position"]
+        kept = [r for r in rows if since <= r["received_at"] < until]
+        if kept:
+            yield kept
 
 
 def export_values(r: asyncpg.Record) -> list[Any]:

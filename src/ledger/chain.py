@@ -16,6 +16,8 @@ head (``GET /v1/audit/head``) with a digest kept elsewhere for that.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import struct
 import uuid
@@ -32,7 +34,7 @@ SQL = package_sql("audit")
 GENESIS = bytes(32)
 _HEAD = struct.Struct(">q16sqi")
 _LEN = struct.Struct(">i")
-PAGE = 20_000
+PAGE = 10_000
 
 
 def message(
@@ -99,13 +101,29 @@ async def anchor(conn: Conn, start: int) -> tuple[int | None, bytes]:
 
 
 async def pages(conn: Conn, after: int, page: int = PAGE) -> AsyncIterator[list[asyncpg.Record]]:
-    """Keyset pages of the log, position order: memory stays bounded by one page."""
-    while True:
-        rows = await conn.fetch(SQL["chain_page"], after, page)
-        if not rows:
-            return
-        yield rows
-        after = rows[-1][0]
+    """Keyset pages of the log, position order: memory stays bounded by two pages. The next
+    page is requested before this one is handed out, so the server reads it while the
+    caller hashes."""
+    pending = asyncio.ensure_future(conn.fetch(SQL["chain_page"], after, page))
+    try:
+        while True:
+            rows = await pending
+            if not rows:
+                return
+            if len(rows) == page:
+                pending = asyncio.ensure_future(conn.fetch(SQL["chain_page"], rows[-1][0], page))
+            else:
+                pending = asyncio.ensure_future(_empty())
+            yield rows
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncpg.InterfaceError):
+                await pending
+
+
+async def _empty() -> list[asyncpg.Record]:
+    return []
 
 
 async def verify(
@@ -127,9 +145,9 @@ async def verify(
     plen = _LEN.pack
     async for rows in pages(conn, start - 1, page):
         for pos, oid, ver, topic, state, stored in rows:
-            t = topic.encode() if topic is not None else b""
-            s = state if state is not None else b""
-            h = sha(prev + pack(pos, oid.bytes, ver, len(t)) + t + plen(len(s)) + s).digest()
+            h = sha(
+                prev + pack(pos, oid, ver, len(topic)) + topic + plen(len(state)) + state
+            ).digest()
             if stored != h:
                 return Report(
                     checked,

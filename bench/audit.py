@@ -1,0 +1,311 @@
+"""Audit benchmark: hash-chain ingest cost, ``ledger verify`` rate, audit indexing, search
+latency and export throughput over a large log.
+
+    python bench/audit.py [--events 1000000] [--ingest-events 20000]
+
+PostgreSQL: ``LEDGER_DATABASE_URL`` (a superuser URL) when set, else a fresh embedded server
+in a temporary directory; each run uses its own databases and drops them.
+
+1. Ingest cost of the chain trigger: ``EventStore.append_many`` in batches of 100 (one
+   writer, then 4 concurrent writers) into a fresh log with the ``stored_events_chain``
+   trigger disabled, then enabled.
+2. ``--events`` Midtrans deliveries (real notification bodies, base64 in the stored state
+   like the app writes) generated server-side straight into ``stored_events`` in batches of
+   50k rows per statement; the chain trigger runs on every row.
+3. ``ledger verify`` as an operator runs it (subprocess), and ``chain.verify`` in-process.
+4. Audit-index catch-up (interpreting every delivery with the provider decoders).
+5. ``ledger serve`` (projections and outbox off) on 127.0.0.1, then over HTTP: customer
+   search p50/p99 and ``/v1/audit/export`` CSV and JSONL throughput (rows/s) streamed with
+   httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from ledger import audit, chain
+from ledger.app import prepare_database
+from ledger.database import create_pool, start_embedded, with_database
+from ledger.keys import create_key
+from ledger.store import EventStore, NewEvent
+
+LEDGER = str(Path(sys.executable).parent / "ledger")
+SECRETS = {
+    "LEDGER_MAYAR_TOKEN": "bench-mayar",
+    "LEDGER_MIDTRANS_SERVER_KEY": "SB-Mid-server-bench",
+    "LEDGER_XENDIT_TOKEN": "bench-xendit",
+    "LEDGER_PARTNER_SECRET": "bench-partner",
+}
+
+# Rows i in [$1, $2): a Midtrans notification as the app stores it (DeliveryState JSON with
+# the raw body base64-encoded). Statuses: 70% settlement, 20% pending, 5% expire, 5% refund.
+GENERATE = r"""
+INSERT INTO stored_events (originator_id, originator_version, topic, state)
+SELECT md5('bench' || i)::uuid, 1, 'ledger.domain:Delivery.Received',
+       convert_to(json_build_object(
+           'originator_topic', 'ledger.domain:Delivery',
+           'timestamp', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+           'provider', 'midtrans',
+           'dedup_key', 'midtrans:INV-' || (i / 2) || ':' || md5('t' || i) || ':' || st,
+           'kind', st,
+           'source', '127.0.0.1',
+           'scheme', 'sha512-signature_key',
+           'headers', json_build_object('content-type', 'application/json'),
+           'body_sha256', encode(sha256(body), 'hex'),
+           'body_b64', translate(encode(body, 'base64'), E'\n', ''),
+           'fault', NULL,
+           'original_event_id', NULL)::text, 'UTF8')
+FROM (
+    SELECT i, ts, st, convert_to(json_build_object(
+        'transaction_time', to_char(ts, 'YYYY-MM-DD HH24:MI:SS'),
+        'transaction_status', st,
+        'transaction_id', md5('t' || i)::uuid,
+        'status_message', 'midtrans payment notification',
+        'status_code', CASE st WHEN 'settlement' THEN '200' WHEN 'pending' THEN '201'
+                               WHEN 'refund' THEN '200' ELSE '407' END,
+        'signature_key', encode(sha512(convert_to('x' || i, 'UTF8')), 'hex'),
+        'payment_type', 'bank_transfer',
+        'order_id', 'INV-' || (i / 2),
+        'merchant_id', 'G000000000',
+        'gross_amount', ((i % 97) * 1000 + 50000) || '.00',
+        'currency', 'IDR',
+        'customer_email', 'c' || (i % 5000) || '@example.com',
+        'va_numbers', json_build_array(json_build_object('va_number', '8578000000111',
+                                                         'bank', 'bca')))::text, 'UTF8') AS body
+    FROM (
+        SELECT i,
+               timestamptz '2026-03-01 00:00:00+00' + i * interval '2.5 seconds' AS ts,
+               CASE WHEN i % 20 = 7 THEN 'expire' WHEN i % 20 = 11 THEN 'refund'
+                    WHEN i % 5 = 3 THEN 'pending' ELSE 'settlement' END AS st
+        FROM generate_series($1::bigint, $2::bigint - 1) AS i
+    ) g
+) b
+"""
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+async def fresh_db(server: str, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = with_database(server, name)
+    await prepare_database(url)
+    return url
+
+
+async def drop_db(server: str, url: str) -> None:
+    name = url.partition("?")[0].rsplit("/", 1)[1]
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def small_event(i: int) -> NewEvent:
+    state = b'{"timestamp":"2026-03-01T00:00:00+00:00","n":%d,"pad":"%s"}' % (i, b"x" * 900)
+    return NewEvent(uuid.uuid4(), "bench:Thing.Happened", state)
+
+
+async def ingest_cost(server: str, n: int) -> dict[str, float]:
+    """events/s of append_many (batches of 100) without and with the chain trigger."""
+    out: dict[str, float] = {}
+    for chained in (False, True):
+        url = await fresh_db(server, "bench_ingest")
+        try:
+            if not chained:
+                conn = await asyncpg.connect(url)
+                await conn.execute("ALTER TABLE stored_events DISABLE TRIGGER stored_events_chain")
+                await conn.close()
+            pool = await create_pool(url, max_size=8)
+            store = EventStore(pool)
+            await store.append_many([small_event(-1)])  # warm up
+            for writers in (1, 4):
+                per = n // writers
+
+                async def writer(k: int, per: int = per, store: EventStore = store) -> None:
+                    for b in range(0, per, 100):
+                        await store.append_many([small_event(k * per + b + j) for j in range(100)])
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(writer(k) for k in range(writers)))
+                out[f"{'chain' if chained else 'plain'}_{writers}w"] = (
+                    per * writers / (time.perf_counter() - t0)
+                )
+            await pool.close()
+        finally:
+            await drop_db(server, url)
+    return out
+
+
+async def generate(url: str, n: int, batch: int = 50_000) -> float:
+    conn = await asyncpg.connect(url)
+    try:
+        t0 = time.perf_counter()
+        for lo in range(0, n, batch):
+            await conn.execute(GENERATE, lo, min(n, lo + batch))
+            print(f"  generated {min(n, lo + batch):,}", end="\r", file=sys.stderr)
+        took = time.perf_counter() - t0
+        await conn.execute("VACUUM ANALYZE stored_events")
+    finally:
+        await conn.close()
+    print(file=sys.stderr)
+    return took
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def http_part(url: str, home: Path) -> dict[str, float]:
+    conn = await asyncpg.connect(url)
+    try:
+        _, key = await create_key(conn, "bench", ["audit:read"])
+    finally:
+        await conn.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        **SECRETS,
+        "LEDGER_DATABASE_URL": url,
+        "LEDGER_HOME": str(home),
+        "LEDGER_RUN_PROJECTIONS": "false",
+        "LEDGER_RUN_OUTBOX": "false",
+    }
+    server = subprocess.Popen(
+        [LEDGER, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"authorization": f"Bearer {key}"}
+    out: dict[str, float] = {}
+    try:
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+            lat = []
+            for i in range(300):
+                t0 = time.perf_counter()
+                r = await client.get(
+                    "/v1/audit/events", params={"customer": f"c{i * 7 % 5000}@example.com"}
+                )
+                lat.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200, r.text
+            out["search_p50_ms"], out["search_p99_ms"] = pct(lat, 50), pct(lat, 99)
+            for fmt in ("csv", "jsonl"):
+                rows = 0
+                t0 = time.perf_counter()
+                params = {"from": "2026-03-01", "to": "2026-05-01", "format": fmt}
+                async with client.stream("GET", "/v1/audit/export", params=params) as r:
+                    assert r.status_code == 200
+                    async for chunk in r.aiter_bytes():
+                        rows += chunk.count(b"\n")
+                took = time.perf_counter() - t0
+                rows -= 1 if fmt == "csv" else 0
+                out[f"export_{fmt}_rows"] = rows
+                out[f"export_{fmt}_rows_per_s"] = rows / took
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--ingest-events", type=int, default=20_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-audit-") as tmp:
+        server = os.environ.get("LEDGER_DATABASE_URL") or start_embedded(
+            Path(tmp) / "pgdata", cleanup="delete"
+        )
+        print("ingest cost of the chain trigger (append_many, batches of 100):")
+        cost = await ingest_cost(server, args.ingest_events)
+        for writers in (1, 4):
+            plain, chained = cost[f"plain_{writers}w"], cost[f"chain_{writers}w"]
+            print(
+                f"  {writers} writer(s): without {plain:,.0f} ev/s, with {chained:,.0f} ev/s "
+                f"({(1 / chained - 1 / plain) * 1e6:+.1f} us/event, {chained / plain - 1:+.0%})"
+            )
+        url = await fresh_db(server, "bench_audit")
+        try:
+            took = await generate(url, args.events)
+            print(
+                f"generated {args.events:,} events with the chain trigger in {took:.1f} s "
+                f"({args.events / took:,.0f} ev/s)"
+            )
+
+            env = {**os.environ, **SECRETS, "LEDGER_DATABASE_URL": url, "LEDGER_HOME": tmp}
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [LEDGER, "verify"], env=env, capture_output=True, text=True, check=False
+            )
+            cli_took = time.perf_counter() - t0
+            print(f"ledger verify (exit {proc.returncode}, {cli_took:.1f} s wall incl. start-up):")
+            print("  " + proc.stdout.strip())
+
+            conn = await asyncpg.connect(url)
+            try:
+                t0 = time.perf_counter()
+                report = await chain.verify(conn)
+                vt = time.perf_counter() - t0
+            finally:
+                await conn.close()
+            assert report.ok
+            assert report.checked == args.events
+            print(f"chain.verify in-process: {report.checked / vt:,.0f} events/s ({vt:.1f} s)")
+
+            pool = await create_pool(url, max_size=4)
+            try:
+                t0 = time.perf_counter()
+                await audit.catch_up(pool)
+                it = time.perf_counter() - t0
+            finally:
+                await pool.close()
+            print(f"audit index catch-up: {args.events / it:,.0f} events/s ({it:.1f} s)")
+
+            res = await http_part(url, Path(tmp))
+            print(
+                f"search by customer over HTTP: p50 {res['search_p50_ms']:.1f} ms, "
+                f"p99 {res['search_p99_ms']:.1f} ms"
+            )
+            for fmt in ("csv", "jsonl"):
+                print(
+                    f"export {fmt}: {res[f'export_{fmt}_rows']:,.0f} rows at "
+                    f"{res[f'export_{fmt}_rows_per_s']:,.0f} rows/s"
+                )
+        finally:
+            await drop_db(server, url)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
