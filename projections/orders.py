@@ -2,10 +2,11 @@
 ``booking_id``.
 
 Each notification becomes a history row with its provider status and the order status it
-maps to (``ledger.orderstatus``); the order row is the highest-ranked notification's view
-(precedence, ties broken by event id), so any arrival order gives the same rows. A
-``pending`` or ``expire`` that arrives after ``paid`` is kept in the history and reads as
-late (computed from positions by the API); it never downgrades the order.
+maps to (``ledger.orderstatus``). The order is folded from its rows when read
+(``ledger.orderstatus.decide``: precedence, ties broken by event id), so any arrival order
+gives the same answer, and a batch is one insert (rebuilds stay fast). A ``pending`` or
+``expire`` that arrives after ``paid`` is kept in the history and reads as late (computed from
+positions); it never downgrades the order.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ class Note(NamedTuple):
     position: int
     provider_status: str
     status: str
-    rank: int
     amount: str | None
     currency: str | None
     payment_method: str | None
@@ -86,7 +86,6 @@ def note(rec: StoredRecord, state: DeliveryState) -> Note | None:
         rec.position,
         shown,
         status,
-        orderstatus.rank(status),
         amount,
         currency,
         method,
@@ -96,42 +95,17 @@ def note(rec: StoredRecord, state: DeliveryState) -> Note | None:
 
 class Orders:
     name = "orders"
-    version = 1
+    version = 2  # 2: the order row is folded when read, not stored
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        notes: list[Note] = []
-        best: dict[tuple[str, str], Note] = {}
-        for rec in records:
-            state = decode_delivery(rec.state)
-            n = note(rec, state)
-            if n is None:
-                continue
-            notes.append(n)
-            key = (n.provider, n.order_id)
-            seen = best.get(key)
-            if seen is None or (n.rank, n.event_id) > (seen.rank, seen.event_id):
-                best[key] = n
-        if not notes:
-            return
-        await conn.execute(SQL["insert_history"], *columns(notes))
-        top = [best[k] for k in sorted(best)]
-        await conn.execute(
-            SQL["upsert_orders"],
-            [n.provider for n in top],
-            [n.order_id for n in top],
-            [n.status for n in top],
-            [n.rank for n in top],
-            [n.event_id for n in top],
-            [n.amount for n in top],
-            [n.currency for n in top],
-            [n.payment_method for n in top],
-            [n.customer for n in top],
-        )
+        notes = [n for rec in records if (n := note(rec, decode_delivery(rec.state)))]
+        if notes:
+            await conn.execute(SQL["insert_history"], *columns(notes))
 
     async def digest(self, conn: Conn) -> str:
-        return await table_digest(conn, [SQL["digest_orders"], SQL["digest_history"]])
+        return await table_digest(conn, [SQL["digest"]])
 
 
 PROJECTION = Orders()

@@ -119,9 +119,19 @@ class Entry:
     """One notification in an order's history, as the projection stores it."""
 
     position: int
-    event_id: str
+    event_id: str  # canonical UUID text: its string order is the UUID's order
     provider_status: str
     status: str
+    amount: str | None = None
+    currency: str | None = None
+    payment_method: str | None = None
+    customer: str | None = None
+
+
+def decide(history: Sequence[Entry]) -> Entry:
+    """The notification that decides the order: the highest status, ties broken by the
+    larger event id, so the choice never depends on arrival order."""
+    return max(history, key=lambda e: (RANK[e.status], e.event_id))
 
 
 def late_flags(history: Sequence[Entry]) -> list[bool]:

@@ -271,17 +271,29 @@ async def test_orders_precedence_history_and_late_notifications(client, database
     try:
         proj = Orders()
         await fold(conn, proj, records, "t_orders")
-        orders = {
-            (r["provider"], r["order_id"]): r
-            for r in await query(conn, "t_orders", "SELECT * FROM orders")
-        }
-        assert orders["midtrans", "INV-1"]["status"] == "paid"
-        assert orders["midtrans", "INV-1"]["amount"] == "299000.00"
-        assert orders["midtrans", "INV-1"]["payment_method"] == "bank_transfer"
-        assert orders["midtrans", "INV-2"]["status"] == "pending"
-        assert orders["xendit", "BOOK-1"]["status"] == "paid"
-        assert orders["xendit", "BOOK-1"]["payment_method"] == "QRIS"
-        assert orders["partner", "b-1"]["status"] == "paid"
+        rows = await query(conn, "t_orders", "SELECT * FROM order_history ORDER BY position")
+        histories: dict[tuple[str, str], list[orderstatus.Entry]] = {}
+        for r in rows:
+            histories.setdefault((r["provider"], r["order_id"]), []).append(
+                orderstatus.Entry(
+                    r["position"],
+                    str(r["event_id"]),
+                    r["provider_status"],
+                    r["status"],
+                    r["amount"],
+                    r["currency"],
+                    r["payment_method"],
+                    r["customer"],
+                )
+            )
+        orders = {k: orderstatus.decide(v) for k, v in histories.items()}
+        assert orders["midtrans", "INV-1"].status == "paid"
+        assert orders["midtrans", "INV-1"].amount == "299000.00"
+        assert orders["midtrans", "INV-1"].payment_method == "bank_transfer"
+        assert orders["midtrans", "INV-2"].status == "pending"
+        assert orders["xendit", "BOOK-1"].status == "paid"
+        assert orders["xendit", "BOOK-1"].payment_method == "QRIS"
+        assert orders["partner", "b-1"].status == "paid"
         history = await query(
             conn,
             "t_orders",

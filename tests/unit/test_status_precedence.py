@@ -100,3 +100,12 @@ def test_fold_ignores_arrival_order_and_repeats(seq, rnd):
 
 def test_fold_of_nothing_is_none():
     assert fold([]) is None
+
+
+def test_the_deciding_notification_ignores_arrival_order():
+    a = Entry(1, "00000000-0000-0000-0000-00000000000a", "settlement", "paid", "10.00")
+    b = Entry(2, "00000000-0000-0000-0000-00000000000b", "capture", "paid", "10.00")
+    p = Entry(3, "00000000-0000-0000-0000-00000000000c", "pending", "pending", "99.00")
+    assert orderstatus.decide([a, b, p]) is b
+    assert orderstatus.decide([p, b, a]) is b
+    assert orderstatus.decide([p]) is p

@@ -116,9 +116,8 @@ class OrdersController(Controller):
         await require_position(rm, "orders", min_position)
         async with rm.reading("orders") as conn:
             position = int(await conn.fetchval(LIVE_POSITION, "orders") or 0)
-            row = await conn.fetchrow(ORDERS_SQL["order"], provider, order_id)
             rows = await conn.fetch(ORDERS_SQL["history"], provider, order_id)
-        if row is None:
+        if not rows:
             raise problem(
                 404,
                 "order-not-found",
@@ -126,22 +125,32 @@ class OrdersController(Controller):
                 f"no {provider} notification for order {order_id!r} up to position {position}",
                 position=position,
             )
-        entries = [
-            orderstatus.Entry(r["position"], str(r["event_id"]), r["provider_status"], r["status"])
+        history = [
+            orderstatus.Entry(
+                r["position"],
+                str(r["event_id"]),
+                r["provider_status"],
+                r["status"],
+                r["amount"],
+                r["currency"],
+                r["payment_method"],
+                r["customer"],
+            )
             for r in rows
         ]
-        late = orderstatus.late_flags(entries)
-        method = row["payment_method"] or next(
-            (r["payment_method"] for r in reversed(rows) if r["payment_method"]), None
+        top = orderstatus.decide(history)
+        late = orderstatus.late_flags(history)
+        method = top.payment_method or next(
+            (e.payment_method for e in reversed(history) if e.payment_method), None
         )
         return Order(
             provider=provider,
             order_id=order_id,
-            status=row["status"],
-            amount=row["amount"],
-            currency=row["currency"],
+            status=top.status,
+            amount=top.amount,
+            currency=top.currency,
             payment_method=method,
-            customer=row["customer"],
+            customer=top.customer,
             history=[
                 HistoryEntry(
                     position=e.position,
@@ -149,10 +158,10 @@ class OrdersController(Controller):
                     provider_status=e.provider_status,
                     status=e.status,
                     late=is_late,
-                    amount=r["amount"],
+                    amount=e.amount,
                     link=f"/v1/events/{e.event_id}",
                 )
-                for e, is_late, r in zip(entries, late, rows, strict=True)
+                for e, is_late in zip(history, late, strict=True)
             ],
             position=position,
         )
