@@ -121,6 +121,14 @@ class Partner:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 writer.transport.abort()
                 return False
+            if step == "chunked":  # a chunked 200, then the connection is reused
+                seen.applied += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                    b'7\r\n{"succe\r\n9\r\nss": true\r\n1\r\n}\r\n0\r\n\r\n'
+                )
+                await writer.drain()
+                return True
             if step in ("ok", "lost"):
                 if seen.applied == 0:
                     seen.applied = 1  # a repeat of an applied id is acknowledged, not re-applied
@@ -233,6 +241,7 @@ async def test_partner_flaps_and_every_message_is_applied_once(partner, database
         "b-reset": ["reset", "ok"],
         "b-lost": ["lost", "ok"],
         "b-ok": ["ok"],
+        "b-chunked": ["chunked"],
         "b-400": ["400"],
         "b-401": ["401"],
         "b-404": ["404"],
