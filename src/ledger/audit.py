@@ -204,7 +204,8 @@ async def export_pages(
     pool: asyncpg.Pool, since: datetime, until: datetime, *, page: int = EXPORT_PAGE
 ) -> AsyncIterator[list[asyncpg.Record]]:
     """Rows received in [since, until), position order, one bounded page at a time (each
-    page on a short-lived connection, so a slow client holds no transaction open)."""
+    page on a short-lived connection, so a slow client holds no transaction open). The
+    first ``len(EXPORT_COLUMNS)`` values of a row are the export's text columns."""
     async with pool.acquire() as conn:
         bounds = await conn.fetchrow(SQL["time_bounds"], since, until)
     if bounds is None or bounds["lo"] is None:
@@ -215,31 +216,16 @@ async def export_pages(
             rows = await conn.fetch(SQL["export_page"], after, hi, page)
         if not rows:
             return
-        after = rows[-1]["position"]
-        kept = [r for r in rows if since <= r["received_at"] < until]
+        after = rows[-1]["cursor"]
+        kept = [r for r in rows if since <= r["at"] < until]
         if kept:
             yield kept
 
 
-def export_values(r: asyncpg.Record) -> list[Any]:
-    """One export row as JSON-native values, in ``EXPORT_COLUMNS`` order (amounts as exact
-    decimal strings, the hash as hex)."""
-    return [
-        r["position"],
-        str(r["event_id"]),
-        r["received_at"].isoformat(),
-        r["category"],
-        r["provider"],
-        r["kind"],
-        r["dedup_key"],
-        r["customer"],
-        r["order_id"],
-        r["status"],
-        None if r["amount"] is None else str(r["amount"]),
-        r["currency"],
-        r["body_sha256"],
-        None if r["hash"] is None else bytes(r["hash"]).hex(),
-    ]
+def export_values(r: asyncpg.Record) -> tuple[Any, ...]:
+    """One export row in ``EXPORT_COLUMNS`` order (text or None)."""
+    values: tuple[Any, ...] = r[: len(EXPORT_COLUMNS)]
+    return values
 
 
 class ProviderDay(msgspec.Struct, kw_only=True):

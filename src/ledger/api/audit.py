@@ -145,7 +145,9 @@ async def _jsonl(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
     async for rows in pages:
         out = bytearray()
         for r in rows:
-            enc.encode_into(dict(zip(cols, audit.export_values(r), strict=True)), out, -1)
+            values = dict(zip(cols, audit.export_values(r), strict=True))
+            values["position"] = r["cursor"]  # a number in JSON
+            enc.encode_into(values, out, -1)
             out += b"\n"
         yield bytes(out)
 

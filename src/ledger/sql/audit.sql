@@ -76,12 +76,17 @@ FROM audit_index
 WHERE received_at >= $1 AND received_at < $2
 
 -- name: export_page
--- A primary-key range scan: cost per page is independent of the export's size.
-SELECT position, event_id, received_at, category, provider, kind, dedup_key, customer,
-       order_id, status, amount, currency, body_sha256, hash
-FROM audit_index
-WHERE position > $1 AND position <= $2
-ORDER BY position
+-- A primary-key range scan: cost per page is independent of the export's size. The export
+-- columns come out as text, formatted here (times in UTC with microseconds, exact decimals,
+-- hex hashes); the last two columns are for the cursor and the time filter.
+SELECT position::text, event_id::text,
+       to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+       category, provider, kind, dedup_key, customer, order_id, status, amount::text,
+       currency, body_sha256, encode(hash, 'hex'),
+       position AS cursor, received_at AS at
+FROM audit_index i
+WHERE i.position > $1 AND i.position <= $2
+ORDER BY i.position
 LIMIT $3
 
 -- name: summary_counts
