@@ -26,7 +26,7 @@ import contextlib
 import enum
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -291,26 +291,17 @@ class ProjectionRunner:
     async def _work(self, proj: Projection, generation: int) -> None:
         key = (proj.name, generation)
         wake = self._wakes[key]
-        conn: asyncpg.Connection | None = None
-        locked = False
+        lane = _Lane()
         failures = 0
         failed = False
         try:
             while not self._stopping:
                 try:
-                    if conn is None or conn.is_closed():
-                        conn = await connect(self.database_url, self.app_name)
-                        locked = False
-                    if not locked:
-                        locked = bool(
-                            await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(*key))
-                        )
-                        if not locked:
-                            await self._pause(wake, self.lock_retry)
-                            continue
-                        log.info("projection %s: applying generation %d", *key)
+                    if not await lane.ready(self, key):
+                        await self._pause(wake, self.lock_retry)
+                        continue
                     wake.clear()
-                    step = await self._step(conn, proj, generation)
+                    step = await self._step(lane, proj, generation)
                 except TRANSIENT_ERRORS as exc:
                     log.warning(
                         "projection %s g%d: database trouble (%s); retrying",
@@ -318,9 +309,7 @@ class ProjectionRunner:
                         generation,
                         type(exc).__name__,
                     )
-                    if conn is not None:
-                        conn.terminate()
-                    conn, locked = None, False
+                    await lane.close(terminate=True)
                     await self._pause(wake, min(self.backoff_max, self.lock_retry))
                     continue
                 except ApplyFailed as exc:
@@ -340,17 +329,14 @@ class ProjectionRunner:
                     continue
                 if failed:
                     failed, failures = False, 0
-                    assert conn is not None
-                    await conn.execute(SQL["recover"], proj.name)
+                    await lane.conn.execute(SQL["recover"], proj.name)
                     log.info("projection %s g%d recovered", proj.name, generation)
                 if step is Step.RETIRED:
                     return
                 if step is Step.IDLE:
                     await self._pause(wake, self.poll_interval)
         finally:
-            if conn is not None:
-                with contextlib.suppress(*TRANSIENT_ERRORS):
-                    await conn.close(timeout=2)
+            await lane.close()
 
     async def _pause(self, wake: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -368,13 +354,13 @@ class ProjectionRunner:
         finally:
             await conn.close()
 
-    async def _step(self, conn: asyncpg.Connection, proj: Projection, generation: int) -> Step:
+    async def _step(self, lane: _Lane, proj: Projection, generation: int) -> Step:
         """Apply the next batch (if any) in one transaction with the tracking position."""
-        name = proj.name
+        name, conn = proj.name, lane.conn
         start = await conn.fetchval(SQL["tracking_position"], name, generation)
         if start is None:
             return Step.RETIRED
-        rows = await conn.fetch(SQL["read_batch"], start, self.batch_size, list(proj.topics))
+        rows = await lane.read(start, self.batch_size, proj.topics)
         at_head = len(rows) < self.batch_size
         if not rows:
             info = await conn.fetchrow(SQL["get_projection"], name)
@@ -385,18 +371,11 @@ class ProjectionRunner:
                 return Step.RETIRED
             if info["building_generation"] != generation:
                 return Step.IDLE
-        records = [
-            StoredRecord(
-                r["notification_id"],
-                r["originator_id"],
-                r["originator_version"],
-                r["topic"],
-                r["state"],
-            )
-            for r in rows
-            if r["state"] is not None
-        ]
-        last = rows[-1]["notification_id"] if rows else start
+        last = rows[-1][0] if rows else start
+        if not at_head:  # read the next batch while this one is applied
+            lane.prefetch(last, self.batch_size, proj.topics)
+        # (notification_id, originator_id, originator_version, topic, state)
+        records = [StoredRecord(*r) for r in rows if r[4] is not None]
         schema = schema_name(name, generation)
         async with conn.transaction():
             position = await conn.fetchval(SQL["lock_tracking"], name, generation)
@@ -433,6 +412,80 @@ class ProjectionRunner:
             log.info("projection %s: generation %d is live", name, generation)
             self._control.set()
         return Step.IDLE if at_head else Step.BUSY
+
+
+class _Lane:
+    """One worker's connections: ``conn`` holds the advisory lock and runs the batch
+    transactions; ``reader`` fetches the next batch meanwhile (PostgreSQL reads while
+    Python applies). Closing ``conn`` releases the lock."""
+
+    def __init__(self) -> None:
+        self._conn: asyncpg.Connection | None = None
+        self._reader: asyncpg.Connection | None = None
+        self._next: tuple[int, asyncio.Task[list[asyncpg.Record]]] | None = None
+        self.locked = False
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    async def ready(self, runner: ProjectionRunner, key: tuple[str, int]) -> bool:
+        """Connected and holding the generation's lock (False: another process has it)."""
+        if self._conn is None or self._conn.is_closed():
+            await self.open(runner.database_url, runner.app_name)
+        if not self.locked:
+            got = await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(*key))
+            self.locked = bool(got)
+            if self.locked:
+                log.info("projection %s: applying generation %d", *key)
+        return self.locked
+
+    async def open(self, url: str, app_name: str) -> None:
+        await self.close()
+        self._conn = await connect(url, app_name)
+        self._reader = await connect(url, app_name)
+
+    def prefetch(self, after: int, limit: int, topics: Sequence[str]) -> None:
+        assert self._reader is not None
+        task = asyncio.create_task(
+            self._reader.fetch(SQL["read_batch"], after, limit, list(topics))
+        )
+        self._next = (after, task)
+
+    async def read(self, after: int, limit: int, topics: Sequence[str]) -> list[asyncpg.Record]:
+        """The batch after ``after``: the prefetched one when it matches."""
+        if self._next is not None:
+            start, task = self._next
+            self._next = None
+            if start == after:
+                return await task
+            await _drain(task)
+        assert self._reader is not None
+        found: list[asyncpg.Record] = await self._reader.fetch(
+            SQL["read_batch"], after, limit, list(topics)
+        )
+        return found
+
+    async def close(self, *, terminate: bool = False) -> None:
+        if self._next is not None:
+            await _drain(self._next[1])
+            self._next = None
+        for c in (self._conn, self._reader):
+            if c is not None and not c.is_closed():
+                if terminate:
+                    c.terminate()
+                else:
+                    with contextlib.suppress(*TRANSIENT_ERRORS):
+                        await c.close(timeout=2)
+        self._conn = self._reader = None
+        self.locked = False
+
+
+async def _drain(task: asyncio.Task[list[asyncpg.Record]]) -> None:
+    """Wait for an unwanted prefetch (it is only a read) and drop its result."""
+    with contextlib.suppress(*TRANSIENT_ERRORS):
+        await task
 
 
 class ApplyFailed(Exception):
