@@ -70,18 +70,48 @@ class TokenBalances:
                 spends.append(
                     (rec.id, s.customer, s.amount, s.idempotency_key, s.balance_after, rec.position)
                 )
-        touched: set[str] = set()
+        # customer -> [credited delta, spent delta, last position]
+        delta: dict[str, list[int]] = {}
+
+        def add(customer: str, credited: int, spent: int, position: int) -> None:
+            d = delta.setdefault(customer, [0, 0, 0])
+            d[0] += credited
+            d[1] += spent
+            d[2] = max(d[2], position)
+
         if credits:
-            rows = list(credits.values())
-            for r in await conn.fetch(SQL["existing_credit_customers"], [r[0] for r in rows]):
-                touched.add(r["customer"])
-            await conn.execute(SQL["upsert_credits"], *columns(rows))
-            touched.update(r[2] for r in rows)
+            existing = {
+                r["payment_key"]: r
+                for r in await conn.fetch(SQL["existing_credits"], list(credits))
+            }
+            writes = []
+            for key, row in credits.items():
+                old = existing.get(key)
+                if old is not None and old["event_id"] <= row[1]:
+                    continue  # the credit already held wins (smaller event id)
+                if old is not None:
+                    add(old["customer"], -old["tokens"], 0, 0)
+                add(row[2], row[4], 0, row[5])
+                writes.append(row)
+            if writes:
+                await conn.execute(SQL["upsert_credits"], *columns(writes))
         if spends:
-            await conn.execute(SQL["insert_spends"], *columns(spends))
-            touched.update(s[1] for s in spends)
-        if touched:
-            await conn.execute(SQL["recompute_accounts"], sorted(touched))
+            inserted = {
+                r["event_id"] for r in await conn.fetch(SQL["insert_spends"], *columns(spends))
+            }
+            for sp in spends:
+                if sp[0] in inserted:
+                    inserted.discard(sp[0])  # a record repeated in one batch counts once
+                    add(sp[1], 0, sp[2], sp[5])
+        if delta:
+            customers = sorted(delta)
+            await conn.execute(
+                SQL["add_to_accounts"],
+                customers,
+                [delta[c][0] for c in customers],
+                [delta[c][1] for c in customers],
+                [delta[c][2] for c in customers],
+            )
 
     async def digest(self, conn: Conn) -> str:
         return await table_digest(

@@ -23,8 +23,8 @@ CREATE TABLE spends (
 );
 CREATE INDEX spends_customer_idx ON spends (customer);
 
--- Totals per customer, recomputed from credits and spends for every customer a batch
--- touches (so a replaced credit moves its tokens correctly).
+-- Totals per customer: each batch adds what it changed (a replaced credit moves its tokens
+-- from the old row's customer to the new one's).
 CREATE TABLE accounts (
     customer text PRIMARY KEY,
     credited bigint NOT NULL,
@@ -32,8 +32,8 @@ CREATE TABLE accounts (
     last_position bigint NOT NULL
 );
 
--- name: existing_credit_customers
-SELECT payment_key, customer FROM credits WHERE payment_key = ANY($1::text[])
+-- name: existing_credits
+SELECT payment_key, event_id, customer, tokens FROM credits WHERE payment_key = ANY($1::text[])
 
 -- name: upsert_credits
 INSERT INTO credits (payment_key, event_id, customer, package, tokens, position)
@@ -47,18 +47,14 @@ WHERE excluded.event_id < credits.event_id
 INSERT INTO spends (event_id, customer, amount, idempotency_key, balance_after, position)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[])
 ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
 
--- name: recompute_accounts
-INSERT INTO accounts (customer, credited, spent, last_position)
-SELECT c.customer,
-       coalesce((SELECT sum(tokens) FROM credits WHERE customer = c.customer), 0),
-       coalesce((SELECT sum(amount) FROM spends WHERE customer = c.customer), 0),
-       greatest(
-           coalesce((SELECT max(position) FROM credits WHERE customer = c.customer), 0),
-           coalesce((SELECT max(position) FROM spends WHERE customer = c.customer), 0))
-FROM unnest($1::text[]) AS c(customer)
+-- name: add_to_accounts
+INSERT INTO accounts AS a (customer, credited, spent, last_position)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
 ON CONFLICT (customer) DO UPDATE
-SET credited = excluded.credited, spent = excluded.spent, last_position = excluded.last_position
+SET credited = a.credited + excluded.credited, spent = a.spent + excluded.spent,
+    last_position = greatest(a.last_position, excluded.last_position)
 
 -- name: account
 SELECT customer, credited, spent, credited - spent AS tokens, last_position
