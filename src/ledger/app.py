@@ -29,6 +29,7 @@ from ledger.api.outbox import OutboxController
 from ledger.api.projections import ProjectionsController
 from ledger.api.stream import stream
 from ledger.api.webhooks import WebhookController
+from ledger.audit import AuditIndexer
 from ledger.config import Settings, load_settings
 from ledger.database import create_pool, resolve_database_url
 from ledger.ingest import Ingest
@@ -79,6 +80,8 @@ def components(services: Services) -> list[Component]:
     from ledger.outbox import outbox_components
 
     found.extend(outbox_components(services))
+    if services.settings.run_projections:  # derived data, like the projections
+        found.append(AuditIndexer(services.pool))
     return found
 
 

@@ -12,6 +12,9 @@ before the request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from ledger.store import StoredRecord
 from ledger.stream import payment_fact
 
 SQL = package_sql("audit")
+log = logging.getLogger("ledger.audit")
 INDEX_PAGE = 5_000
 EXPORT_PAGE = 2_000
 
@@ -171,6 +175,34 @@ async def catch_up(pool: asyncpg.Pool, *, page: int = INDEX_PAGE) -> int:
             await conn.execute(SQL["index_advance"], last)
             if len(rows) < page:
                 return last
+
+
+class AuditIndexer:
+    """Background component: keeps the index near the head (every ``interval`` seconds), so
+    a query rarely has more than a few events to fold first. Errors are logged and retried:
+    the index is derived data and every query catches up by itself anyway."""
+
+    def __init__(self, pool: asyncpg.Pool, *, interval: float = 1.0) -> None:
+        self.pool = pool
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-indexer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await catch_up(self.pool)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                log.warning("audit index catch-up failed (will retry): %s", type(exc).__name__)
+            await asyncio.sleep(self.interval)
 
 
 @dataclass(frozen=True, slots=True)
