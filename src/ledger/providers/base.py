@@ -112,10 +112,10 @@ def check_depth(body: bytes, max_depth: int) -> None:
 
 # What decoding a body can raise: msgspec raises UnicodeDecodeError (not DecodeError) for
 # invalid UTF-8 inside a string, which must be a 400/401 like any other bad body, never a 500.
-DECODE_ERRORS: tuple[type[ValueError], ...] = (msgspec.DecodeError, UnicodeDecodeError)
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError)
 
 
-def decode_error(exc: ValueError) -> str:
+def decode_error(exc: Exception) -> str:
     """msgspec's message already names the path (``at `$.data.id```); keep it short."""
     if isinstance(exc, UnicodeDecodeError):
         return f"body is not valid UTF-8 (byte {exc.start} of a string)"
