@@ -27,6 +27,7 @@ import msgspec
 
 from ledger.domain import OPERATOR_ACTION_TOPIC
 from ledger.operator import decode_operator_action
+from ledger.orderstatus import RANK
 from ledger.projection import Conn
 from ledger.queries import package_sql
 from ledger.store import StoredRecord
@@ -297,3 +298,108 @@ async def summary(conn: Conn, since: datetime, until: datetime) -> list[Provider
             )
         )
     return days
+
+
+class Effect(msgspec.Struct, kw_only=True):
+    """Something an event caused: a token credit, or an outbox message and its outcome."""
+
+    type: str  # token_credit | outbox
+    tokens: int | None = None
+    package: str | None = None
+    message_id: str | None = None
+    kind: str | None = None
+    target: str | None = None
+    state: str | None = None
+    attempts: int | None = None
+    last_outcome: str | None = None
+    last_status: int | None = None
+
+
+class TimelineEntry(msgspec.Struct, kw_only=True):
+    """One event, linked to its raw bytes (``raw``, ``body_sha256``), its interpretation
+    (``kind``, ``status``, ``amount``) and its effects (order status, credits, messages)."""
+
+    position: int
+    event_id: str
+    received_at: str
+    category: str
+    provider: str | None
+    kind: str | None
+    order_id: str | None
+    customer: str | None
+    status: str | None
+    amount: str | None
+    body_sha256: str | None
+    hash: str | None
+    raw: str
+    order_status_after: str | None = None
+    late: bool = False
+    effects: list[Effect] = msgspec.field(default_factory=list)
+
+
+async def timeline(
+    conn: Conn,
+    rows: Sequence[asyncpg.Record],
+    outbox_key: tuple[str, str],
+    credits_schema: str | None,
+) -> list[TimelineEntry]:
+    """Entries for index ``rows`` (log order) with their effects. ``outbox_key`` names the
+    indexed outbox column to match (``order`` or ``customer``) and its value;
+    ``credits_schema`` is the live token_balances schema (None: not running here)."""
+    ids = [r["event_id"] for r in rows]
+    effects: dict[uuid.UUID, list[Effect]] = {i: [] for i in ids}
+    if credits_schema is not None and ids:
+        # The schema name comes from ledger.projection.schema_name (a trusted identifier).
+        credits = await conn.fetch(
+            f"SELECT event_id, tokens, package FROM {credits_schema}.credits "
+            "WHERE event_id = ANY($1::uuid[])",
+            ids,
+        )
+        for c in credits:
+            effects[c["event_id"]].append(
+                Effect(type="token_credit", tokens=c["tokens"], package=c["package"])
+            )
+    which, value = outbox_key
+    for m in await conn.fetch(SQL[f"outbox_for_{which}"], value):
+        if m["source_event_id"] in effects:
+            effects[m["source_event_id"]].append(
+                Effect(
+                    type="outbox",
+                    message_id=str(m["id"]),
+                    kind=m["kind"],
+                    target=m["target"],
+                    state=m["state"],
+                    attempts=m["attempts"],
+                    last_outcome=m["outcome"],
+                    last_status=m["status"],
+                )
+            )
+    best: dict[tuple[str | None, str | None], str] = {}
+    out = []
+    for r in rows:
+        entry = TimelineEntry(
+            position=r["position"],
+            event_id=str(r["event_id"]),
+            received_at=r["received_at"].isoformat(),
+            category=r["category"],
+            provider=r["provider"],
+            kind=r["kind"],
+            order_id=r["order_id"],
+            customer=r["customer"],
+            status=r["status"],
+            amount=None if r["amount"] is None else str(r["amount"]),
+            body_sha256=r["body_sha256"],
+            hash=None if r["hash"] is None else bytes(r["hash"]).hex(),
+            raw=f"/v1/events/{r['event_id']}/raw",
+            effects=effects[r["event_id"]],
+        )
+        status = r["status"]
+        if r["order_id"] is not None and r["category"] == "received" and status in RANK:
+            key = (r["provider"], r["order_id"])
+            before = best.get(key)
+            entry.late = before is not None and RANK[status] < RANK[before]
+            if before is None or RANK[status] > RANK[before]:
+                best[key] = status
+            entry.order_status_after = best[key]
+        out.append(entry)
+    return out

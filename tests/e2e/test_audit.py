@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import hashlib
@@ -9,12 +10,15 @@ import io
 import json
 import tracemalloc
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from litestar.testing import AsyncTestClient
 
 from ledger import audit
+from ledger.app import create_app
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
@@ -226,3 +230,66 @@ async def test_export_streams_a_large_range_in_bounded_pages(client, database_ur
     assert len(lines) == 8640
     assert list(lines[-1]) == list(audit.EXPORT_COLUMNS)
     assert lines[-1]["received_at"].startswith("2026-03-01T23:59:50")
+
+
+@pytest.fixture
+async def live_client(database_url: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    """The app with its projection runner (token credits are a projection's effect)."""
+    app = create_app(make_settings(LEDGER_RUN_OUTBOX="false"), database_url=database_url)
+    async with AsyncTestClient(app) as c:
+        yield c
+
+
+async def test_order_timeline_links_bytes_interpretation_and_status(live_client, reader):
+    client = live_client
+    d1 = signed("midtrans", "pending", order_id="INV-T", transaction_id="t1")
+    d2 = signed("midtrans", "settlement", order_id="INV-T", transaction_id="t1")
+    d3 = signed("midtrans", "expire", order_id="INV-T", transaction_id="t1")  # late
+    for d in (d1, d2, d3):
+        assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+    await post(client, "midtrans", "settlement", order_id="OTHER")
+    r = await client.get("/v1/audit/orders/midtrans/INV-T", headers=reader)
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert t["order_status"] == "paid"
+    entries = t["entries"]
+    assert [e["status"] for e in entries] == ["pending", "paid", "failed"]
+    assert [e["order_status_after"] for e in entries] == ["pending", "paid", "paid"]
+    assert [e["late"] for e in entries] == [False, False, True]
+    for e, d in zip(entries, (d1, d2, d3), strict=True):
+        assert e["body_sha256"] == hashlib.sha256(d.body).hexdigest()
+        raw = await client.get(e["raw"], headers=reader)
+        assert raw.content == d.body
+    r = await client.get("/v1/audit/orders/midtrans/NOPE", headers=reader)
+    assert r.json()["entries"] == []
+
+
+async def test_customer_timeline_traces_each_credit_to_its_delivery(live_client, reader):
+    client = live_client
+    d = signed("mayar", "payment.success", customer="Sari@Example.com", package="silver")
+    ack = (await client.post(d.path, content=d.body, headers=d.headers)).json()
+    await post(client, "mayar", "payment.success", customer="someone@else.io", package="gold")
+    for _ in range(50):
+        r = await client.get("/v1/audit/customers/SARI@example.com", headers=reader)
+        assert r.status_code == 200, r.text
+        [entry] = r.json()["entries"]
+        if entry["effects"]:
+            break
+        await asyncio.sleep(0.1)
+    assert entry["position"] == ack["position"]
+    assert entry["effects"] == [
+        {
+            "type": "token_credit",
+            "tokens": 5,
+            "package": "silver",
+            "message_id": None,
+            "kind": None,
+            "target": None,
+            "state": None,
+            "attempts": None,
+            "last_outcome": None,
+            "last_status": None,
+        }
+    ]
+    assert entry["body_sha256"] == hashlib.sha256(d.body).hexdigest()
+    assert (await client.get(entry["raw"], headers=reader)).content == d.body

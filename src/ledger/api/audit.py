@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
 from ledger import audit, chain
@@ -223,6 +224,38 @@ class AuditController(Controller):
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
+    @get("/orders/{provider:str}/{order_id:str}", summary="An order's deliveries and effects")
+    async def order_timeline(
+        self,
+        request: Request[Any, Any, Any],
+        provider: FromPath[str],
+        order_id: FromPath[str],
+        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
+    ) -> Timeline:
+        return await _timeline(
+            request,
+            f"{provider}:{order_id}",
+            "timeline_order",
+            (provider, order_id),
+            ("order", f"{provider}:{order_id}"),
+            after,
+            limit,
+        )
+
+    @get("/customers/{customer:str}", summary="A customer's events and their effects")
+    async def customer_timeline(
+        self,
+        request: Request[Any, Any, Any],
+        customer: FromPath[str],
+        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
+    ) -> Timeline:
+        who = customer.strip().lower()
+        return await _timeline(
+            request, who, "timeline_customer", (who,), ("customer", who), after, limit
+        )
+
     @get("/summary", summary="Per provider for one day: deliveries, paid, refunds, failures")
     async def summary(
         self,
@@ -258,6 +291,51 @@ class AuditController(Controller):
             until=until.isoformat(),
             providers=days,
         )
+
+
+class Timeline(msgspec.Struct, kw_only=True):
+    subject: str
+    order_status: str | None
+    entries: list[audit.TimelineEntry]
+    next_after: int
+    has_more: bool
+
+
+async def _credits_schema(request: Request[Any, Any, Any]) -> str | None:
+    """The live token_balances schema, or None where that projection never ran."""
+    read_models = request.app.state.services.read_models
+    try:
+        schema: str = await read_models.live_schema("token_balances")
+    except ProblemDetailsException:
+        return None
+    return schema
+
+
+async def _timeline(
+    request: Request[Any, Any, Any],
+    subject: str,
+    query: str,
+    args: tuple[Any, ...],
+    outbox_key: tuple[str, str],
+    after: int,
+    limit: int,
+) -> Timeline:
+    pool = request.app.state.services.pool
+    await audit.catch_up(pool)
+    credits = await _credits_schema(request)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(audit.SQL[query], *args, after, limit + 1)
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        entries = await audit.timeline(conn, rows, outbox_key, credits)
+    statuses = [e.order_status_after for e in entries if e.order_status_after]
+    return Timeline(
+        subject=subject,
+        order_status=statuses[-1] if query == "timeline_order" and statuses else None,
+        entries=entries,
+        next_after=entries[-1].position if entries else after,
+        has_more=has_more,
+    )
 
 
 class KeyView(msgspec.Struct, kw_only=True):

@@ -128,3 +128,37 @@ SELECT provider, count(*) AS paid_orders, coalesce(sum(paid), 0) AS paid_amount
 FROM first_paid
 WHERE received_at >= $1 AND received_at < $2
 GROUP BY provider
+
+-- Timelines ---------------------------------------------------------------------------------
+
+-- name: timeline_order
+SELECT * FROM audit_index
+WHERE order_id = $2 AND provider = $1 AND position > $3
+ORDER BY position
+LIMIT $4
+
+-- name: timeline_customer
+SELECT * FROM audit_index
+WHERE customer = $1 AND position > $2
+ORDER BY position
+LIMIT $3
+
+-- name: outbox_for_order
+-- Messages the order's deliveries caused (outbox.order_ref is "provider:order id"), with
+-- the latest attempt's outcome.
+SELECT o.id, o.source_event_id, o.kind, o.target, o.state, o.attempts, a.outcome, a.status
+FROM outbox o
+LEFT JOIN LATERAL (
+    SELECT outcome, status FROM outbox_attempts
+    WHERE message_id = o.id ORDER BY id DESC LIMIT 1
+) a ON true
+WHERE o.order_ref = $1
+
+-- name: outbox_for_customer
+SELECT o.id, o.source_event_id, o.kind, o.target, o.state, o.attempts, a.outcome, a.status
+FROM outbox o
+LEFT JOIN LATERAL (
+    SELECT outcome, status FROM outbox_attempts
+    WHERE message_id = o.id ORDER BY id DESC LIMIT 1
+) a ON true
+WHERE o.customer = $1
