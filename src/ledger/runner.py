@@ -373,7 +373,7 @@ class ProjectionRunner:
                 return Step.IDLE
         last = rows[-1][0] if rows else start
         if not at_head:  # read the next batch while this one is applied
-            lane.prefetch(last, self.batch_size, proj.topics)
+            await lane.prefetch(last, self.batch_size, proj.topics)
         # (notification_id, originator_id, originator_version, topic, state)
         records = [StoredRecord(*r) for r in rows if r[4] is not None]
         schema = schema_name(name, generation)
@@ -416,13 +416,14 @@ class ProjectionRunner:
 
 class _Lane:
     """One worker's connections: ``conn`` holds the advisory lock and runs the batch
-    transactions; ``reader`` fetches the next batch meanwhile (PostgreSQL reads while
-    Python applies). Closing ``conn`` releases the lock."""
+    transactions; while catching up, ``reader`` fetches the next batch meanwhile
+    (PostgreSQL reads while Python applies). Closing ``conn`` releases the lock."""
 
     def __init__(self) -> None:
         self._conn: asyncpg.Connection | None = None
         self._reader: asyncpg.Connection | None = None
         self._next: tuple[int, asyncio.Task[list[asyncpg.Record]]] | None = None
+        self._target = ("", "")
         self.locked = False
 
     @property
@@ -444,10 +445,12 @@ class _Lane:
     async def open(self, url: str, app_name: str) -> None:
         await self.close()
         self._conn = await connect(url, app_name)
-        self._reader = await connect(url, app_name)
+        self._target = (url, app_name)
 
-    def prefetch(self, after: int, limit: int, topics: Sequence[str]) -> None:
-        assert self._reader is not None
+    async def prefetch(self, after: int, limit: int, topics: Sequence[str]) -> None:
+        if self._reader is None or self._reader.is_closed():
+            # Opened on the first full batch: a projection idling at the head needs one.
+            self._reader = await connect(*self._target)
         task = asyncio.create_task(
             self._reader.fetch(SQL["read_batch"], after, limit, list(topics))
         )
@@ -461,8 +464,7 @@ class _Lane:
             if start == after:
                 return await task
             await _drain(task)
-        assert self._reader is not None
-        found: list[asyncpg.Record] = await self._reader.fetch(
+        found: list[asyncpg.Record] = await self.conn.fetch(
             SQL["read_batch"], after, limit, list(topics)
         )
         return found

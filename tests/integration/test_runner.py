@@ -236,12 +236,12 @@ async def _state_is(rm: ReadModels, state: str) -> bool:
 async def test_two_runners_apply_each_generation_once_and_take_over(
     database_url, server_url, read_models
 ):
-    head = await seed(database_url, 3000)
+    head = await seed(database_url, 1500)
     slow = Counting(delay=0.01)
     a = runner(database_url, slow, batch_size=50, app_name="runner-a")
     b = runner(database_url, slow, batch_size=50, app_name="runner-b")
     await a.start()
-    await until(lambda: _at_least(read_models, slow.name, 300))
+    await until(lambda: _at_least(read_models, slow.name, 200))
     await b.start()
     await asyncio.sleep(0.3)
     assert a.applied > 0
@@ -262,8 +262,8 @@ async def test_two_runners_apply_each_generation_once_and_take_over(
     finally:
         await b.stop()
     assert b.applied > 0
-    assert before + b.applied == sum(expected_counts(3000).values())
-    assert await counts_of(read_models, slow.name) == expected_counts(3000)
+    assert before + b.applied == sum(expected_counts(1500).values())
+    assert await counts_of(read_models, slow.name) == expected_counts(1500)
 
     # The same as a single-runner build: rebuild alone and compare digests.
     live = await read_models.digest(slow)
