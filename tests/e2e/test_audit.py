@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from ledger.app import create_app
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
+from ledger.orderstatus import fold, midtrans_status
 from ledger.store import EventStore, NewEvent
 from tests.support import bearer, make_key, signed
 from tests.support import test_settings as make_settings
@@ -293,3 +295,39 @@ async def test_customer_timeline_traces_each_credit_to_its_delivery(live_client,
     ]
     assert entry["body_sha256"] == hashlib.sha256(d.body).hexdigest()
     assert (await client.get(entry["raw"], headers=reader)).content == d.body
+
+
+async def test_order_status_as_of_any_position_matches_folding_the_log(
+    client, database_url, reader
+):
+    statuses = ["pending", "settlement", "expire", "pending", "refund", "capture"]
+    random.Random(5).shuffle(statuses)
+    for i, st in enumerate(statuses):
+        await post(client, "midtrans", st, order_id="INV-AS", transaction_id=f"t{i}")
+        await post(client, "midtrans", "settlement", order_id=f"NOISE-{i}")
+    conn = await asyncpg.connect(database_url)
+    try:
+        log = await conn.fetch("SELECT notification_id, state FROM stored_events ORDER BY 1")
+    finally:
+        await conn.close()
+    folded: list[tuple[int, str | None]] = []
+    seen: list[str] = []
+    for pos, state in log:
+        body = json.loads(base64.b64decode(json.loads(state)["body_b64"]))
+        if body["order_id"] == "INV-AS":
+            seen.append(midtrans_status(body["transaction_status"], body.get("fraud_status")))
+        folded.append((pos, fold(seen)))
+    for pos, expected in folded:
+        r = await client.get(
+            "/v1/audit/orders/midtrans/INV-AS", params={"at_position": pos}, headers=reader
+        )
+        assert r.json()["order_status"] == expected, pos
+    future = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    r = await client.get(
+        "/v1/audit/orders/midtrans/INV-AS", params={"as_of": future}, headers=reader
+    )
+    assert r.json()["order_status"] == folded[-1][1]
+    r = await client.get(
+        "/v1/audit/orders/midtrans/INV-AS", params={"as_of": "2020-01-01"}, headers=reader
+    )
+    assert r.json()["entries"] == []

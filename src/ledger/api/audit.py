@@ -26,6 +26,8 @@ from ledger.keys import KeyRing, list_keys, revoke_key
 from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
 
 REASON_HEADER = "x-ledger-reason"
+AT_POSITION = "only events at or before this position"
+AS_OF = "only events received at or before this ISO 8601 time"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -232,7 +234,10 @@ class AuditController(Controller):
         order_id: FromPath[str],
         after: Annotated[int, QueryParameter(ge=0)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
+        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
+        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
     ) -> Timeline:
+        """``order_status`` is the status as of the cut-off (the whole log by default)."""
         return await _timeline(
             request,
             f"{provider}:{order_id}",
@@ -241,6 +246,8 @@ class AuditController(Controller):
             ("order", f"{provider}:{order_id}"),
             after,
             limit,
+            at_position,
+            as_of,
         )
 
     @get("/customers/{customer:str}", summary="A customer's events and their effects")
@@ -250,10 +257,20 @@ class AuditController(Controller):
         customer: FromPath[str],
         after: Annotated[int, QueryParameter(ge=0)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
+        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
+        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
     ) -> Timeline:
         who = customer.strip().lower()
         return await _timeline(
-            request, who, "timeline_customer", (who,), ("customer", who), after, limit
+            request,
+            who,
+            "timeline_customer",
+            (who,),
+            ("customer", who),
+            after,
+            limit,
+            at_position,
+            as_of,
         )
 
     @get("/summary", summary="Per provider for one day: deliveries, paid, refunds, failures")
@@ -299,6 +316,8 @@ class Timeline(msgspec.Struct, kw_only=True):
     entries: list[audit.TimelineEntry]
     next_after: int
     has_more: bool
+    at_position: int | None = None
+    as_of: str | None = None
 
 
 async def _credits_schema(request: Request[Any, Any, Any]) -> str | None:
@@ -319,12 +338,15 @@ async def _timeline(
     outbox_key: tuple[str, str],
     after: int,
     limit: int,
+    at_position: int | None,
+    as_of: str | None,
 ) -> Timeline:
+    upto = parse_time("as_of", as_of)
     pool = request.app.state.services.pool
     await audit.catch_up(pool)
     credits = await _credits_schema(request)
     async with pool.acquire() as conn:
-        rows = await conn.fetch(audit.SQL[query], *args, after, limit + 1)
+        rows = await conn.fetch(audit.SQL[query], *args, after, limit + 1, at_position, upto)
         has_more = len(rows) > limit
         rows = rows[:limit]
         entries = await audit.timeline(conn, rows, outbox_key, credits)
@@ -335,6 +357,8 @@ async def _timeline(
         entries=entries,
         next_after=entries[-1].position if entries else after,
         has_more=has_more,
+        at_position=at_position,
+        as_of=upto.isoformat() if upto else None,
     )
 
 

@@ -132,14 +132,19 @@ GROUP BY provider
 -- Timelines ---------------------------------------------------------------------------------
 
 -- name: timeline_order
+-- $5/$6: as of a position / a time (events received at or before it); NULL: now.
 SELECT * FROM audit_index
 WHERE order_id = $2 AND provider = $1 AND position > $3
+  AND ($5::bigint IS NULL OR position <= $5)
+  AND ($6::timestamptz IS NULL OR received_at <= $6)
 ORDER BY position
 LIMIT $4
 
 -- name: timeline_customer
 SELECT * FROM audit_index
 WHERE customer = $1 AND position > $2
+  AND ($4::bigint IS NULL OR position <= $4)
+  AND ($5::timestamptz IS NULL OR received_at <= $5)
 ORDER BY position
 LIMIT $3
 
