@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from ledger import orderstatus
 from ledger.domain import RECEIVED_TOPIC, DeliveryState, decode_delivery
-from ledger.folding import columns, raw_body, table_digest
+from ledger.folding import columns, normalize_customer, opt_text, pg_text, raw_body, table_digest
 from ledger.projection import Conn
 from ledger.providers import midtrans, partner, xendit
 from ledger.queries import load
@@ -77,19 +77,17 @@ def note(rec: StoredRecord, state: DeliveryState) -> Note | None:
         method, customer = p.payment_method, None
     else:
         return None
-    if customer:
-        customer = customer.strip().lower() or None
     return Note(
         rec.id,
         state.provider,
-        order_id,
+        pg_text(order_id),
         rec.position,
-        shown,
+        pg_text(shown),
         status,
-        amount,
-        currency,
-        method,
-        customer,
+        opt_text(amount),
+        opt_text(currency),
+        opt_text(method),
+        normalize_customer(customer),
     )
 
 

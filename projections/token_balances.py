@@ -22,7 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ledger.domain import RECEIVED_TOPIC, SPENT_TOPIC, decode_delivery, decode_spend
-from ledger.folding import Catalogue, classify_payment, columns, raw_body, table_digest
+from ledger.folding import (
+    Catalogue,
+    classify_payment,
+    columns,
+    pg_text,
+    raw_body,
+    table_digest,
+)
 from ledger.projection import Conn
 from ledger.providers import mayar
 from ledger.queries import load
@@ -68,7 +75,14 @@ class TokenBalances:
             elif rec.topic == SPENT_TOPIC:
                 s = decode_spend(rec.state)
                 spends.append(
-                    (rec.id, s.customer, s.amount, s.idempotency_key, s.balance_after, rec.position)
+                    (
+                        rec.id,
+                        pg_text(s.customer),
+                        s.amount,
+                        pg_text(s.idempotency_key),
+                        s.balance_after,
+                        rec.position,
+                    )
                 )
         # customer -> [credited delta, spent delta, last position]
         delta: dict[str, list[int]] = {}

@@ -110,17 +110,27 @@ class Credit:
     flags: tuple[Flag, ...]
 
 
+def pg_text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; a provider's string with one must not stop a
+    projection, so NUL is stored as U+FFFD (the raw body keeps the original)."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def opt_text(value: object) -> str | None:
+    return None if value is None else pg_text(str(value))
+
+
 def normalize_customer(raw: str | None) -> str | None:
-    return raw.strip().lower() if raw and raw.strip() else None
+    return pg_text(raw.strip().lower()) if raw and raw.strip() else None
 
 
 def classify_payment(data: MayarData, catalogue: Catalogue, event_id: str) -> Credit:
     """Decide a paid Mayar delivery's credit: tokens, or flags and no tokens."""
-    customer = data.email
+    customer = normalize_customer(data.email)
     name = data.package or data.membershipTierName
-    package = name.strip().lower() if name and name.strip() else None
+    package = pg_text(name.strip().lower()) if name and name.strip() else None
     has_id = data.id is not None and str(data.id) != ""
-    key = f"mayar:{data.id}" if has_id else f"event:{event_id}"
+    key = pg_text(f"mayar:{data.id}") if has_id else f"event:{event_id}"
     flags: list[Flag] = []
     if customer is None:
         flags.append(
@@ -193,19 +203,20 @@ def parse_expiry(text: str | None) -> datetime | None:
 def subscription_fact(event: str, data: MayarData) -> SubscriptionFact:
     flags: list[Flag] = []
     kind = fact_kind(event)
-    customer = data.email
+    customer = normalize_customer(data.email)
     if customer is None and kind is not None:
         flags.append(
             Flag("unknown-customer", "no customer: data.customerEmail and data.customer.email")
         )
     try:
-        until = parse_expiry(data.expiredAt) or FOREVER
+        until = min(parse_expiry(data.expiredAt) or FOREVER, FOREVER)
     except ValueError:
         flags.append(Flag("invalid-expiry", f"data.expiredAt {data.expiredAt!r} is not ISO 8601"))
         until = FOREVER
         if kind == "grant":
             kind = None  # an unreadable expiry grants nothing until a person looks
-    return SubscriptionFact(customer, (data.licenseCode or "").strip(), kind, until, tuple(flags))
+    license_code = pg_text((data.licenseCode or "").strip())
+    return SubscriptionFact(customer, license_code, kind, until, tuple(flags))
 
 
 SubscriptionStatus = Literal["active", "cancelled", "expired", "pending"]

@@ -141,9 +141,13 @@ async def test_scopes_and_bad_input(client, database_url):
     assert "idempotency_key" in r.json()["detail"]
     r = await client.post("/v1/accounts/a@b.c/spend", content=b"{", headers=bearer(writer))
     assert r.status_code == 400
-    r = await spend(client, writer, "%20", 1, "k")
+    for bad_customer in ("%20", "a%00b@c.d", "a%0Ab@c.d"):
+        r = await spend(client, writer, bad_customer, 1, "k")
+        assert r.status_code == 400, bad_customer
+        assert r.json()["type"] == "/problems/invalid-customer"
+    r = await spend(client, writer, "a@b.c", 1, "new\nline")
     assert r.status_code == 400
-    assert r.json()["type"] == "/problems/invalid-customer"
+    assert "$.idempotency_key" in r.json()["detail"]
 
 
 async def test_min_position_beyond_the_log_is_503_with_the_lag(client, database_url):

@@ -340,3 +340,40 @@ async def test_review_lists_quarantined_and_conflicted(client, database_url):
         assert [r["credited"] for r in credited] == [5]
     finally:
         await conn.close()
+
+
+async def test_nul_characters_from_a_provider_never_stop_a_projection(client, database_url):
+    """PostgreSQL text cannot hold NUL: it is stored as U+FFFD instead of failing the fold."""
+    nul = "\x00"
+    await post_mayar(
+        client, "payment.success", id=f"n{nul}1", customerEmail=f"nul{nul}@x.com", package="silver"
+    )
+    await post_mayar(
+        client, "payment.success", id="n2", customerEmail="z@x.com", package=f"gold{nul}"
+    )
+    await post_mayar(
+        client,
+        "subscription.activated",
+        id="n3",
+        customerEmail=f"nul{nul}@x.com",
+        licenseCode=f"L{nul}",
+        expiredAt="9999-12-31T23:59:59.999999Z",
+    )
+    await post(client, "midtrans", "settlement", order_id=f"INV{nul}N")
+    records = await read_log(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for proj in (TokenBalances(), Subscriptions(), Orders(), Review()):
+            await fold(conn, proj, records, f"t_nul_{proj.name}")
+        accounts = await query(conn, "t_nul_token_balances", "SELECT customer FROM accounts")
+        assert [r["customer"] for r in accounts] == ["nul\ufffd@x.com"]
+        subs = await query(conn, "t_nul_subscriptions", "SELECT * FROM subscriptions")
+        assert subs[0]["license_code"] == "L\ufffd"
+        now = datetime.now(UTC)
+        assert subscription_status(subs[0]["expiry"], None, None, now) == "active"
+        orders = await query(conn, "t_nul_orders", "SELECT order_id FROM order_history")
+        assert [r["order_id"] for r in orders] == ["INV\ufffdN"]
+        review = await query(conn, "t_nul_review", "SELECT reason, detail FROM review_items")
+        assert [r["reason"] for r in review] == ["unknown-package"]
+    finally:
+        await conn.close()

@@ -33,7 +33,9 @@ WHERE p.name = $1
 
 class SpendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amount: Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)]
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    idempotency_key: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    ]
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
@@ -57,13 +59,14 @@ _spend_decoder = msgspec.json.Decoder(SpendRequest)
 
 def customer_param(raw: str) -> str:
     """The path's customer, normalized; 400 naming the fault when unusable."""
-    customer = normalize_customer(raw)
+    customer = normalize_customer(raw) if raw.strip().isprintable() else None
     if customer is None or len(customer) > MAX_CUSTOMER:
         raise problem(
             400,
             "invalid-customer",
             "Invalid customer",
-            f"customer must be a non-empty e-mail address of at most {MAX_CUSTOMER} characters",
+            f"customer must be a non-empty e-mail address of at most {MAX_CUSTOMER} "
+            "printable characters",
         )
     return customer
 
