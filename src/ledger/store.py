@@ -38,6 +38,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidCatalogNameError,
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    # A pooled connection whose server session was just terminated: the FATAL notice has
+    # arrived but the socket is not closed yet, and the next query fails in the client with
+    # "cannot switch to state ..." instead of ConnectionDoesNotExistError. Seen in
+    # tests/integration/test_store.py; the store is unreachable, not broken.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
