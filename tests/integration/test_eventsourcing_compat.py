@@ -1,0 +1,150 @@
+"""eventsourcing's own PostgreSQL recorder and Mapper read the log the app writes.
+
+Deliveries go in through the real HTTP app; then eventsourcing 9.5's
+``PostgresApplicationRecorder`` (table creation off: our migrations own the schema) reads
+``stored_events`` back, and its ``Mapper`` with our ``MsgspecTranscoder`` turns the rows into
+``Delivery`` events that build ``Delivery`` aggregates (ADR 0001).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+from eventsourcing.persistence import Mapper
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+from ledger.domain import Delivery, MsgspecTranscoder, delivery_id
+from ledger.providers.base import hmac_sha256_hex
+from tests.support import SECRETS, signed
+
+
+def datastore_for(url: str) -> PostgresDatastore:
+    """psycopg connection parameters from our URL (embedded: the socket dir is ``?host=``)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    return PostgresDatastore(
+        dbname=parts.path.lstrip("/"),
+        host=query.get("host", [parts.hostname or "127.0.0.1"])[0],
+        port=parts.port or int(query.get("port", ["5432"])[0]),
+        user=parts.username or "postgres",
+        password=parts.password or "",
+    )
+
+
+@pytest.fixture
+def recorder(database_url: str) -> Iterator[PostgresApplicationRecorder]:
+    datastore = datastore_for(database_url)
+    try:
+        # Never create tables: constructing the recorder only reads type information.
+        yield PostgresApplicationRecorder(datastore, events_table_name="stored_events")
+    finally:
+        datastore.close()
+
+
+DELIVERIES = [
+    ("midtrans", "settlement", {"order_id": "INV-compat-1", "amount": "299000.00"}),
+    ("mayar", "payment.success", {"customer": "a@b.c", "package": "silver"}),
+    ("xendit", "PAID", {}),
+    ("partner", "booking.paid", {}),
+]
+
+
+async def test_eventsourcing_reads_what_the_app_wrote(client, database_url, recorder):
+    acks = []
+    sent = []
+    for provider, event, kw in DELIVERIES:
+        d = signed(provider, event, **kw)
+        r = await client.post(d.path, content=d.body, headers=d.headers)
+        assert r.status_code == 200, r.text
+        acks.append(r.json())
+        sent.append((provider, d.body))
+
+    # The recorder's connection is blocking (psycopg); keep it off the event loop.
+    notifications = await asyncio.to_thread(recorder.select_notifications, 1, 10)
+    assert [n.id for n in notifications] == [a["position"] for a in acks]
+    assert [str(n.originator_id) for n in notifications] == [a["event_id"] for a in acks]
+    assert await asyncio.to_thread(recorder.max_notification_id) == acks[-1]["position"]
+
+    mapper = Mapper(transcoder=MsgspecTranscoder())
+    for n, (provider, body) in zip(notifications, sent, strict=True):
+        event = mapper.to_domain_event(n)
+        assert type(event) is Delivery.Received
+        assert event.originator_version == 1
+        assert event.provider == provider
+        assert event.kind
+        assert event.scheme
+        assert event.dedup_key
+        assert event.originator_id == delivery_id(event.dedup_key)
+        assert base64.b64decode(event.body_b64) == body
+        assert event.body_sha256 == hashlib.sha256(body).hexdigest()
+        assert isinstance(event.timestamp, datetime)
+        assert event.timestamp.tzinfo is not None
+        assert event.fault is None
+        assert event.original_event_id is None
+
+        aggregate = event.mutate(None)
+        assert isinstance(aggregate, Delivery)
+        assert aggregate.id == n.originator_id
+        assert aggregate.version == 1
+        assert aggregate.provider == provider
+        assert base64.b64decode(aggregate.body_b64) == body
+        assert aggregate.created_on == event.timestamp
+
+    # Reading did not create or change anything: still only our migrations' tables.
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = {
+            r[0]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        functions = await conn.fetchval(
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'es_insert_events%'"
+        )
+    finally:
+        await conn.close()
+    assert "stored_events" in tables
+    assert not {t for t in tables if t.startswith(("tracking", "notification_tracking"))}
+    assert functions == 0
+
+
+async def test_select_notifications_pages_and_filters_like_the_feed(client, database_url, recorder):
+    positions = []
+    for i in range(5):
+        d = signed("midtrans", "settlement", order_id=f"INV-page-{i}")
+        r = await client.post(d.path, content=d.body, headers=d.headers)
+        positions.append(r.json()["position"])
+    page = await asyncio.to_thread(
+        recorder.select_notifications, positions[1], 2, None, (), inclusive_of_start=False
+    )
+    assert [n.id for n in page] == positions[2:4]
+    only_received = await asyncio.to_thread(
+        recorder.select_notifications, 1, 10, None, ["ledger.domain:Delivery.Received"]
+    )
+    assert [n.id for n in only_received] == positions
+    assert all(isinstance(n.originator_id, uuid.UUID) for n in only_received)
+
+
+async def test_a_quarantined_delivery_maps_to_its_own_event_class(client, recorder):
+    body = b"not json at all"
+    headers = {
+        "content-type": "application/json",
+        "x-pwa-signature": hmac_sha256_hex(SECRETS["LEDGER_PARTNER_SECRET"], body),
+    }
+    r = await client.post("/webhooks/partner", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    [n] = await asyncio.to_thread(recorder.select_notifications, 1, 10)
+    assert n.id == r.json()["position"]
+    event = Mapper(transcoder=MsgspecTranscoder()).to_domain_event(n)
+    assert type(event) is Delivery.Quarantined
+    assert event.fault
+    assert "partner body" in event.fault
+    assert base64.b64decode(event.body_b64) == body
+    assert isinstance(event.mutate(None), Delivery)
