@@ -8,6 +8,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from ledger.config import Settings
 from ledger.providers.base import hmac_sha256_hex
@@ -42,6 +43,16 @@ class TriggerError(ValueError):
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _whole(amount: str | None, default: int) -> int:
+    """``--amount`` as whole rupiah, parsed as a decimal (money is never a float)."""
+    if not amount:
+        return default
+    try:
+        return int(Decimal(amount))
+    except (ArithmeticError, ValueError):
+        raise TriggerError(f"--amount {amount!r} is not a decimal number") from None
 
 
 def _dump(obj: object) -> bytes:
@@ -102,7 +113,7 @@ def build(
             "status": "SUCCESS",
             "customerName": "Budi",
             "customerEmail": customer or "budi@example.com",
-            "amount": int(float(amount)) if amount else 50000,
+            "amount": _whole(amount, 50000),
             "productName": "Token pack",
             "createdAt": _now(),
         }
@@ -120,7 +131,7 @@ def build(
         token = settings.xendit_token
         if not token:
             raise TriggerError("LEDGER_XENDIT_TOKEN is not set")
-        amt = int(float(amount)) if amount else 32000
+        amt = _whole(amount, 32000)
         inv: dict[str, object] = {
             "id": secrets.token_hex(12),
             "external_id": order_id or str(uuid.uuid4()),
@@ -155,7 +166,7 @@ def build(
                 "event": event,
                 "booking_id": order_id or str(uuid.uuid4()),
                 "status": "LUNAS",
-                "paid_amount": int(float(amount)) if amount else 32000,
+                "paid_amount": _whole(amount, 32000),
                 "payment_method": "QRIS",
                 "payment_details": {"invoice_id": f"INV-{secrets.token_hex(3).upper()}"},
                 "timestamp": _now(),

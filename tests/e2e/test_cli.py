@@ -121,3 +121,10 @@ def test_trigger_without_a_server_says_so(database_url, tmp_path):
     assert proc.returncode != 0
     assert f"could not reach {url}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_trigger_bad_amount_fails_clearly(database_url, tmp_path):
+    proc = ledger(database_url, tmp_path, "trigger", "mayar", "payment.success", "--amount", "12,5")
+    assert proc.returncode != 0
+    assert "--amount '12,5' is not a decimal number" in proc.stderr
+    assert "Traceback" not in proc.stderr
