@@ -249,7 +249,8 @@ class ProjectionRunner:
             if row is None:
                 await register(conn, proj)
                 continue
-            if row["version"] != proj.version and row["building_generation"] is None:
+            # Only upgrades: during a rolling deploy an older process must not rebuild back.
+            if row["version"] < proj.version and row["building_generation"] is None:
                 generation, _ = await start_rebuild(conn, proj)
                 log.info(
                     "projection %s: version %s -> %s, rebuilding as generation %d",
