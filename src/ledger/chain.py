@@ -118,8 +118,13 @@ async def pages(conn: Conn, after: int, page: int = PAGE) -> AsyncIterator[list[
     finally:
         if not pending.done():
             pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, asyncpg.InterfaceError):
-                await pending
+            try:
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    await pending
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we were cancelled ourselves, not just the prefetch
 
 
 async def _empty() -> list[asyncpg.Record]:
