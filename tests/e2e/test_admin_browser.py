@@ -19,6 +19,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.e2e.test_outbox_partner import Partner
 from tests.e2e.test_stream import serve
 from tests.support import make_key, signed
 
@@ -107,41 +108,89 @@ async def chromium() -> AsyncIterator[Page]:
 
 async def test_admin_page_shows_a_webhook_live(database_url):
     key = await make_key(database_url, "ops:admin")
-    async with serve(database_url) as base, chromium() as page, httpx.AsyncClient() as http:
-        await page.call("Page.navigate", url=base + "/admin")
-        await page.until(
-            "document.readyState === 'complete' && !!document.getElementById('key')", 10
-        )
-        assert await page.js("document.getElementById('login').hidden") is False
-        await page.js(
-            f"document.getElementById('key').value = {json.dumps(key)};"
-            "document.getElementById('login-form').requestSubmit(); true"
-        )
-        await page.until("document.getElementById('conn').textContent === 'live'", 5)
+    partner = Partner()
+    await partner.start()
+    partner.scripts = {"BOOK-DEAD": ["404", "ok"]}
+    try:
+        async with (
+            serve(database_url, LEDGER_PARTNER_SYNC_URL=partner.url) as base,
+            chromium() as page,
+            httpx.AsyncClient() as http,
+        ):
+            await page.call("Page.navigate", url=base + "/admin")
+            await page.until(
+                "document.readyState === 'complete' && !!document.getElementById('key')", 10
+            )
+            assert await page.js("document.getElementById('login').hidden") is False
+            await page.js(
+                f"document.getElementById('key').value = {json.dumps(key)};"
+                "document.getElementById('login-form').requestSubmit(); true"
+            )
+            await page.until("document.getElementById('conn').textContent === 'live'", 5)
 
-        d = signed("midtrans", "settlement", order_id="INV-BROWSER-1", customer="x@example.com")
-        r = await http.post(base + d.path, content=d.body, headers=d.headers)
-        assert r.status_code == 200
-        pos = r.json()["position"]
-        elapsed = await page.until(
-            f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 2.0
-        )
-        assert elapsed < 2.0
-        row = await page.js(
-            f"Array.from(document.querySelector('#feed tr[data-position=\"{pos}\"]').cells)"
-            ".map(c => c.textContent)"
-        )
-        assert row[2:6] == ["midtrans", "settlement", "INV-BROWSER-1", "paid"]
-        assert "x@example.com" in row
+            d = signed("midtrans", "settlement", order_id="INV-BROWSER-1", customer="x@example.com")
+            r = await http.post(base + d.path, content=d.body, headers=d.headers)
+            assert r.status_code == 200
+            pos = r.json()["position"]
+            elapsed = await page.until(
+                f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 2.0
+            )
+            assert elapsed < 2.0
+            row = await page.js(
+                f"Array.from(document.querySelector('#feed tr[data-position=\"{pos}\"]').cells)"
+                ".map(c => c.textContent)"
+            )
+            assert row[2:6] == ["midtrans", "settlement", "INV-BROWSER-1", "paid"]
+            assert "x@example.com" in row
 
-        # The key is kept: a reload goes straight to the feed, which shows the row again.
-        await page.call("Page.reload")
-        await page.until(f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 5.0)
-        # Search filters the feed by order id.
-        await page.js(
-            "const s = document.getElementById('search'); s.value = 'no-such-order';"
-            "s.dispatchEvent(new Event('input')); true"
-        )
-        await page.until(
-            f"document.querySelector('#feed tr[data-position=\"{pos}\"]').hidden === true", 2.0
-        )
+            # The key is kept: a reload goes straight to the feed, which shows the row again.
+            await page.call("Page.reload")
+            await page.until(f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 5.0)
+            # Search filters the feed by order id.
+            await page.js(
+                "const s = document.getElementById('search'); s.value = 'no-such-order';"
+                "s.dispatchEvent(new Event('input')); true"
+            )
+            await page.until(
+                f"document.querySelector('#feed tr[data-position=\"{pos}\"]').hidden === true", 2.0
+            )
+
+            # Projection lag is shown (from GET /v1/projections).
+            await page.until("!!document.querySelector('#lag tr[data-projection=\"outbox\"]')", 5.0)
+
+            # A partner sync answered 404 is a dead letter; the operator retries it with a reason.
+            d = signed("xendit", "PAID", order_id="BOOK-DEAD")
+            assert (
+                await http.post(base + d.path, content=d.body, headers=d.headers)
+            ).status_code == 200
+            await page.js(
+                "const s2 = document.getElementById('search'); s2.value = '';"
+                "s2.dispatchEvent(new Event('input')); loadDead(); true"
+            )
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await page.js("!!document.querySelector('#dead button')"):
+                assert asyncio.get_running_loop().time() < deadline, "no dead letter shown"
+                await page.js("loadDead(); true")
+                await asyncio.sleep(0.2)
+            assert "HTTP 404" in await page.js("document.getElementById('dead').textContent")
+            await page.js(
+                "window.prompt = () => 'partner created the booking';"
+                "document.querySelector('#dead button').click(); true"
+            )
+            await page.until("document.querySelectorAll('#dead tr').length === 0", 5.0)
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                r = await http.get(
+                    base + "/v1/outbox",
+                    params={"state": "delivered"},
+                    headers={"authorization": f"Bearer {key}"},
+                )
+                if r.json()["items"]:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the retry was not delivered"
+                await asyncio.sleep(0.1)
+            assert [m["order_ref"] for m in r.json()["items"]] == ["xendit:BOOK-DEAD"]
+    finally:
+        await partner.stop()
+    (seen,) = partner.seen.values()
+    assert seen.applied == 1

@@ -26,9 +26,9 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(database_url: str) -> AsyncIterator[str]:
+async def serve(database_url: str, **env: str) -> AsyncIterator[str]:
     port = free_port()
-    app = create_app(support.test_settings(), database_url=database_url)
+    app = create_app(support.test_settings(**env), database_url=database_url)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
