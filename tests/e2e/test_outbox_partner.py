@@ -489,3 +489,37 @@ async def test_cli_lists_dead_letters_and_retries_with_a_reason(partner, databas
         await conn.close()
     reasons = [json.loads(s["state"])["reason"] for s in states]
     assert "partner fixed the booking" in reasons
+
+
+def test_retry_schedule_spans_about_a_day_with_jitter_and_retry_after():
+    import random
+
+    from ledger.outbox import DEFAULT_SCHEDULE, next_delay, parse_schedule
+    from ledger.senders import classify_http, retry_after_seconds
+
+    assert 23 * 3600 < sum(DEFAULT_SCHEDULE) < 25 * 3600
+    rng = random.Random(7)
+    delays = [next_delay(1, DEFAULT_SCHEDULE, None, rng) for _ in range(200)]
+    assert all(7.5 <= d <= 12.5 for d in delays)
+    assert len(set(delays)) > 100, "jittered"
+    assert next_delay(3, DEFAULT_SCHEDULE, 42.0, rng) == 42.0
+    assert next_delay(len(DEFAULT_SCHEDULE) + 1, DEFAULT_SCHEDULE, None, rng) is None
+    assert parse_schedule("0.5, 2") == (0.5, 2.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        parse_schedule("1,-1")
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds("999999") == 86400.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds("soon") is None
+    assert classify_http(503, "busy", "7", 3).retry_after == 7.0
+    assert [classify_http(s, "", None, 1).outcome for s in (200, 204, 301, 400, 401, 404)] == [
+        "delivered",
+        "delivered",
+        "dead",
+        "dead",
+        "dead",
+        "dead",
+    ]
+    assert [classify_http(s, "", None, 1).outcome for s in (408, 425, 429, 500, 502)] == [
+        "retry"
+    ] * 5
