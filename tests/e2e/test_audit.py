@@ -24,7 +24,8 @@ from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
 from ledger.orderstatus import fold, midtrans_status
-from ledger.store import EventStore, NewEvent
+from ledger.store import EventStore, NewEvent, StoredRecord
+from projections.token_balances import PROJECTION, TokenBalances
 from tests.support import bearer, make_key, signed
 from tests.support import test_settings as make_settings
 
@@ -331,3 +332,80 @@ async def test_order_status_as_of_any_position_matches_folding_the_log(
         "/v1/audit/orders/midtrans/INV-AS", params={"as_of": "2020-01-01"}, headers=reader
     )
     assert r.json()["entries"] == []
+
+
+def mayar_body(event: str, payment_id: str, customer: str, package: str) -> tuple[str, bytes, dict]:
+    d = signed("mayar", event, customer=customer, package=package)
+    body = json.loads(d.body)
+    body["data"]["id"] = payment_id
+    return d.path, json.dumps(body).encode(), d.headers
+
+
+async def test_balance_as_of_any_position_matches_the_projection_fold(live_client, database_url):
+    client = live_client
+    reader = bearer(await make_key(database_url, "audit:read"))
+    writer = bearer(await make_key(database_url, "tokens:write"))
+    plan = [
+        ("payment.success", "P1", "Ana@x.io", "silver"),
+        ("payment.received", "P1", "ana@x.io", "silver"),  # same payment: one credit
+        ("payment.success", "P2", "ana@x.io", "gold"),
+        ("payment.success", "P3", "bob@x.io", "silver"),
+        ("payment.received", "P2", "bob@x.io", "gold"),  # names P2 for someone else
+        ("payment.success", "P4", "ana@x.io", "platinum"),  # unknown package: no credit
+    ]
+    for event, pid, who, package in plan:
+        path, body, headers = mayar_body(event, pid, who, package)
+        assert (await client.post(path, content=body, headers=headers)).status_code == 200
+    for _ in range(100):  # the spend checks the live read model
+        if (await client.get("/v1/accounts/ana@x.io", headers=writer)).json().get("tokens", 0) >= 5:
+            break
+        await asyncio.sleep(0.1)
+    r = await client.post(
+        "/v1/accounts/ana@x.io/spend",
+        json={"amount": 3, "idempotency_key": "k1", "reason": "test"},
+        headers=writer,
+    )
+    assert r.status_code == 201, r.text
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM stored_events ORDER BY notification_id"
+        )
+        await conn.execute("CREATE SCHEMA asof_ref")
+        await conn.execute("SET search_path TO asof_ref, public")
+        await conn.execute(PROJECTION.schema_sql)
+        reference = TokenBalances(PROJECTION.catalogue)
+        expected: list[tuple[int, dict[str, tuple[int, int]]]] = [(0, {})]
+        for r in rows:
+            rec = StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4]))
+            async with conn.transaction():
+                await reference.apply(conn, [rec])
+            accounts = await conn.fetch("SELECT customer, credited, spent FROM accounts")
+            expected.append((rec.position, {a[0]: (a[1], a[2]) for a in accounts}))
+    finally:
+        await conn.close()
+    assert expected[-1][1]["ana@x.io"][1] == 3
+    for position, accounts in expected:
+        for who in ("ana@x.io", "bob@x.io"):
+            got = (
+                await client.get(
+                    f"/v1/audit/customers/{who.upper()}/balance",
+                    params={"at_position": position},
+                    headers=reader,
+                )
+            ).json()
+            credited, spent = accounts.get(who, (0, 0))
+            assert (got["credited"], got["spent"]) == (credited, spent), (position, who, got)
+            assert got["tokens"] == credited - spent
+            assert sum(c["tokens"] for c in got["credits"]) == credited
+    now = (
+        await client.get(
+            "/v1/audit/customers/ana@x.io/balance",
+            params={"as_of": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()},
+            headers=reader,
+        )
+    ).json()
+    assert (now["credited"], now["spent"]) == expected[-1][1]["ana@x.io"]
+    assert all(c["raw"].endswith("/raw") for c in now["credits"])

@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
-from ledger import audit, chain
+from ledger import asof, audit, chain
 from ledger.api.auth import current_key, require_key
 from ledger.api.problems import problem
 from ledger.keys import KeyRing, list_keys, revoke_key
@@ -272,6 +272,23 @@ class AuditController(Controller):
             at_position,
             as_of,
         )
+
+    @get("/customers/{customer:str}/balance", summary="Tokens as of a position or a time")
+    async def balance(
+        self,
+        request: Request[Any, Any, Any],
+        customer: FromPath[str],
+        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
+        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
+    ) -> asof.BalanceAsOf:
+        from projections.token_balances import PROJECTION  # the live read model's catalogue
+
+        upto = parse_time("as_of", as_of)
+        pool = request.app.state.services.pool
+        await audit.catch_up(pool)
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            position = await asof.cutoff(conn, at_position, upto)
+            return await asof.balance_as_of(conn, customer, position, PROJECTION.catalogue, upto)
 
     @get("/summary", summary="Per provider for one day: deliveries, paid, refunds, failures")
     async def summary(

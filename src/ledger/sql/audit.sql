@@ -167,3 +167,30 @@ LEFT JOIN LATERAL (
     WHERE message_id = o.id ORDER BY id DESC LIMIT 1
 ) a ON true
 WHERE o.customer = $1
+
+-- As-of balances (src/ledger/asof.py) -----------------------------------------------------
+
+-- name: asof_cutoff
+-- The last position received at or before $1.
+SELECT coalesce(max(position), 0) FROM audit_index WHERE received_at <= $1
+
+-- name: asof_balance_records
+-- What decides customer $1's balance at position $2: their spends and paid Mayar deliveries,
+-- and every other Mayar delivery naming the same payment ids (a payment's credit goes to
+-- the delivery with the smallest event id, whoever it names).
+WITH mine AS (
+    SELECT order_id FROM audit_index
+    WHERE customer = $1 AND provider = 'mayar' AND category = 'received' AND position <= $2
+      AND order_id IS NOT NULL
+)
+SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
+FROM stored_events e
+WHERE e.notification_id IN (
+    SELECT position FROM audit_index
+    WHERE position <= $2 AND (
+        (customer = $1 AND (provider = 'mayar' OR topic = $3))
+        OR (provider = 'mayar' AND category = 'received'
+            AND order_id IN (SELECT order_id FROM mine))
+    )
+)
+ORDER BY e.notification_id
