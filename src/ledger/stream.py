@@ -189,12 +189,23 @@ class StreamHub:
             ev.set()
 
     async def follow(
-        self, after: int, *, batch: int = 500, keepalive: float = 15.0
+        self,
+        after: int,
+        *,
+        batch: int = 500,
+        keepalive: float = 15.0,
+        max_seconds: float | None = None,
     ) -> AsyncIterator[PaymentFact | None]:
-        """Facts after position ``after`` forever, in log order; None means "idle, ping"."""
+        """Facts after position ``after`` in log order; None means "idle, send a ping".
+
+        Ends when the hub stops or after ``max_seconds``: the client reconnects with
+        ``Last-Event-ID`` and misses nothing, and a server shutdown never waits on a stream
+        for longer than that."""
         wake = asyncio.Event()
         self._waiters.add(wake)
         last = after
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max_seconds if max_seconds else None
         try:
             while not self.closed:
                 wake.clear()  # before reading: a notify during the read wakes us again
@@ -206,8 +217,14 @@ class StreamHub:
                         yield fact
                 if len(rows) == batch:
                     continue
+                wait = keepalive
+                if until is not None:
+                    wait = until - loop.time()
+                    if wait <= 0:
+                        return
+                    wait = min(wait, keepalive)
                 try:
-                    await asyncio.wait_for(wake.wait(), keepalive)
+                    await asyncio.wait_for(wake.wait(), wait)
                 except TimeoutError:
                     yield None
         finally:

@@ -143,3 +143,26 @@ async def test_stream_auth_and_bad_resume_point(database_url):
         r = await http.get(a + "/v1/stream", headers={**bearer(reader), "last-event-id": "abc"})
         assert r.status_code == 400
         assert "Last-Event-ID" in r.json()["detail"]
+
+
+async def test_a_stream_ends_after_its_maximum_and_resumes(database_url, monkeypatch):
+    """Streams are bounded (so shutdowns never wait on them); the resume point makes the
+    reconnect seamless."""
+    import ledger.api.stream
+
+    monkeypatch.setattr(ledger.api.stream, "MAX_STREAM_SECONDS", 1.0)
+    key = await make_key(database_url, "audit:read")
+    async with serve(database_url) as a, httpx.AsyncClient(timeout=10) as http:
+        first = await post(http, a, "order-before")
+        async with http.stream(
+            "GET", a + "/v1/stream", params={"after": first - 1}, headers=bearer(key)
+        ) as r:
+            sse = Sse(r)
+            assert int((await sse.next())["id"]) == first
+            with pytest.raises(AssertionError, match="stream ended"):
+                await sse.next(timeout=5)
+        second = await post(http, a, "order-after")
+        async with http.stream(
+            "GET", a + "/v1/stream", headers={**bearer(key), "last-event-id": str(first)}
+        ) as r:
+            assert int((await Sse(r).next())["id"]) == second

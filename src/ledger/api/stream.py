@@ -29,6 +29,9 @@ from ledger.keys import KeyRing
 from ledger.stream import StreamHub
 
 SCOPES = ("audit:read", "ops:admin")
+# A stream ends after this long; EventSource reconnects (``retry: 1000``) with Last-Event-ID
+# and misses nothing. Bounds how long a server shutdown waits for open streams.
+MAX_STREAM_SECONDS = 300.0
 HEAD = "SELECT coalesce(max(notification_id), 0) FROM stored_events"
 NTH_LATEST = """
 SELECT notification_id FROM stored_events
@@ -114,7 +117,7 @@ async def stream(
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(data=None, comment=f"from position {start}", retry=1000)
-        async for fact in hub.follow(start):
+        async for fact in hub.follow(start, max_seconds=MAX_STREAM_SECONDS):
             if fact is None:
                 yield ServerSentEventMessage(data=None, comment="keepalive")
                 continue
