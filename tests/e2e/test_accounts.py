@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
+import uvicorn
 
+from ledger.app import create_app
+from tests import support
 from tests.support import bearer, make_key, signed
+
+
+@contextlib.asynccontextmanager
+async def serve(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app behind uvicorn on loopback: requests really run concurrently (the
+    in-process test client handles one request at a time)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    app = create_app(support.test_settings(), database_url=database_url)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the server did not start"
+        await asyncio.sleep(0.02)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def credit(client: Any, customer: str, package: str = "silver") -> int:
@@ -81,9 +111,10 @@ async def test_same_idempotency_key_spends_once_and_answers_the_first_answer(cli
     assert first.json()["balance"] == 70
     assert await spent_events(database_url) == 1
     # Concurrent repeats of a new key: one spend too.
-    rs = await asyncio.gather(
-        *(spend(client, key, "cy@example.com", 10, "order-18") for _ in range(8))
-    )
+    async with serve(database_url) as http:
+        rs = await asyncio.gather(
+            *(spend(http, key, "cy@example.com", 10, "order-18") for _ in range(8))
+        )
     assert {r.status_code for r in rs} == {201}
     assert len({r.text for r in rs}) == 1
     assert rs[0].json()["balance"] == 60
@@ -93,34 +124,53 @@ async def test_same_idempotency_key_spends_once_and_answers_the_first_answer(cli
     assert other.json()["type"] == "/problems/idempotency-key-reused"
 
 
-async def test_fifty_concurrent_spends_of_one_against_ten_tokens(client, database_url):
+async def test_fifty_concurrent_spends_of_one_against_ten_tokens(database_url):
     key = await make_key(database_url, "tokens:write")
-    await credit(client, "dee@example.com")
-    await credit(client, "dee@example.com")
-    rs = await asyncio.gather(
-        *(spend(client, key, "dee@example.com", 1, f"k{i}") for i in range(50))
-    )
-    codes = [r.status_code for r in rs]
-    assert codes.count(201) == 10, codes
-    assert codes.count(409) == 40, codes
-    balances = sorted(r.json()["balance"] for r in rs if r.status_code == 201)
-    assert balances == list(range(10))  # each spend saw the previous one
-    last = max(r.json()["position"] for r in rs if r.status_code == 201)
-    a = (
-        await client.get(f"/v1/accounts/dee@example.com?min_position={last}", headers=bearer(key))
-    ).json()
+    async with serve(database_url) as http:
+        await credit(http, "dee@example.com")
+        await credit(http, "dee@example.com")
+        rs = await asyncio.gather(
+            *(spend(http, key, "dee@example.com", 1, f"k{i}") for i in range(50))
+        )
+        codes = [r.status_code for r in rs]
+        assert codes.count(201) == 10, codes
+        assert codes.count(409) == 40, codes
+        balances = sorted(r.json()["balance"] for r in rs if r.status_code == 201)
+        assert balances == list(range(10))  # each spend saw the previous one
+        last = max(r.json()["position"] for r in rs if r.status_code == 201)
+        a = (
+            await http.get(f"/v1/accounts/dee@example.com?min_position={last}", headers=bearer(key))
+        ).json()
     assert (a["tokens"], a["credited"], a["spent"]) == (0, 10, 10)
     assert await spent_events(database_url) == 10
 
 
-async def test_many_customers_spending_at_once_do_not_starve_the_pool(client, database_url):
+async def test_two_servers_spending_for_one_customer_never_overdraw(database_url):
+    """Two app instances (each its own pool, in-process locks and runner) on one database,
+    as two processes would be: only the advisory lock stands between them."""
+    key = await make_key(database_url, "tokens:write")
+    async with serve(database_url) as one, serve(database_url) as two:
+        await credit(one, "fay@example.com")
+        await credit(one, "fay@example.com")
+        rs = await asyncio.gather(
+            *(spend(one if i % 2 else two, key, "fay@example.com", 1, f"k{i}") for i in range(40))
+        )
+    codes = [r.status_code for r in rs]
+    assert codes.count(201) == 10, codes
+    assert codes.count(409) == 30, codes
+    assert sorted(r.json()["balance"] for r in rs if r.status_code == 201) == list(range(10))
+    assert await spent_events(database_url) == 10
+
+
+async def test_many_customers_spending_at_once_do_not_starve_the_pool(database_url):
     key = await make_key(database_url, "tokens:write")
     customers = [f"m{i}@example.com" for i in range(30)]  # more than the pool's 20 connections
-    for c in customers:
-        await credit(client, c)
-    rs = await asyncio.wait_for(
-        asyncio.gather(*(spend(client, key, c, 5, "all") for c in customers)), timeout=30
-    )
+    async with serve(database_url) as http:
+        for c in customers:
+            await credit(http, c)
+        rs = await asyncio.wait_for(
+            asyncio.gather(*(spend(http, key, c, 5, "all") for c in customers)), timeout=30
+        )
     assert [r.status_code for r in rs] == [201] * 30
     assert {r.json()["balance"] for r in rs} == {0}
 
