@@ -11,6 +11,8 @@ from datetime import datetime
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ledger.store import UNAVAILABLE_ERRORS, StoreUnavailable
+
 SCOPES = frozenset({"audit:read", "tokens:write", "ops:admin"})
 CACHE_SECONDS = 5.0
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -101,12 +103,16 @@ class KeyRing:
         hit = self._cache.get(digest)
         if hit and hit[0] > now:
             return hit[1]
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT key_id, name, scopes FROM api_keys "
-                "WHERE key_hash = $1 AND revoked_at IS NULL",
-                digest,
-            )
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                row = await conn.fetchrow(
+                    "SELECT key_id, name, scopes FROM api_keys "
+                    "WHERE key_hash = $1 AND revoked_at IS NULL",
+                    digest,
+                )
+        except UNAVAILABLE_ERRORS as exc:
+            # Not "invalid key": the database is away. The edge answers 503, not 401/500.
+            raise StoreUnavailable(type(exc).__name__) from exc
         found = ApiKey(row["key_id"], row["name"], tuple(row["scopes"])) if row else None
         if len(self._cache) > 10_000:
             self._cache.clear()
