@@ -9,14 +9,15 @@ in a temporary directory; each run uses its own databases and drops them.
 1. Ingest cost of the chain trigger: ``EventStore.append_many`` in batches of 100 (one
    writer, then 4 concurrent writers) into a fresh log with the ``stored_events_chain``
    trigger disabled, then enabled.
-2. ``--events`` Midtrans deliveries (real notification bodies, base64 in the stored state
-   like the app writes) generated server-side straight into ``stored_events`` in batches of
+2. ``--events`` deliveries, 90% Midtrans notifications and 10% Mayar silver payments for 5,000
+   customers (real notification bodies, base64 in the stored state like the app writes) generated server-side straight into ``stored_events`` in batches of
    50k rows per statement; the chain trigger runs on every row.
 3. ``ledger verify`` as an operator runs it (subprocess), and ``chain.verify`` in-process.
 4. Audit-index catch-up (interpreting every delivery with the provider decoders).
 5. ``ledger serve`` (projections and outbox off) on 127.0.0.1, then over HTTP, one request
    at a time: p50/p99 of a customer search, a customer timeline (~200 events each), an order
-   timeline and an order as of a past instant; then ``/v1/audit/export`` CSV and JSONL
+   timeline, an order as of a past instant and a token balance as of a past instant (folding
+   ~10 Mayar credits); then ``/v1/audit/export`` CSV and JSONL
    throughput (rows/s) over the whole range, streamed with httpx.
 """
 
@@ -95,6 +96,39 @@ FROM (
                CASE WHEN i % 20 = 7 THEN 'expire' WHEN i % 20 = 11 THEN 'refund'
                     WHEN i % 5 = 3 THEN 'pending' ELSE 'settlement' END AS st
         FROM generate_series($1::bigint, $2::bigint - 1) AS i
+        WHERE i % 10 <> 9
+    ) g
+) b
+"""
+# Rows i % 10 = 9: a Mayar payment.success (silver) for the same customers, so balances have
+# credits to fold.
+GENERATE_MAYAR = r"""
+INSERT INTO stored_events (originator_id, originator_version, topic, state)
+SELECT md5('bench' || i)::uuid, 1, 'ledger.domain:Delivery.Received',
+       convert_to(json_build_object(
+           'originator_topic', 'ledger.domain:Delivery',
+           'timestamp', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+           'provider', 'mayar',
+           'dedup_key', 'mayar:PAY-' || i || ':payment.success',
+           'kind', 'payment.success',
+           'source', '127.0.0.1',
+           'scheme', 'static-token:x-callback-token',
+           'headers', json_build_object('content-type', 'application/json'),
+           'body_sha256', encode(sha256(body), 'hex'),
+           'body_b64', translate(encode(body, 'base64'), E'\n', ''),
+           'fault', NULL,
+           'original_event_id', NULL)::text, 'UTF8')
+FROM (
+    SELECT i, ts, convert_to(json_build_object(
+        'event', 'payment.success',
+        'data', json_build_object(
+            'id', 'PAY-' || i, 'status', 'SUCCESS', 'customerName', 'Budi',
+            'customerEmail', 'c' || (i % 5000) || '@example.com', 'package', 'silver',
+            'amount', 50000, 'productName', 'Token pack'))::text, 'UTF8') AS body
+    FROM (
+        SELECT i, timestamptz '2026-03-01 00:00:00+00' + i * interval '2.5 seconds' AS ts
+        FROM generate_series($1::bigint, $2::bigint - 1) AS i
+        WHERE i % 10 = 9
     ) g
 ) b
 """
@@ -168,6 +202,7 @@ async def generate(url: str, n: int, batch: int = 50_000) -> float:
         t0 = time.perf_counter()
         for lo in range(0, n, batch):
             await conn.execute(GENERATE, lo, min(n, lo + batch))
+            await conn.execute(GENERATE_MAYAR, lo, min(n, lo + batch))
             print(f"  generated {min(n, lo + batch):,}", end="\r", file=sys.stderr)
         took = time.perf_counter() - t0
         await conn.execute("VACUUM ANALYZE stored_events")
@@ -234,6 +269,10 @@ async def http_part(url: str, home: Path) -> dict[str, float]:
                 "order_timeline": lambda i: (
                     f"/v1/audit/orders/midtrans/INV-{i * 1601 % 400000}",
                     {},
+                ),
+                "balance_as_of": lambda i: (
+                    f"/v1/audit/customers/c{i * 13 % 5000}@example.com/balance",
+                    {"as_of": "2026-03-15T23:59:59"},
                 ),
                 "order_as_of": lambda i: (
                     f"/v1/audit/orders/midtrans/INV-{i * 1601 % 400000}",
@@ -325,7 +364,14 @@ async def main() -> None:
             print(f"audit index catch-up: {args.events / it:,.0f} events/s ({it:.1f} s)")
 
             res = await http_part(url, Path(tmp))
-            for name in ("search", "customer_timeline", "order_timeline", "order_as_of"):
+            names = (
+                "search",
+                "customer_timeline",
+                "order_timeline",
+                "order_as_of",
+                "balance_as_of",
+            )
+            for name in names:
                 print(
                     f"{name} over HTTP: p50 {res[f'{name}_p50_ms']:.1f} ms, "
                     f"p99 {res[f'{name}_p99_ms']:.1f} ms"

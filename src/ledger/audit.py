@@ -160,6 +160,10 @@ def _columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
 
 async def catch_up(pool: asyncpg.Pool, *, page: int = INDEX_PAGE) -> int:
     """Index every committed event not indexed yet; return the index position."""
+    async with pool.acquire() as conn:
+        state = await conn.fetchrow(SQL["index_behind"])
+    if state is not None and state["position"] >= state["head"]:
+        return int(state["position"])
     while True:
         async with pool.acquire() as conn, conn.transaction():
             position: int = await conn.fetchval(SQL["index_lock"])

@@ -28,8 +28,11 @@ LIMIT 1
 -- One catch-up at a time (across processes): the tracking row is the lock.
 SELECT position FROM audit_index_tracking WHERE id = 1 FOR UPDATE
 
--- name: index_position
-SELECT position FROM audit_index_tracking WHERE id = 1
+-- name: index_behind
+-- Lock-free check first: an index that is current needs no transaction (a row lock would
+-- cost a commit, i.e. an fsync, on every audit request).
+SELECT (SELECT position FROM audit_index_tracking WHERE id = 1) AS position,
+       (SELECT coalesce(max(notification_id), 0) FROM stored_events) AS head
 
 -- name: index_source
 SELECT notification_id, originator_id, originator_version, topic, state, hash
