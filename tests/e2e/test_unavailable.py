@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from tests.support import bearer, make_key, signed
 
@@ -123,11 +122,6 @@ async def test_reads_get_503_while_the_store_is_down(client, server_url, databas
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KeyRing.lookup (src/ledger/keys.py) lets asyncpg errors escape the auth guard: "
-    "an uncached key during an outage answers 500; it should map them to StoreUnavailable",
-)
 async def test_an_uncached_key_during_an_outage_is_503(client, server_url, database_url):
     key = await make_key(database_url, "audit:read")
     async with outage(server_url, database_url):
