@@ -28,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -294,9 +295,39 @@ class ProviderCounts:
         return hashlib.sha256(repr([tuple(r) for r in got]).encode()).hexdigest()
 
 
-async def rebuild(url: str, proj: Any, head: int, batch_size: int) -> float:
+class Timing(msgspec.Struct):
+    """Wall seconds, plus CPU seconds of this process and of the runner's PostgreSQL
+    backends (the machine is shared: CPU time shows the cost without the waiting)."""
+
+    wall: float
+    python_cpu: float
+    postgres_cpu: float | None
+
+    def line(self, events: int) -> str:
+        pg = "n/a" if self.postgres_cpu is None else f"{self.postgres_cpu:.1f}"
+        cpu = self.python_cpu + (self.postgres_cpu or 0)
+        return (
+            f"{self.wall:6.1f} s: {events / self.wall:9,.0f} ev/s  "
+            f"(CPU: python {self.python_cpu:.1f} s, postgres {pg} s; "
+            f"{events / cpu:,.0f} ev per CPU-second)"
+        )
+
+
+def _backend_cpu(pids: list[int]) -> float | None:
+    """utime + stime of local PostgreSQL backends from /proc (None if not readable)."""
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def rebuild(url: str, proj: Any, head: int, batch_size: int) -> Timing:
     """Time one blue/green rebuild from position 0 to the switch."""
-    conn = await connect(url, "ledger-bench")
+    conn = await connect(url, "ledger-bench-watch")
     try:
         await register(conn, proj)
         # The live generation has nothing to do in this benchmark: mark it caught up.
@@ -310,22 +341,24 @@ async def rebuild(url: str, proj: Any, head: int, batch_size: int) -> float:
         runner = ProjectionRunner(
             url, {proj.name: proj}, batch_size=batch_size, app_name="ledger-bench"
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await runner.start()
         try:
             while True:
-                live = await conn.fetchval(
-                    "SELECT live_generation FROM projections WHERE name = $1", proj.name
-                )
-                if live == generation:
-                    break
                 state = await conn.fetchrow(
-                    "SELECT state, error FROM projections WHERE name = $1", proj.name
+                    "SELECT live_generation, state, error FROM projections WHERE name = $1",
+                    proj.name,
                 )
+                if state["live_generation"] == generation:
+                    break
                 if state["state"] == "failed":
                     raise SystemExit(f"{proj.name} failed: {state['error']}")
                 await asyncio.sleep(0.02)
-            return time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            pids = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'ledger-bench'"
+            )
+            return Timing(wall, cpu, _backend_cpu([r["pid"] for r in pids]))
         finally:
             await runner.stop()
     finally:
@@ -423,6 +456,7 @@ async def drop_database(server: str, url: str) -> None:
 async def main(args: argparse.Namespace, server: str) -> None:
     check_fidelity(max(args.events, args.stock_events))
     print(f"generator checked against the real verifiers; {args.events:,} events")
+    print("load average at start: {:.1f} {:.1f} {:.1f} (2 cores)".format(*os.getloadavg()))
     url = await fresh_database(server, "main")
     try:
         secs = await load(url, args.events)
@@ -434,11 +468,13 @@ async def main(args: argparse.Namespace, server: str) -> None:
             for k, v in found.items()
             if (not args.only or k in args.only) and k not in (args.skip or ())
         }
+        timing = await rebuild(url, ProviderCounts(), head, args.batch_size)
+        print(f"rebuild {'(one-table view)':<15} {head:,} events in {timing.line(head)}")
         total = 0.0
         for name, proj in sorted(found.items()):
-            secs = await rebuild(url, proj, head, args.batch_size)
-            total += secs
-            print(f"rebuild {name:<16} {head:,} events in {secs:6.1f} s: {head / secs:9,.0f} ev/s")
+            timing = await rebuild(url, proj, head, args.batch_size)
+            total += timing.wall
+            print(f"rebuild {name:<15} {head:,} events in {timing.line(head)}")
         if found:
             print(f"all {len(found)} projections: {total:.1f} s")
     finally:
@@ -448,7 +484,7 @@ async def main(args: argparse.Namespace, server: str) -> None:
     url = await fresh_database(server, "stock")
     try:
         await load(url, n)
-        ours = await rebuild(url, ProviderCounts(), n, args.batch_size)
+        ours = (await rebuild(url, ProviderCounts(), n, args.batch_size)).wall
         stock = await asyncio.to_thread(stock_seconds, url, n)
         conn = await asyncpg.connect(url)
         try:
@@ -466,6 +502,7 @@ async def main(args: argparse.Namespace, server: str) -> None:
         print(f"  ledger.runner             {ours:6.2f} s  {n / ours:9,.0f} ev/s")
         print(f"  eventsourcing stock       {stock:6.2f} s  {n / stock:9,.0f} ev/s")
         print(f"  ratio                     {stock / ours:6.1f}x")
+        print("load average at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     finally:
         await drop_database(server, url)
 
