@@ -328,10 +328,18 @@ class ProjectionRunner:
                     await self._record_failure(proj.name, exc.text)
                     await self._pause(wake, delay)
                     continue
-                if failed:
-                    failed, failures = False, 0
-                    await lane.conn.execute(SQL["recover"], proj.name)
-                    log.info("projection %s g%d recovered", proj.name, generation)
+                except Exception:  # a bug in the runner's own SQL or code: report, back off
+                    failures += 1
+                    log.exception("projection %s g%d: runner error", proj.name, generation)
+                    await lane.close(terminate=True)
+                    await self._pause(wake, min(self.backoff_max, 0.5 * 2 ** min(failures, 10)))
+                    continue
+                failures = 0
+                if failed:  # (retried after the next batch if this statement fails)
+                    with contextlib.suppress(*TRANSIENT_ERRORS):
+                        await lane.conn.execute(SQL["recover"], proj.name)
+                        failed = False
+                        log.info("projection %s g%d recovered", proj.name, generation)
                 if step is Step.RETIRED:
                     return
                 if step is Step.IDLE:
