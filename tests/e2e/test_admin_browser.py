@@ -107,7 +107,7 @@ async def chromium() -> AsyncIterator[Page]:
 
 
 async def test_admin_page_shows_a_webhook_live(database_url):
-    key = await make_key(database_url, "ops:admin")
+    key = await make_key(database_url, "ops:admin", "audit:read")
     partner = Partner()
     await partner.start()
     partner.scripts = {"BOOK-DEAD": ["404", "ok"]}
@@ -155,6 +155,15 @@ async def test_admin_page_shows_a_webhook_live(database_url):
                 f"document.querySelector('#feed tr[data-position=\"{pos}\"]').hidden === true", 2.0
             )
 
+            # Search by order id finds its deliveries in the log.
+            await page.js(
+                "const s1 = document.getElementById('search'); s1.value = 'INV-BROWSER-1';"
+                "s1.dispatchEvent(new Event('input')); true"
+            )
+            await page.until("document.querySelectorAll('#log-results tr').length === 1", 5.0)
+            found = await page.js("document.getElementById('log-results').textContent")
+            assert "INV-BROWSER-1" in found
+            assert "paid" in found
             # Projection lag is shown (from GET /v1/projections).
             await page.until("!!document.querySelector('#lag tr[data-projection=\"outbox\"]')", 5.0)
 

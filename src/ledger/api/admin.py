@@ -2,7 +2,8 @@
 
 The page itself is public; it asks for an API key once (kept in the browser's
 localStorage) and sends it with every data call: ``/v1/stream`` (live feed),
-``/v1/outbox`` (dead letters, retry, search) and ``/v1/projections`` (lag) when present.
+``/v1/outbox`` (dead letters, retry, search), ``/v1/audit/events`` (search the log by order
+id or customer; scope ``audit:read``) and ``/v1/projections`` (lag).
 """
 
 from __future__ import annotations
