@@ -132,6 +132,13 @@ class Dispatcher:
         return senders
 
     async def start(self) -> None:
+        if self.lease <= self.settings.outbox_timeout:
+            log.warning(
+                "LEDGER_OUTBOX_LEASE (%.1f s) should exceed LEDGER_OUTBOX_TIMEOUT (%.1f s): "
+                "a slow send can outlive its lease and be sent again by another worker",
+                self.lease,
+                self.settings.outbox_timeout,
+            )
         if self._senders is None:
             self._senders = self._build_senders()
         if self.database_url:
