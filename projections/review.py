@@ -20,14 +20,14 @@ from ledger.domain import (
     CONFLICTED_TOPIC,
     QUARANTINED_TOPIC,
     RECEIVED_TOPIC,
-    DeliveryState,
-    decode_delivery,
 )
 from ledger.folding import (
     Catalogue,
+    DeliveryHead,
     Flag,
     classify_payment,
     columns,
+    delivery_head,
     is_subscription_event,
     pg_text,
     raw_body,
@@ -44,7 +44,7 @@ SQL = load(Path(__file__).with_suffix(".sql"))
 Item = tuple[uuid.UUID, str, str, str, str, str, int]
 
 
-def flags_for(rec: StoredRecord, state: DeliveryState, catalogue: Catalogue) -> list[Flag]:
+def flags_for(rec: StoredRecord, state: DeliveryHead, catalogue: Catalogue) -> list[Flag]:
     """Why a delivery needs a person (empty: it does not)."""
     if rec.topic == QUARANTINED_TOPIC:
         return [Flag("quarantined", state.fault or "unusable delivery")]
@@ -80,7 +80,7 @@ class Review:
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
         items: dict[tuple[uuid.UUID, str], Item] = {}
         for rec in records:
-            state = decode_delivery(rec.state)
+            state = delivery_head(rec.state)
             for f in flags_for(rec, state, self.catalogue):
                 items.setdefault(
                     (rec.id, f.reason),

@@ -15,8 +15,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from ledger.domain import RECEIVED_TOPIC, decode_delivery
-from ledger.folding import is_subscription_event, raw_body, subscription_fact, table_digest
+from ledger.domain import RECEIVED_TOPIC
+from ledger.folding import (
+    delivery_head,
+    is_subscription_event,
+    raw_body,
+    subscription_fact,
+    table_digest,
+)
 from ledger.projection import Conn
 from ledger.providers import mayar
 from ledger.queries import load
@@ -50,7 +56,7 @@ class Subscriptions:
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
         rows: dict[tuple[str, str], Row] = {}
         for rec in records:
-            state = decode_delivery(rec.state)
+            state = delivery_head(rec.state)
             if state.provider != "mayar" or not is_subscription_event(state.kind):
                 continue
             hook = mayar.DECODER.decode(raw_body(state))

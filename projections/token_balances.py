@@ -21,11 +21,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from ledger.domain import RECEIVED_TOPIC, SPENT_TOPIC, decode_delivery, decode_spend
+from ledger.domain import RECEIVED_TOPIC, SPENT_TOPIC, decode_spend
 from ledger.folding import (
     Catalogue,
     classify_payment,
     columns,
+    delivery_head,
     pg_text,
     raw_body,
     table_digest,
@@ -54,7 +55,7 @@ class TokenBalances:
         spends: list[tuple[uuid.UUID, str, int, str, int, int]] = []
         for rec in records:
             if rec.topic == RECEIVED_TOPIC:
-                state = decode_delivery(rec.state)
+                state = delivery_head(rec.state)
                 if state.provider != "mayar" or state.kind not in mayar.PAID_EVENTS:
                     continue
                 data = mayar.DECODER.decode(raw_body(state)).data
