@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
+from prometheus_client import Counter, Histogram
 
 from ledger.config import Settings
 from ledger.database import APP_ROLE
@@ -34,6 +35,11 @@ from ledger.senders import EmailSender, HttpPool, HttpSender, Result
 from ledger.store import UNAVAILABLE_ERRORS
 
 log = logging.getLogger("ledger.outbox")
+# Served by GET /metrics (ops:admin). Labels: message kind and outcome only.
+ATTEMPTS = Counter("ledger_outbox_attempts_total", "Outbox delivery attempts", ["kind", "outcome"])
+ATTEMPT_SECONDS = Histogram(
+    "ledger_outbox_attempt_seconds", "Outbox delivery attempt latency", ["kind"]
+)
 SQL = package_sql("outbox")
 
 # Seconds to wait after attempt 1, 2, ...: about 23.8 hours in 13 attempts, then dead.
@@ -258,6 +264,9 @@ class Dispatcher:
                 SQL["finish"], [m.id for m in claimed], states, delays, errors, token
             )
         self.sent += sum(1 for o in outcomes if o == "delivered")
+        for m, o, r in zip(claimed, outcomes, results, strict=True):
+            ATTEMPTS.labels(m.kind, o).inc()
+            ATTEMPT_SECONDS.labels(m.kind).observe(r.latency_ms / 1000)
         for m, o, r in zip(claimed, outcomes, results, strict=True):
             if o != "delivered":
                 log.info("outbox message=%s kind=%s outcome=%s %s", m.id, m.kind, o, r.excerpt)

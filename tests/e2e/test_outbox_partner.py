@@ -319,6 +319,9 @@ async def test_partner_flaps_and_every_message_is_applied_once(partner, database
             f"/v1/outbox/{mid}/retry", headers={**bearer(key), "x-ledger-reason": "again"}
         )
         assert r.status_code == 409
+        metrics = (await client.get("/metrics", headers=bearer(key))).text
+        assert 'ledger_outbox_attempts_total{kind="partner",outcome="dead"}' in metrics
+        assert 'ledger_outbox_attempts_total{kind="partner",outcome="retry"}' in metrics
         events = (
             await client.get(
                 "/v1/events", headers=bearer(await make_key(database_url, "audit:read"))
