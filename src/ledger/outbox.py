@@ -57,6 +57,7 @@ DEFAULT_SCHEDULE: tuple[float, ...] = (
     28800,
     28800,
 )
+FLUSH_AFTER = 0.25  # seconds: record the outcomes finished so far, even if others hang
 JITTER = 0.25  # each delay is drawn from [75 %, 125 %] of the schedule
 STATES = ("pending", "dead", "delivered")
 # Worth waiting out: the database is away, or a statement failed (logged, then retried).
@@ -212,8 +213,21 @@ class Dispatcher:
             for r in rows
         ]
         started = datetime.now(UTC)
-        results = await asyncio.gather(*(self._send(m) for m in claimed))
-        await self._record(token, started, claimed, results)
+        tasks = {asyncio.create_task(self._send(m)): m for m in claimed}
+        try:
+            while tasks:
+                # Outcomes are written together (one transaction) for throughput, but a slow
+                # receiver does not hold the rest of the batch: whatever finished within
+                # FLUSH_AFTER is recorded, the stragglers later.
+                done, _ = await asyncio.wait(tasks, timeout=FLUSH_AFTER)
+                if done:
+                    finished = [(tasks.pop(t), t.result()) for t in done]
+                    await self._record(
+                        token, started, [m for m, _ in finished], [r for _, r in finished]
+                    )
+        finally:
+            for t in tasks:
+                t.cancel()
         return len(claimed)
 
     async def _send(self, m: Claimed) -> Result:
