@@ -210,3 +210,18 @@ def test_a_spend_event_is_an_eventsourcing_event():
     assert isinstance(spend, TokenSpend)
     assert (spend.id, spend.customer, spend.amount, spend.balance_after) == (eid, "a@b.c", 3, 7)
     assert spend.created_on == state.timestamp
+
+
+def test_package_prices_setting_is_parsed_and_validated():
+    from ledger.config import ConfigError, load_settings
+
+    env = {"LEDGER_TOKEN_PACKAGES": "silver=5,gold=100", "LEDGER_PACKAGE_PRICES": "silver=50000"}
+    settings = load_settings(env)
+    assert settings.package_prices == {"silver": 50000}
+    assert load_settings({}).package_prices is None
+    # The projections read the same variables the same way.
+    cat = Catalogue.from_env(env)
+    assert dict(cat.tokens) == settings.token_packages
+    assert dict(cat.prices or {}) == settings.package_prices
+    with pytest.raises(ConfigError, match="package_prices"):
+        load_settings({"LEDGER_PACKAGE_PRICES": "silver=cheap"})
