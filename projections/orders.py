@@ -139,7 +139,7 @@ def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
 
 class Orders:
     name = "orders"
-    version = 2  # 2: the order row is folded when read, not stored
+    version = 3  # 2: the order is folded when read; 3: one index (the key)
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
 
