@@ -24,6 +24,7 @@ import html
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ def _timestamp(recorded_at: str) -> str:
     date, _, rest = head.partition("T")
     secs, _, frac = rest.partition(".")
     return f"{date}T{secs}.{(frac + '000')[:3]}Z"
+
+
+def _age(recorded_at: str) -> float:
+    """Seconds since the event was recorded."""
+    return (datetime.now(UTC) - datetime.fromisoformat(recorded_at)).total_seconds()
 
 
 def partner_body(fact: PaymentFact, event: str, status: str) -> bytes:
@@ -140,6 +146,7 @@ class Targets:
     booking_providers: frozenset[str] = frozenset({"xendit"})
     email_from: str | None = None
     revalidate_url: str | None = None
+    max_age: float = 7 * 86400.0  # seconds; 0: no limit
 
     @classmethod
     def from_settings(cls, s: Settings) -> Targets:
@@ -152,6 +159,7 @@ class Targets:
             ),
             email_from=s.smtp_from if s.smtp_url else None,
             revalidate_url=s.revalidate_url,
+            max_age=s.outbox_max_age,
         )
 
 
@@ -203,6 +211,11 @@ class OutboxProjection:
                     out.append(("partner", t.partner_url, partner_body(fact, event, status)))
                     p_status, p_amount = status, paid
             await conn.execute(SQL["upsert_order"], ref, first_paid, p_status, p_amount)
+            if t.max_age and _age(fact.recorded_at) > t.max_age:
+                # Old news: a rebuild after a target was added (or its URL changed, which
+                # changes the ids) must not mail every customer of the past or re-sync every
+                # old booking. The fold above still happens, so the state stays exact.
+                continue
             for kind, target, payload in out:
                 rows.append(
                     (

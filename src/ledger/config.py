@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_timeout: float = 10.0  # seconds per HTTP/SMTP attempt
     outbox_lease: float = 60.0  # seconds a worker owns a claimed message
     outbox_retry_schedule: str = ""  # seconds between attempts; empty: the ~1 day default
+    outbox_max_age: float = 7 * 86400.0  # events older than this make no messages; 0: any
 
     def __repr__(self) -> str:
         shown = {

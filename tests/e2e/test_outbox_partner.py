@@ -541,3 +541,40 @@ def test_retry_schedule_spans_about_a_day_with_jitter_and_retry_after():
     assert [classify_http(s, "", None, 1).outcome for s in (408, 425, 429, 500, 502)] == [
         "retry"
     ] * 5
+
+
+async def test_old_events_make_no_messages(partner, database_url):
+    """Moving the partner to a new URL changes message ids; a rebuild after that must not
+    re-sync every old booking: events older than LEDGER_OUTBOX_MAX_AGE are folded but make
+    no message. A new payment still does."""
+    d = signed("xendit", "PAID", order_id="old-1")
+    app = create_app(outbox_settings(partner.url), database_url=database_url)
+    async with AsyncTestClient(app) as client:
+        assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+        await wait_settled(database_url, 1)
+    await asyncio.sleep(0.6)  # the event is now older than the limit below
+
+    moved = Partner()
+    await moved.start()
+    try:
+        settings = outbox_settings(moved.url, LEDGER_OUTBOX_MAX_AGE="0.5")
+        async with AsyncTestClient(create_app(settings, database_url=database_url)) as client:
+            key = await make_key(database_url, "ops:admin")
+            r = await client.post("/v1/projections/outbox/rebuild", headers=bearer(key))
+            generation = r.json()["generation"]
+            deadline = time.monotonic() + 15
+            while True:
+                st = (await client.get("/v1/projections/outbox", headers=bearer(key))).json()
+                if st["live_generation"] == generation and st["lag_events"] == 0:
+                    break
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(0.1)
+            new = signed("xendit", "PAID", order_id="new-1")
+            r = await client.post(new.path, content=new.body, headers=new.headers)
+            assert r.status_code == 200
+            rows = await wait_settled(database_url, 2)
+    finally:
+        await moved.stop()
+    assert [r["order_ref"] for r in rows] == ["xendit:old-1", "xendit:new-1"]
+    assert [json.loads(b.bodies[0])["booking_id"] for b in moved.seen.values()] == ["new-1"]
+    assert [json.loads(b.bodies[0])["booking_id"] for b in partner.seen.values()] == ["old-1"]
