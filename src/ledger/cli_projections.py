@@ -160,19 +160,22 @@ async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5
     """Print a progress line (rate over the last few seconds, ETA) until the switch."""
     samples: deque[tuple[float, int]] = deque(maxlen=10)
     tty = sys.stderr.isatty()
-    last_print = 0.0
+    started = last_print = time.monotonic()
+    first = True
     while True:
         st = next((s for s in await rm.status() if s.name == name), None)
         if st is None:
             raise click.ClickException(f"projection {name} is not registered")
         if st.building_generation != generation:
-            if tty:
-                click.echo("", err=True)  # end the progress line
             if st.live_generation != generation:
                 raise click.ClickException(
                     f"generation {generation} is no longer being built (live: "
                     f"g{st.live_generation}, building: {st.building_generation})"
                 )
+            # The last line: everything folded, at the overall rate.
+            elapsed = max(time.monotonic() - started, 1e-3)
+            line = progress_line(st.position, st.position, st.position / elapsed)
+            click.echo(("\r" if tty else "") + line + f"  in {elapsed:.1f} s", err=True)
             return
         now = time.monotonic()
         done_events = st.building_position or 0
@@ -184,9 +187,9 @@ async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5
             line += f"  FAILED (retrying): {st.error[:120]}"
         if tty:
             click.echo("\r" + line, nl=False, err=True)
-        elif now - last_print >= 5:  # a log-friendly line every few seconds
+        elif first or now - last_print >= 5:  # a log-friendly line every few seconds
             click.echo(line, err=True)
-            last_print = now
+            last_print, first = now, False
         await asyncio.sleep(every)
 
 

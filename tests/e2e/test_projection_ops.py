@@ -178,6 +178,7 @@ async def _check_cli_rebuild(database_url: str, rm: ReadModels, last: int) -> No
     )
     assert code == 0, err
     assert "rebuild of token_balances started generation 2" in out
+    assert re.search(r"\[#+\] 100%  \d+/\d+ events  [\d,]+ ev/s  ETA 00:00  in ", err), err
     after = re.search(r"generation 2 of token_balances is live; digest (\S+)", out)
     assert after is not None, out
     assert after.group(1) == before.group(1)
