@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import asyncpg
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 
+import asyncpg
+import httpx
+import uvicorn
+
+from ledger.app import create_app
 from ledger.config import Settings, load_settings
 from ledger.keys import create_key
 from ledger.trigger import Delivery, build
@@ -37,3 +45,29 @@ async def make_key(url: str, *scopes: str, name: str = "test") -> str:
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
+
+
+@contextlib.asynccontextmanager
+async def live_server(database_url: str, **overrides: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app behind uvicorn on loopback, with a client: requests really run
+    concurrently (litestar's in-process test client handles one request at a time)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    app = create_app(test_settings(**overrides), database_url=database_url)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the server did not start"
+        await asyncio.sleep(0.02)
+    try:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+        ) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task

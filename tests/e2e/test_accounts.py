@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import httpx
-import uvicorn
 
-from ledger.app import create_app
 from tests import support
 from tests.support import bearer, make_key, signed
 
-
-@contextlib.asynccontextmanager
-async def serve(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app behind uvicorn on loopback: requests really run concurrently (the
-    in-process test client handles one request at a time)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    app = create_app(support.test_settings(), database_url=database_url)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "the server did not start"
-        await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await task
+serve = support.live_server
 
 
 async def credit(client: Any, customer: str, package: str = "silver") -> int:
