@@ -172,17 +172,23 @@ async def bench_dispatch(url: str, messages: int, workers: int, batch: int) -> d
     )
     pool = await create_pool(url, min_size=workers, max_size=workers + 2)
     dispatcher = Dispatcher(pool, settings, database_url=url)
-    for _ in range(50):  # the partner process is listening
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+    deadline = time.monotonic() + 30
+    while True:  # the partner process is listening (a refused first attempt would retry)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             break
-        await asyncio.sleep(0.05)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the loopback partner did not start") from None
+            await asyncio.sleep(0.05)
     started = time.perf_counter()
     await dispatcher.start()
     while True:
         left = await conn.fetchval("SELECT count(*) FROM outbox WHERE state = 'pending'")
         if not left:
             break
+        if time.perf_counter() - started > 120:
+            raise RuntimeError(f"{left} messages still pending after 120 s")
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
     await dispatcher.stop()
