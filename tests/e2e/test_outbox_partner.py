@@ -389,7 +389,7 @@ async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
     settings = outbox_settings(
         partner.url,
         LEDGER_RUN_OUTBOX="false",
-        LEDGER_OUTBOX_LEASE="1.5",
+        LEDGER_OUTBOX_LEASE="3",
         LEDGER_OUTBOX_TIMEOUT="10",
     )
     app = create_app(settings, database_url=database_url)
