@@ -578,3 +578,35 @@ async def test_old_events_make_no_messages(partner, database_url):
     assert [r["order_ref"] for r in rows] == ["xendit:old-1", "xendit:new-1"]
     assert [json.loads(b.bodies[0])["booking_id"] for b in moved.seen.values()] == ["new-1"]
     assert [json.loads(b.bodies[0])["booking_id"] for b in partner.seen.values()] == ["old-1"]
+
+
+async def test_competing_dispatchers_send_each_message_once(partner, database_url):
+    """Three dispatchers (as three processes would run them) drain 120 messages: leases
+    give each message to exactly one worker, so each is sent exactly once."""
+    settings = outbox_settings(
+        partner.url, LEDGER_OUTBOX_WORKERS="2", LEDGER_OUTBOX_BATCH="8", LEDGER_OUTBOX_TIMEOUT="5"
+    )
+    ids = [uuid.uuid4() for _ in range(120)]
+    pools = [await create_pool(database_url, min_size=1, max_size=3) for _ in range(3)]
+    try:
+        await pools[0].execute(
+            "INSERT INTO outbox (id, kind, target, source_event_id, source_position, payload)"
+            " SELECT id, 'partner', $2, id, 0, convert_to("
+            "   json_build_object('event', 'booking.paid', 'booking_id', id::text)::text, 'UTF8')"
+            " FROM unnest($1::uuid[]) AS t(id)",
+            ids,
+            partner.url,
+        )
+        dispatchers = [Dispatcher(p, settings, database_url=database_url) for p in pools]
+        await asyncio.gather(*(d.start() for d in dispatchers))
+        try:
+            rows = await wait_settled(database_url, len(ids))
+        finally:
+            await asyncio.gather(*(d.stop() for d in dispatchers))
+    finally:
+        for p in pools:
+            await p.close()
+    assert all(r["state"] == "delivered" and r["attempts"] == 1 for r in rows)
+    assert {uuid.UUID(k) for k in partner.seen} == set(ids)
+    assert all(len(s.bodies) == 1 and s.applied == 1 for s in partner.seen.values())
+    assert sum(1 for d in dispatchers if d.sent) >= 2, "the work was shared"
