@@ -20,6 +20,7 @@ from decimal import Decimal
 import msgspec
 from litestar.channels.backends.asyncpg import AsyncPgChannelsBackend
 
+from ledger import orderstatus
 from ledger.domain import (
     CONFLICTED_TOPIC,
     DELIVERY_TOPICS,
@@ -33,20 +34,6 @@ log = logging.getLogger("ledger.stream")
 
 CHANNEL = "ledger_events"  # notified by the log's insert trigger (migration 0001)
 
-MIDTRANS_STATUS = {
-    "settlement": "paid",
-    "pending": "pending",
-    "authorize": "pending",
-    "deny": "failed",
-    "cancel": "failed",
-    "expire": "failed",
-    "failure": "failed",
-    "refund": "refunded",
-    "partial_refund": "partially_refunded",
-    "chargeback": "charged_back",
-    "partial_chargeback": "partially_charged_back",
-}
-XENDIT_STATUS = {"PENDING": "pending", "PAID": "paid", "SETTLED": "paid", "EXPIRED": "failed"}
 MAYAR_STATUS = {
     "payment.success": "paid",
     "payment.received": "paid",
@@ -117,11 +104,9 @@ def _fill(fact: PaymentFact, provider: str, body: bytes) -> None:
     if provider == "midtrans":
         n = midtrans.DECODER.decode(body)
         fact.order_id = n.order_id
-        status = n.transaction_status
-        if status == "capture":
-            fact.status = "pending" if n.fraud_status == "challenge" else "paid"
-        else:
-            fact.status = MIDTRANS_STATUS.get(status)
+        # One mapping for the whole service (capture depends on fraud_status).
+        with contextlib.suppress(orderstatus.UnknownStatus):
+            fact.status = orderstatus.midtrans_status(n.transaction_status, n.fraud_status)
         fact.amount = n.gross_amount
         fact.paid_amount = n.gross_amount if fact.status == "paid" else None
         fact.currency = n.currency
@@ -131,7 +116,8 @@ def _fill(fact: PaymentFact, provider: str, body: bytes) -> None:
     elif provider == "xendit":
         inv = xendit.DECODER.decode(body)
         fact.order_id = inv.external_id
-        fact.status = XENDIT_STATUS.get(inv.status)
+        with contextlib.suppress(orderstatus.UnknownStatus):
+            fact.status = orderstatus.xendit_status(inv.status)
         fact.amount = _dec(inv.amount)
         paid = inv.paid_amount if inv.paid_amount is not None else inv.amount
         fact.paid_amount = _dec(paid) if fact.status == "paid" else None
@@ -150,7 +136,8 @@ def _fill(fact: PaymentFact, provider: str, body: bytes) -> None:
     elif provider == "partner":
         upd = partner.DECODER.decode(body)
         fact.order_id = upd.booking_id
-        fact.status = "paid" if upd.event == "booking.paid" else "updated"
+        with contextlib.suppress(orderstatus.UnknownStatus):
+            fact.status = orderstatus.partner_status(upd.event, upd.status)
         fact.paid_amount = _dec(upd.paid_amount)
         fact.payment_method = upd.payment_method
 
