@@ -75,7 +75,8 @@ def components(services: Services) -> list[Component]:
     if services.settings.run_projections:
         from ledger.runner import ProjectionRunner
 
-        services.runner = ProjectionRunner(services.database_url)
+        options = services.extras.get("runner_options", {})
+        services.runner = ProjectionRunner(services.database_url, **options)
         found.append(services.runner)
     from ledger.outbox import outbox_components
 
@@ -100,6 +101,47 @@ class MetricsController(PrometheusController):
     path = "/metrics"
     guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
+
+
+@asynccontextmanager
+async def running_services(
+    cfg: Settings, database_url: str | None = None, *, runner_options: dict[str, Any] | None = None
+) -> AsyncIterator[Services]:
+    """Everything but HTTP: the store, group commit and the background components.
+
+    ``serve`` runs it inside the app's lifespan and ``ledger worker`` on its own, so both
+    get the same, fully configured components (e.g. the outbox projection's targets).
+    """
+    url = await asyncio.to_thread(
+        resolve_database_url, database_url or cfg.database_url, cfg.home_path
+    )
+    await prepare_database(url)
+    pool = await create_pool(url, max_size=20)
+    store = EventStore(pool)
+    committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
+    await committer.start()
+    services = Services(
+        settings=cfg,
+        pool=pool,
+        store=store,
+        committer=committer,
+        ingest=Ingest(build_providers(cfg), committer),
+        keyring=KeyRing(pool),
+        database_url=url,
+        read_models=ReadModels(pool),
+        extras={"runner_options": runner_options or {}},
+    )
+    started: list[Component] = []
+    try:
+        for comp in components(services):
+            await comp.start()
+            started.append(comp)
+        yield services
+    finally:
+        for comp in reversed(started):
+            await comp.stop()
+        await committer.stop()
+        await pool.close()
 
 
 def route_handlers() -> list[Any]:
@@ -128,35 +170,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        url = await asyncio.to_thread(
-            resolve_database_url, database_url or cfg.database_url, cfg.home_path
-        )
-        await prepare_database(url)
-        pool = await create_pool(url, max_size=20)
-        store = EventStore(pool)
-        committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
-        await committer.start()
-        app.state.services = Services(
-            settings=cfg,
-            pool=pool,
-            store=store,
-            committer=committer,
-            ingest=Ingest(build_providers(cfg), committer),
-            keyring=KeyRing(pool),
-            database_url=url,
-            read_models=ReadModels(pool),
-        )
-        started: list[Component] = []
-        try:
-            for comp in components(app.state.services):
-                await comp.start()
-                started.append(comp)
+        async with running_services(cfg, database_url) as services:
+            app.state.services = services
             yield
-        finally:
-            for comp in reversed(started):
-                await comp.stop()
-            await committer.stop()
-            await pool.close()
 
     prometheus = PrometheusConfig(app_name="ledger", group_path=True)
     return Litestar(

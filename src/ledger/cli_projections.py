@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -196,33 +195,31 @@ async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5
 @click.command()
 @click.option("--batch-size", default=2000, show_default=True, type=int)
 def worker(batch_size: int) -> None:
-    """Run the projection runner only (no HTTP) until SIGTERM or SIGINT.
+    """Run the background components without HTTP until SIGTERM or SIGINT: the projection
+    runner, the audit index and the outbox dispatcher (unless LEDGER_RUN_OUTBOX=false).
 
     Any number of workers (and ``serve`` processes) may run at once: each projection
-    generation is applied by exactly one of them; the others take over if it dies.
+    generation is applied by exactly one of them; the others take over if it dies; outbox
+    messages are leased, so no two processes send one message at a time.
     """
-    from ledger.app import prepare_database
-    from ledger.runner import ProjectionRunner
+    import msgspec
 
-    url = _url()
+    from ledger.app import running_services
+    from ledger.config import load_settings
+
+    settings = msgspec.structs.replace(load_settings(), run_projections=True)
 
     async def go() -> None:
-        await prepare_database(url)
-        # The pid in the application name lets an operator (or a test) see who holds what.
-        runner = ProjectionRunner(
-            url, batch_size=batch_size, app_name=f"ledger-worker-{os.getpid()}"
-        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await runner.start()
-        click.echo(f"worker running projections: {', '.join(sorted(runner.projections))}")
-        try:
+        # The pid in the application name lets an operator see who holds what.
+        options = {"batch_size": batch_size, "app_name": f"ledger-worker-{os.getpid()}"}
+        async with running_services(settings, runner_options=options) as services:
+            runner = services.runner
+            click.echo(f"worker running projections: {', '.join(sorted(runner.projections))}")
             await stop.wait()
-        finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner.stop()
         click.echo("worker stopped")
 
     asyncio.run(go())
