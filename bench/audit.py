@@ -100,8 +100,8 @@ FROM (
     ) g
 ) b
 """
-# Rows i % 10 = 9: a Mayar payment.success (silver) for the same customers, so balances have
-# credits to fold.
+# Rows i % 10 = 9: a Mayar payment.success (silver) for customer c(i/10 % 5000), so every
+# customer has ~20 credits to fold.
 GENERATE_MAYAR = r"""
 INSERT INTO stored_events (originator_id, originator_version, topic, state)
 SELECT md5('bench' || i)::uuid, 1, 'ledger.domain:Delivery.Received',
@@ -123,7 +123,7 @@ FROM (
         'event', 'payment.success',
         'data', json_build_object(
             'id', 'PAY-' || i, 'status', 'SUCCESS', 'customerName', 'Budi',
-            'customerEmail', 'c' || (i % 5000) || '@example.com', 'package', 'silver',
+            'customerEmail', 'c' || (i / 10 % 5000) || '@example.com', 'package', 'silver',
             'amount', 50000, 'productName', 'Token pack'))::text, 'UTF8') AS body
     FROM (
         SELECT i, timestamptz '2026-03-01 00:00:00+00' + i * interval '2.5 seconds' AS ts
@@ -234,24 +234,30 @@ async def http_part(url: str, home: Path) -> dict[str, float]:
         "LEDGER_RUN_PROJECTIONS": "false",
         "LEDGER_RUN_OUTBOX": "false",
     }
+    log_path = home / "serve.log"
     server = subprocess.Popen(
         [LEDGER, "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
     )
     base = f"http://127.0.0.1:{port}"
     headers = {"authorization": f"Bearer {key}"}
     out: dict[str, float] = {}
     try:
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as client:
-            for _ in range(100):
+            deadline = time.monotonic() + 180
+            while True:
                 try:
                     if (await client.get("/health")).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
-                await asyncio.sleep(0.2)
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"ledger serve did not start: {log_path.read_text()[-2000:]}"
+                    )
+                await asyncio.sleep(0.5)
             lat = []
             for i in range(300):
                 t0 = time.perf_counter()
@@ -310,7 +316,13 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--ingest-events", type=int, default=20_000)
+    ap.add_argument("--keep", action="store_true", help="keep the server and database; print URL")
+    ap.add_argument("--reuse", metavar="URL", help="only the HTTP part, on a kept database")
     args = ap.parse_args()
+    if args.reuse:
+        with tempfile.TemporaryDirectory(prefix="ledger-bench-audit-") as tmp:
+            report_http(await http_part(args.reuse, Path(tmp)))
+        return
     with tempfile.TemporaryDirectory(prefix="ledger-bench-audit-") as tmp:
         server = os.environ.get("LEDGER_DATABASE_URL") or start_embedded(
             Path(tmp) / "pgdata", cleanup="delete"
@@ -363,26 +375,32 @@ async def main() -> None:
                 await pool.close()
             print(f"audit index catch-up: {args.events / it:,.0f} events/s ({it:.1f} s)")
 
-            res = await http_part(url, Path(tmp))
-            names = (
-                "search",
-                "customer_timeline",
-                "order_timeline",
-                "order_as_of",
-                "balance_as_of",
-            )
-            for name in names:
-                print(
-                    f"{name} over HTTP: p50 {res[f'{name}_p50_ms']:.1f} ms, "
-                    f"p99 {res[f'{name}_p99_ms']:.1f} ms"
-                )
-            for fmt in ("csv", "jsonl"):
-                print(
-                    f"export {fmt}: {res[f'export_{fmt}_rows']:,.0f} rows at "
-                    f"{res[f'export_{fmt}_rows_per_s']:,.0f} rows/s"
-                )
+            report_http(await http_part(url, Path(tmp)))
         finally:
-            await drop_db(server, url)
+            if args.keep:
+                print(f"kept: {url}")
+            else:
+                await drop_db(server, url)
+
+
+def report_http(res: dict[str, float]) -> None:
+    names = (
+        "search",
+        "customer_timeline",
+        "order_timeline",
+        "order_as_of",
+        "balance_as_of",
+    )
+    for name in names:
+        print(
+            f"{name} over HTTP: p50 {res[f'{name}_p50_ms']:.1f} ms, "
+            f"p99 {res[f'{name}_p99_ms']:.1f} ms"
+        )
+    for fmt in ("csv", "jsonl"):
+        print(
+            f"export {fmt}: {res[f'export_{fmt}_rows']:,.0f} rows at "
+            f"{res[f'export_{fmt}_rows_per_s']:,.0f} rows/s"
+        )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,13 @@ class BalanceAsOf(msgspec.Struct, kw_only=True):
 
 
 async def cutoff(conn: Conn, at_position: int | None, as_of: datetime | None) -> int:
-    """The effective position: the smaller of ``at_position`` and the last position
-    received at or before ``as_of`` (the head when neither is given)."""
+    """The effective position: the smaller of ``at_position`` and the position of the last
+    event received at or before ``as_of`` (the head when neither is given)."""
     limit: int = await conn.fetchval("SELECT coalesce(max(position), 0) FROM audit_index")
     if at_position is not None:
         limit = min(limit, at_position)
     if as_of is not None:
-        limit = min(limit, int(await conn.fetchval(SQL["asof_cutoff"], as_of)))
+        limit = min(limit, int(await conn.fetchval(SQL["asof_cutoff"], as_of) or 0))
     return limit
 
 

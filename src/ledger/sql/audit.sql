@@ -174,26 +174,28 @@ WHERE o.customer = $1
 -- As-of balances (src/ledger/asof.py) -----------------------------------------------------
 
 -- name: asof_cutoff
--- The last position received at or before $1.
-SELECT coalesce(max(position), 0) FROM audit_index WHERE received_at <= $1
+-- The position of the last event received at or before $1 (an index walk backwards).
+SELECT position FROM audit_index WHERE received_at <= $1
+ORDER BY received_at DESC, position DESC
+LIMIT 1
 
 -- name: asof_balance_records
 -- What decides customer $1's balance at position $2: their spends and paid Mayar deliveries,
 -- and every other Mayar delivery naming the same payment ids (a payment's credit goes to
--- the delivery with the smallest event id, whoever it names).
+-- the delivery with the smallest event id, whoever it names). A UNION of index lookups.
 WITH mine AS (
     SELECT order_id FROM audit_index
     WHERE customer = $1 AND provider = 'mayar' AND category = 'received' AND position <= $2
       AND order_id IS NOT NULL
+), picked AS (
+    SELECT position FROM audit_index
+    WHERE customer = $1 AND position <= $2 AND (provider = 'mayar' OR topic = $3)
+    UNION
+    SELECT position FROM audit_index
+    WHERE order_id IN (SELECT order_id FROM mine) AND position <= $2
+      AND provider = 'mayar' AND category = 'received'
 )
 SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
-FROM stored_events e
-WHERE e.notification_id IN (
-    SELECT position FROM audit_index
-    WHERE position <= $2 AND (
-        (customer = $1 AND (provider = 'mayar' OR topic = $3))
-        OR (provider = 'mayar' AND category = 'received'
-            AND order_id IN (SELECT order_id FROM mine))
-    )
-)
+FROM picked p
+JOIN stored_events e ON e.notification_id = p.position
 ORDER BY e.notification_id
