@@ -20,7 +20,7 @@ from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.readmodels import ReadModels
 from tests.integration.test_runner import Counting, seed
-from tests.support import SECRETS, bearer, make_key, signed
+from tests.support import SECRETS, bearer, live_server, make_key, signed
 
 
 @pytest.fixture
@@ -293,3 +293,43 @@ def test_progress_line_shows_share_rate_and_eta():
     assert progress_line(0, 0, 0.0, width=4).startswith("[####] 100%")
     assert "ETA --:--" in progress_line(5, 10, 0.0)
     assert "ETA 1:00:00" in progress_line(0, 3600, 1.0)
+
+
+async def test_a_worker_alone_derives_and_delivers_outbox_messages(database_url):
+    """``serve`` with no background components (ingest only) plus one ``ledger worker``: the
+    worker's outbox projection knows its targets, so a paid booking reaches the partner."""
+    received: list[bytes] = []
+
+    async def partner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        received.append(await reader.readexactly(length))
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\n{"success":true}')
+        await writer.drain()
+        writer.close()
+
+    sink = await asyncio.start_server(partner, "127.0.0.1", 0)
+    port = sink.sockets[0].getsockname()[1]
+    off = {"LEDGER_RUN_PROJECTIONS": "false", "LEDGER_RUN_OUTBOX": "false"}
+    env = {"LEDGER_PARTNER_SYNC_URL": f"http://127.0.0.1:{port}/sync"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "worker"],
+        env={**os.environ, **SECRETS, **env, "LEDGER_DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        async with live_server(database_url, **off) as http:
+            d = signed("xendit", "PAID")
+            assert (await http.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+            for _ in range(300):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(received) == 1, "the worker did not deliver the partner sync"
+        assert b'"booking.paid"' in received[0]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+        sink.close()
