@@ -30,7 +30,7 @@ from ledger.operator import decode_operator_action
 from ledger.orderstatus import RANK
 from ledger.projection import Conn
 from ledger.queries import package_sql
-from ledger.store import StoredRecord
+from ledger.store import UNAVAILABLE_ERRORS, StoredRecord, StoreUnavailable
 from ledger.stream import payment_fact
 
 SQL = package_sql("audit")
@@ -182,6 +182,14 @@ async def catch_up(pool: asyncpg.Pool, *, page: int = INDEX_PAGE) -> int:
                 return last
 
 
+# The index is derived data: any database trouble is retried on the next tick.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    StoreUnavailable,
+    *UNAVAILABLE_ERRORS,
+)
+
+
 class AuditIndexer:
     """Background component: keeps the index near the head (every ``interval`` seconds), so
     a query rarely has more than a few events to fold first. Errors are logged and retried:
@@ -205,7 +213,7 @@ class AuditIndexer:
         while True:
             try:
                 await catch_up(self.pool)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except RETRYABLE as exc:
                 log.warning("audit index catch-up failed (will retry): %s", type(exc).__name__)
             await asyncio.sleep(self.interval)
 
