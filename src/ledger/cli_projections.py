@@ -117,10 +117,18 @@ def status(digest: bool) -> None:
 )
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow until the switch")
 @click.option("--batch-size", default=2000, show_default=True, type=int)
-def rebuild(name: str, run: bool, wait: bool, batch_size: int) -> None:
+@click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
+def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> None:
     """Rebuild NAME from position 0 beside the live generation, then switch atomically."""
     from ledger.app import prepare_database
+    from ledger.cli_audit import CLI_SCOPE, cli_actor
+    from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
     from ledger.runner import ProjectionRunner, available, start_rebuild
+
+    try:
+        reason = check_reason(reason)
+    except ReasonRequired as exc:
+        raise click.ClickException(str(exc)) from None
 
     code = available()
     if name not in code:
@@ -133,8 +141,10 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int) -> None:
         pool = await create_pool(url, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
         try:
-            async with pool.acquire() as conn:
+            async with pool.acquire() as conn, conn.transaction():
                 generation, started = await start_rebuild(conn, proj)
+                event = operator_event(cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason)
+                await append_in(conn, event)
             verb = "started" if started else "already in progress:"
             click.echo(f"rebuild of {name} {verb} generation {generation}")
             if not wait:

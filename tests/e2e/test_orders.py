@@ -212,7 +212,10 @@ async def test_rebuilding_each_read_model_reproduces_its_digest(client, database
     await until(caught_up)
     live = {n: (await one(n))["digest"] for n in names}
     for n in names:
-        started = await client.post(f"/v1/projections/{n}/rebuild", headers=bearer(admin))
+        started = await client.post(
+            f"/v1/projections/{n}/rebuild",
+            headers={**bearer(admin), "x-ledger-reason": "test rebuild"},
+        )
         assert started.status_code == 202, started.text
 
     async def switched() -> bool:

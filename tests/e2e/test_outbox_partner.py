@@ -447,7 +447,10 @@ async def test_a_rebuild_sends_nothing_twice(partner, database_url):
             after = await conn.fetch("SELECT id, state FROM public.outbox ORDER BY created_at")
         # And the real thing: an operator rebuilds the outbox projection through the API.
         key = await make_key(database_url, "ops:admin")
-        r = await client.post("/v1/projections/outbox/rebuild", headers=bearer(key))
+        r = await client.post(
+            "/v1/projections/outbox/rebuild",
+            headers={**bearer(key), "x-ledger-reason": "test rebuild"},
+        )
         assert r.status_code == 202, r.text
         generation = r.json()["generation"]
         deadline = time.monotonic() + 15
@@ -560,7 +563,10 @@ async def test_old_events_make_no_messages(partner, database_url):
         settings = outbox_settings(moved.url, LEDGER_OUTBOX_MAX_AGE="0.5")
         async with AsyncTestClient(create_app(settings, database_url=database_url)) as client:
             key = await make_key(database_url, "ops:admin")
-            r = await client.post("/v1/projections/outbox/rebuild", headers=bearer(key))
+            r = await client.post(
+                "/v1/projections/outbox/rebuild",
+                headers={**bearer(key), "x-ledger-reason": "test rebuild"},
+            )
             generation = r.json()["generation"]
             deadline = time.monotonic() + 15
             while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -89,15 +90,37 @@ async def test_status_lag_digest_and_blue_green_rebuild_over_http(ops_client, da
         (await _status(client, admin))["items"][0]["digest"] is None
     )
 
-    missing = await client.post("/v1/projections/nope/rebuild", headers=bearer(admin))
+    missing = await client.post(
+        "/v1/projections/nope/rebuild", headers={**bearer(admin), "x-ledger-reason": "test rebuild"}
+    )
     assert missing.status_code == 404
     assert "nope" in missing.json()["detail"]
     assert (
         await client.post("/v1/projections/test_counts/rebuild", headers=bearer(auditor))
     ).status_code == 403
 
-    r = await client.post("/v1/projections/test_counts/rebuild", headers=bearer(admin))
+    no_reason = await client.post("/v1/projections/test_counts/rebuild", headers=bearer(admin))
+    assert no_reason.status_code == 400
+    assert "X-Ledger-Reason" in no_reason.json()["detail"]
+
+    r = await client.post(
+        "/v1/projections/test_counts/rebuild",
+        headers={**bearer(admin), "x-ledger-reason": "test rebuild"},
+    )
     assert r.status_code == 202, r.text
+    conn = await asyncpg.connect(database_url)
+    try:
+        trail = [
+            json.loads(row["state"])
+            for row in await conn.fetch(
+                "SELECT state FROM stored_events WHERE topic = 'ledger.domain:OperatorAction.Recorded'"
+            )
+        ]
+    finally:
+        await conn.close()
+    assert [(t["action"], t["target"], t["reason"]) for t in trail] == [
+        ("projection.rebuild", "test_counts", "test rebuild")
+    ]
     started = r.json()
     assert started == {
         "name": "test_counts",
@@ -114,7 +137,7 @@ async def test_status_lag_digest_and_blue_green_rebuild_over_http(ops_client, da
     one = await client.get("/v1/projections/test_counts?digest=true", headers=bearer(admin))
     assert one.status_code == 200
     assert one.json()["digest"] == live_digest
-    assert one.json()["position"] == last
+    assert one.json()["position"] == last + 1  # the rebuild's operator event is in the log
     assert (await client.get("/v1/projections/nope", headers=bearer(admin))).status_code == 404
 
 
@@ -174,7 +197,7 @@ async def _check_cli_rebuild(database_url: str, rm: ReadModels, last: int) -> No
     assert before is not None, out
 
     code, out, err = await asyncio.to_thread(
-        _run, database_url, "projections", "rebuild", "token_balances"
+        _run, database_url, "projections", "rebuild", "token_balances", "--reason", "test rebuild"
     )
     assert code == 0, err
     assert "rebuild of token_balances started generation 2" in out
@@ -184,7 +207,8 @@ async def _check_cli_rebuild(database_url: str, rm: ReadModels, last: int) -> No
     assert after.group(1) == before.group(1)
 
     [st] = [s for s in await rm.status() if s.name == "token_balances"]
-    assert (st.live_generation, st.building_generation, st.position) == (2, None, last)
+    # The rebuild's own operator event follows the deliveries in the log.
+    assert (st.live_generation, st.building_generation, st.position) == (2, None, last + 1)
     async with rm.reading("token_balances") as conn:
         assert await conn.fetchval("SELECT current_schema()") == "p_token_balances_g2"
 
@@ -266,7 +290,10 @@ async def test_every_real_projection_rebuilds_to_the_same_digest(client, databas
     before = {i["name"]: i for i in (await _status(client, admin, digest="true"))["items"]}
     assert {"token_balances", "subscriptions", "orders", "review"} <= set(before)
     for name in before:
-        r = await client.post(f"/v1/projections/{name}/rebuild", headers=bearer(admin))
+        r = await client.post(
+            f"/v1/projections/{name}/rebuild",
+            headers={**bearer(admin), "x-ledger-reason": "test rebuild"},
+        )
         assert r.status_code == 202, r.text
         assert r.json()["generation"] == before[name]["live_generation"] + 1
 

@@ -9,8 +9,9 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, QueryParameter
 
 from ledger import runner
-from ledger.api.auth import require_key
+from ledger.api.auth import current_key, require_key
 from ledger.api.problems import problem
+from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
 from ledger.projection import Projection
 from ledger.readmodels import ProjectionStatus, ReadModels
 
@@ -105,11 +106,27 @@ class ProjectionsController(Controller):
     async def rebuild(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RebuildStarted:
         """Start building a new generation beside the live one; the runner (in this or
         another process) folds it from position 0 and switches readers when it catches
-        up. Follow it with ``GET /v1/projections``."""
+        up. Follow it with ``GET /v1/projections``. Needs ``X-Ledger-Reason``: the request
+        is recorded in the log as an operator action."""
         proj = _find(request, name)
+        try:
+            reason = check_reason(request.headers.get("x-ledger-reason"))
+        except ReasonRequired as exc:
+            raise problem(
+                400,
+                "reason-required",
+                "A reason is required",
+                f"send the reason in the X-Ledger-Reason header: {exc}",
+            ) from None
+        key = current_key(request)
         services = request.app.state.services
-        async with services.pool.acquire() as conn:
+        async with services.pool.acquire() as conn, conn.transaction():
+            # The rebuild and its operator event commit together (the trail never lies).
             generation, started = await runner.start_rebuild(conn, proj)
+            await append_in(
+                conn,
+                operator_event(key.key_id, "ops:admin", "projection.rebuild", name, reason),
+            )
         rm: ReadModels = services.read_models
         live = int((await rm.live_schema(name)).rpartition("_g")[2])
         return RebuildStarted(
