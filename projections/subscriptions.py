@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ledger.domain import RECEIVED_TOPIC
 from ledger.folding import (
+    SubscriptionFact,
     delivery_head,
     is_subscription_event,
     raw_body,
@@ -46,6 +47,16 @@ class Row:
         self.expired: datetime | None = None
         self.position = 0
 
+    def add(self, fact: SubscriptionFact, position: int) -> None:
+        """Fold one fact (the only place the rule lives: the projection and as-of use it)."""
+        if fact.kind == "grant":
+            self.expiry = _max(self.expiry, fact.until)
+        elif fact.kind == "cancel":
+            self.cancelled = _max(self.cancelled, fact.until)
+        else:
+            self.expired = _max(self.expired, fact.until)
+        self.position = max(self.position, position)
+
 
 class Subscriptions:
     name = "subscriptions"
@@ -63,14 +74,7 @@ class Subscriptions:
             fact = subscription_fact(hook.event, hook.data)
             if fact.kind is None or fact.customer is None:
                 continue
-            row = rows.setdefault((fact.customer, fact.license_code), Row())
-            if fact.kind == "grant":
-                row.expiry = _max(row.expiry, fact.until)
-            elif fact.kind == "cancel":
-                row.cancelled = _max(row.cancelled, fact.until)
-            else:
-                row.expired = _max(row.expired, fact.until)
-            row.position = max(row.position, rec.position)
+            rows.setdefault((fact.customer, fact.license_code), Row()).add(fact, rec.position)
         if not rows:
             return
         keys = sorted(rows)

@@ -12,13 +12,22 @@ answer lists every credit with the event that caused it (provenance down to the 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
 from ledger.audit import SQL
 from ledger.domain import RECEIVED_TOPIC, SPENT_TOPIC, decode_delivery, decode_spend
-from ledger.folding import Catalogue, classify_payment, pg_text, raw_body
+from ledger.folding import (
+    FOREVER,
+    Catalogue,
+    classify_payment,
+    is_subscription_event,
+    pg_text,
+    raw_body,
+    subscription_fact,
+    subscription_status,
+)
 from ledger.projection import Conn
 from ledger.providers import mayar
 
@@ -100,3 +109,63 @@ async def balance_as_of(
         tokens=credited - spent,
         credits=sorted(mine, key=lambda c: c.position),
     )
+
+
+class SubscriptionAsOf(msgspec.Struct, kw_only=True):
+    license_code: str
+    status: str
+    expiry: str | None
+    last_position: int
+
+
+class SubscriptionsAsOf(msgspec.Struct, kw_only=True):
+    customer: str
+    at_position: int
+    evaluated_at: str
+    items: list[SubscriptionAsOf]
+
+
+async def subscriptions_as_of(
+    conn: Conn, customer: str, position: int, at: datetime
+) -> SubscriptionsAsOf:
+    """The customer's subscriptions right after ``position``, their status evaluated at
+    ``at``: the log prefix folded with the subscriptions projection's own ``Row.add``."""
+    from projections.subscriptions import Row
+
+    who = pg_text(customer.strip().lower())
+    rows: dict[str, Row] = {}
+    for r in await conn.fetch(SQL["asof_subscription_records"], who, position):
+        delivery = decode_delivery(bytes(r[4]))
+        if not is_subscription_event(delivery.kind):
+            continue
+        hook = mayar.DECODER.decode(raw_body(delivery))
+        fact = subscription_fact(hook.event, hook.data)
+        if fact.kind is None or fact.customer != who:
+            continue
+        rows.setdefault(fact.license_code, Row()).add(fact, int(r[0]))
+    items = [
+        SubscriptionAsOf(
+            license_code=code,
+            status=subscription_status(row.expiry, row.cancelled, row.expired, at),
+            expiry=None if row.expiry in (None, FOREVER) else row.expiry.isoformat(),
+            last_position=row.position,
+        )
+        for code, row in sorted(rows.items())
+    ]
+    return SubscriptionsAsOf(
+        customer=who, at_position=position, evaluated_at=at.isoformat(), items=items
+    )
+
+
+async def evaluation_time(
+    conn: Conn, position: int, at_position: int | None, as_of: datetime | None
+) -> datetime:
+    """When to evaluate expiry: ``as_of`` if given; else the time the event at the cut-off
+    was recorded (an as-of-position question); else now (the live answer)."""
+    if as_of is not None:
+        return as_of
+    if at_position is not None:
+        recorded: datetime | None = await conn.fetchval(SQL["asof_recorded_at"], position)
+        if recorded is not None:
+            return recorded
+    return datetime.now(UTC)

@@ -290,6 +290,24 @@ class AuditController(Controller):
             position = await asof.cutoff(conn, at_position, upto)
             return await asof.balance_as_of(conn, customer, position, PROJECTION.catalogue, upto)
 
+    @get("/customers/{customer:str}/subscriptions", summary="Subscriptions as of a point")
+    async def subscriptions(
+        self,
+        request: Request[Any, Any, Any],
+        customer: FromPath[str],
+        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
+        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
+    ) -> asof.SubscriptionsAsOf:
+        """Status (active, cancelled, expired) of each license right after the cut-off;
+        expiry is judged at ``as_of``, or when the cut-off event was recorded."""
+        upto = parse_time("as_of", as_of)
+        pool = request.app.state.services.pool
+        await audit.catch_up(pool)
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            position = await asof.cutoff(conn, at_position, upto)
+            at = await asof.evaluation_time(conn, position, at_position, upto)
+            return await asof.subscriptions_as_of(conn, customer, position, at)
+
     @get("/summary", summary="Per provider for one day: deliveries, paid, refunds, failures")
     async def summary(
         self,

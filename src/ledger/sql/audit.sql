@@ -199,3 +199,14 @@ SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.stat
 FROM picked p
 JOIN stored_events e ON e.notification_id = p.position
 ORDER BY e.notification_id
+
+-- name: asof_subscription_records
+-- Customer $1's Mayar deliveries up to position $2 (subscription facts are among them).
+SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
+FROM audit_index a
+JOIN stored_events e ON e.notification_id = a.position
+WHERE a.customer = $1 AND a.position <= $2 AND a.provider = 'mayar' AND a.category = 'received'
+ORDER BY a.position
+
+-- name: asof_recorded_at
+SELECT received_at FROM audit_index WHERE position <= $1 ORDER BY position DESC LIMIT 1
