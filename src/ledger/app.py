@@ -192,5 +192,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
 
 def app_from_env() -> Any:
-    """Uvicorn factory target (``ledger.app:app_from_env``)."""
-    return create_app()
+    """Uvicorn factory target (``ledger.app:app_from_env``; ``ledger serve --workers N``):
+    settings from the environment, development secrets from ``$LEDGER_HOME``."""
+    from ledger.config import ensure_dev_secrets
+
+    settings, _ = ensure_dev_secrets(load_settings())
+    return create_app(settings)

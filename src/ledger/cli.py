@@ -42,8 +42,17 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="server processes; every component is safe to run in several at once",
+)
+def serve(host: str, port: int, workers: int) -> None:
     """Serve the API (embedded PostgreSQL and dev secrets when none are configured)."""
+    import os
+
     import uvicorn
 
     from ledger.app import create_app, prepare_database
@@ -63,14 +72,21 @@ def serve(host: str, port: int) -> None:
         click.echo(f"development secrets: {settings.home_path / 'dev-secrets.json'}")
     click.echo(f"listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     click.echo(f"try: ledger trigger midtrans settlement --url http://{host}:{port}")
-    uvicorn.run(
-        create_app(settings, database_url=url),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings, database_url=url), **common)
+        return
+    # Several processes: each builds its app from the environment (the embedded server, if
+    # any, stays owned by this parent process). Appends, projections (advisory locks), the
+    # outbox (leases) and the audit index (a row lock) are all safe across processes.
+    os.environ["LEDGER_DATABASE_URL"] = url
+    uvicorn.run("ledger.app:app_from_env", factory=True, workers=workers, **common)
 
 
 @main.command()

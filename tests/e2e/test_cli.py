@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from tests.e2e.test_durability import LEDGER, ServerProcess, free_port, ledger_env
-from tests.support import bearer
+from tests.support import bearer, signed
 
 # ``--reason`` is required: key creation is recorded in the operator trail.
 KEYS_CREATE = ("keys", "create", "--name", "x", "--reason", "e2e test")
@@ -128,3 +131,31 @@ def test_trigger_bad_amount_fails_clearly(database_url, tmp_path):
     assert proc.returncode != 0
     assert "--amount '12,5' is not a decimal number" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_serve_with_two_worker_processes_records_every_delivery_once(database_url, tmp_path):
+    """``ledger serve --workers 2``: two processes append to one log (and both run the
+    background components); 40 distinct deliveries, sent 20 at a time, all land once."""
+    server = ServerProcess(database_url, tmp_path / "server", extra_args=("--workers", "2"))
+    deliveries = [signed("midtrans", "settlement") for _ in range(40)]
+    try:
+        await server.start()
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            sem = asyncio.Semaphore(20)
+
+            async def send(d: Any) -> int:
+                async with sem:
+                    r = await http.post(d.path, content=d.body, headers=d.headers)
+                    return r.status_code
+
+            codes = await asyncio.gather(*(send(d) for d in deliveries))
+    finally:
+        server.stop()
+    assert set(codes) == {200}
+    conn = await asyncpg.connect(database_url)
+    try:
+        n = await conn.fetchval("SELECT count(DISTINCT originator_id) FROM stored_events")
+        total = await conn.fetchval("SELECT count(*) FROM stored_events")
+    finally:
+        await conn.close()
+    assert n == total == 40

@@ -64,6 +64,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -84,7 +85,15 @@ class ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [LEDGER, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [
+                    LEDGER,
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.extra_args,
+                ],
                 env=ledger_env(self.database_url, self.home),
                 stdout=log,
                 stderr=subprocess.STDOUT,
