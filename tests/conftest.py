@@ -20,7 +20,7 @@ from litestar.testing import AsyncTestClient
 from ledger.app import create_app, prepare_database
 from ledger.config import Settings
 from ledger.database import start_embedded, with_database
-from tests.support import test_settings
+from tests.support import scratch_database, test_settings
 
 
 @pytest.fixture(scope="session")
@@ -55,18 +55,8 @@ async def template_url(server_url: str) -> AsyncIterator[str]:
 async def database_url(server_url: str, template_url: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test alone (owner connection URL)."""
     template = template_url.partition("?")[0].rsplit("/", 1)[1]
-    name = f"ledger_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await admin.close()
-    yield with_database(server_url, name)
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(server_url, template=template) as url:
+        yield url
 
 
 @pytest.fixture

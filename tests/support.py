@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -13,6 +14,7 @@ import uvicorn
 
 from ledger.app import create_app
 from ledger.config import Settings, load_settings
+from ledger.database import with_database
 from ledger.keys import create_key
 from ledger.trigger import Delivery, build
 
@@ -71,3 +73,25 @@ async def live_server(database_url: str, **overrides: str) -> AsyncIterator[http
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(
+    server_url: str, *, prefix: str = "ledger_t", template: str | None = None
+) -> AsyncIterator[str]:
+    """A new database (empty, or cloned from ``template``), dropped afterwards; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -9,7 +9,6 @@ migration is refused, and a failing one leaves nothing behind (ADR 0004).
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import asyncpg
 import pytest
 
 from ledger import migrate
-from ledger.database import with_database
+from tests.support import scratch_database
 
 FOUNDATION = 2  # the last migration of the foundation (issue 2)
 
@@ -132,18 +131,8 @@ async def schema(conn: asyncpg.Connection) -> dict[str, set[tuple[Any, ...]]]:
 @pytest.fixture
 async def empty_url(server_url: str) -> AsyncIterator[str]:
     """A brand-new database with nothing in it (not cloned from the migrated template)."""
-    name = f"ledger_mig_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(server_url, name)
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(server_url, prefix="ledger_mig") as url:
+        yield url
 
 
 @pytest.fixture
