@@ -43,7 +43,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from ledger import audit, chain  # noqa: E402
 from ledger.app import prepare_database  # noqa: E402
-from ledger.database import create_pool, start_embedded, with_database  # noqa: E402
+from ledger.database import (  # noqa: E402
+    create_database,
+    create_pool,
+    drop_database,
+    start_embedded,
+)
 from ledger.keys import create_key  # noqa: E402
 from ledger.store import EventStore, NewEvent  # noqa: E402
 
@@ -140,24 +145,9 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def fresh_db(server: str, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server, name)
+    url = await create_database(server, f"{prefix}_{uuid.uuid4().hex[:8]}")
     await prepare_database(url)
     return url
-
-
-async def drop_db(server: str, url: str) -> None:
-    name = url.partition("?")[0].rsplit("/", 1)[1]
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def small_event(i: int) -> NewEvent:
@@ -192,7 +182,7 @@ async def ingest_cost(server: str, n: int) -> dict[str, float]:
                 )
             await pool.close()
         finally:
-            await drop_db(server, url)
+            await drop_database(server, url)
     return out
 
 
@@ -380,7 +370,7 @@ async def main() -> None:
             if args.keep:
                 print(f"kept: {url}")
             else:
-                await drop_db(server, url)
+                await drop_database(server, url)
 
 
 def report_http(res: dict[str, float]) -> None:

@@ -48,7 +48,11 @@ _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [str(Path(_HERE).parent), *(p for p in sys.path if p not in ("", _HERE))]
 
 from ledger.app import prepare_database  # noqa: E402
-from ledger.database import start_embedded, with_database  # noqa: E402
+from ledger.database import (  # noqa: E402
+    create_database,
+    drop_database,
+    start_embedded,
+)
 from ledger.domain import (  # noqa: E402
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
@@ -433,24 +437,9 @@ def stock_seconds(url: str, head: int) -> float:
 
 
 async def fresh_database(server: str, suffix: str) -> str:
-    name = f"ledger_bench_{suffix}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server, name)
+    url = await create_database(server, f"ledger_bench_{suffix}_{uuid.uuid4().hex[:6]}")
     await prepare_database(url)
     return url
-
-
-async def drop_database(server: str, url: str) -> None:
-    name = url.partition("?")[0].rsplit("/", 1)[1]
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def main(args: argparse.Namespace, server: str) -> None:

@@ -14,7 +14,7 @@ import uvicorn
 
 from ledger.app import create_app
 from ledger.config import Settings, load_settings
-from ledger.database import with_database
+from ledger.database import create_database, drop_database
 from ledger.keys import create_key
 from ledger.trigger import Delivery, build
 
@@ -81,17 +81,8 @@ async def scratch_database(
 ) -> AsyncIterator[str]:
     """A new database (empty, or cloned from ``template``), dropped afterwards; its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    clause = f' TEMPLATE "{template}"' if template else ""
-    admin = await asyncpg.connect(server_url)
+    url = await create_database(server_url, name, template=template)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+        yield url
     finally:
-        await admin.close()
-    try:
-        yield with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(server_url, name)

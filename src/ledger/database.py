@@ -7,6 +7,7 @@ keeps its data under ``$LEDGER_HOME/pgdata``. Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,34 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _checked(name: str) -> str:
+    # Database names are identifiers (no $n parameters for them): only plain names pass.
+    if not _DB_NAME.match(name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    return name
+
+
+async def create_database(server_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database ``name`` (empty, or cloned from ``template``); return its URL."""
+    clause = f' TEMPLATE "{_checked(template)}"' if template else ""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{_checked(name)}"{clause}')
+    finally:
+        await admin.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name_or_url: str) -> None:
+    """Drop a database (by name, or by a URL pointing at it), closing its sessions."""
+    name = name_or_url.partition("?")[0].rsplit("/", 1)[-1]
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{_checked(name)}" WITH (FORCE)')
+    finally:
+        await admin.close()
