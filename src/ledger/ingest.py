@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -33,7 +33,8 @@ from ledger.domain import (
     encode_state,
 )
 from ledger.providers import Provider, Unusable
-from ledger.providers.base import kept_headers
+from ledger.providers.base import check_single, kept_headers
+from ledger.safetext import escape
 from ledger.store import Appended, GroupCommitter, NewEvent
 
 log = logging.getLogger("ledger.ingest")
@@ -63,26 +64,38 @@ class Ingest:
         self.committer = committer
 
     async def receive(
-        self, provider: str, headers: Mapping[str, str], body: bytes, source: str | None
+        self,
+        provider: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        source: str | None,
+        *,
+        repeated: Collection[str] = (),
     ) -> Outcome:
+        """``repeated``: header names the request carried more than once (a repeated
+        credential header is refused, see ``providers.base.check_single``)."""
         p = self.providers.get(provider)
         if p is None:
             raise UnknownProvider(provider)
+        check_single(repeated)  # raises Unauthorized: nothing recorded
         sha = hashlib.sha256(body).hexdigest()
         fault: str | None = None
         try:
             accepted = p.accept(headers, body)  # raises Unauthorized: nothing recorded
             key, kind, topic = accepted.dedup_key, accepted.kind, RECEIVED_TOPIC
         except Unusable as exc:
-            key, kind, topic = f"{provider}:quarantine:{sha}", exc.kind, QUARANTINED_TOPIC
-            fault = str(exc)
+            # The quarantine event holds the raw bytes (base64 in the bytea state) and only
+            # our own, escaped, words about them: it always stores, and nothing in it is
+            # interpreted from the unusable payload.
+            key, topic = f"{provider}:quarantine:{sha}", QUARANTINED_TOPIC
+            kind, fault = escape(exc.kind[:64]), escape(str(exc))
         state = DeliveryState(
             originator_topic=DELIVERY_TOPIC,
             timestamp=datetime.now(UTC),
             provider=provider,
             dedup_key=key,
             kind=kind,
-            source=source,
+            source=None if source is None else escape(source[:256]),
             scheme=p.scheme,
             headers=kept_headers(headers),
             body_sha256=sha,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ledger.config import Settings
-from ledger.providers.base import hmac_sha256_hex
+from ledger.providers.base import hmac_sha256_hex, secret_list
 from ledger.providers.midtrans import signature
 
 MIDTRANS_STATUS_CODES = {
@@ -55,6 +55,11 @@ def _whole(amount: str | None, default: int) -> int:
         raise TriggerError(f"--amount {amount!r} is not a decimal number") from None
 
 
+def _first(setting: str | None) -> str | None:
+    keys = secret_list(setting)
+    return keys[0] if keys else None
+
+
 def _dump(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -71,9 +76,10 @@ def build(
     fraud_status: str | None = None,
     transaction_id: str | None = None,
 ) -> Delivery:
-    """A delivery signed with the configured secrets (a missing secret is an error)."""
+    """A delivery signed with the configured secrets (a missing secret is an error); a
+    rotated setting (``new,old``) signs with its first, newest, secret."""
     if provider == "midtrans":
-        key = settings.midtrans_server_key
+        key = _first(settings.midtrans_server_key)
         if not key:
             raise TriggerError("LEDGER_MIDTRANS_SERVER_KEY is not set")
         if event not in MIDTRANS_STATUS_CODES:
@@ -105,7 +111,7 @@ def build(
             body["customer_email"] = customer
         return Delivery("/webhooks/midtrans", {"content-type": "application/json"}, _dump(body))
     if provider == "mayar":
-        token = settings.mayar_token
+        token = _first(settings.mayar_token)
         if not token:
             raise TriggerError("LEDGER_MAYAR_TOKEN is not set")
         data: dict[str, object] = {
@@ -128,7 +134,7 @@ def build(
             _dump({"event": event, "data": data}),
         )
     if provider == "xendit":
-        token = settings.xendit_token
+        token = _first(settings.xendit_token)
         if not token:
             raise TriggerError("LEDGER_XENDIT_TOKEN is not set")
         amt = _whole(amount, 32000)
@@ -158,7 +164,7 @@ def build(
             _dump(inv),
         )
     if provider == "partner":
-        secret = settings.partner_secret
+        secret = _first(settings.partner_secret)
         if not secret:
             raise TriggerError("LEDGER_PARTNER_SECRET is not set")
         raw = _dump(

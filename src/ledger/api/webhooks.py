@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -48,14 +49,27 @@ class WebhookController(Controller):
         return Response(DESCRIPTION)
 
 
+def header_map(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], set[str]]:
+    """The ASGI header list as a dict (names lowercased, values latin-1 as HTTP allows),
+    and the names that came more than once: a dict would silently keep only one of them."""
+    headers: dict[str, str] = {}
+    repeated: set[str] = set()
+    for k, v in raw:
+        name = k.decode("latin-1").lower()
+        if name in headers:
+            repeated.add(name)
+        headers[name] = v.decode("latin-1")
+    return headers, repeated
+
+
 async def _receive(request: Request[Any, Any, Any], provider: str) -> Ack:
     services = request.app.state.services
     ingest: Ingest = services.ingest
     body = await request.body()
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers, repeated = header_map(request.scope["headers"])
     source = request.client.host if request.client else None
     try:
-        out = await ingest.receive(provider, headers, body, source)
+        out = await ingest.receive(provider, headers, body, source, repeated=repeated)
     except UnknownProvider:
         raise problem(
             404,
