@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import asyncpg
 from litestar import Litestar
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
@@ -27,6 +28,7 @@ from ledger.api.health import health, ready
 from ledger.api.orders import OrdersController, ReviewController, SubscriptionsController
 from ledger.api.outbox import OutboxController
 from ledger.api.projections import ProjectionsController
+from ledger.api.slow_clients import BodyReadDeadline
 from ledger.api.stream import stream
 from ledger.api.webhooks import WebhookController
 from ledger.audit import AuditIndexer
@@ -179,7 +181,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         route_handlers=route_handlers(),
         lifespan=[lifespan],
         plugins=[ProblemDetailsPlugin(problems.CONFIG)],
-        middleware=[prometheus.middleware],
+        middleware=[
+            prometheus.middleware,
+            DefineMiddleware(BodyReadDeadline, timeout=cfg.request_read_timeout),
+        ],
         openapi_config=OpenAPIConfig(
             title="Webhook ledger",
             version=__version__,

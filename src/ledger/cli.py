@@ -50,14 +50,36 @@ def main() -> None:
     help="server processes; every component is safe to run in several at once",
 )
 def serve(host: str, port: int, workers: int) -> None:
-    """Serve the API (embedded PostgreSQL and dev secrets when none are configured)."""
+    """Serve the API (embedded PostgreSQL and dev secrets when none are configured).
+
+    One serve per LEDGER_HOME (it holds $LEDGER_HOME/serve.lock). SIGTERM and SIGINT stop
+    it gracefully: no new connections, in-flight requests finish (LEDGER_SHUTDOWN_TIMEOUT),
+    background components stop, then the embedded PostgreSQL this process started.
+    """
+    from ledger import lifecycle
+
+    settings = _settings()
+    try:
+        lifecycle.hold_serve_lock(settings.home_path)
+    except lifecycle.ServeAlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from None
+    lifecycle.terminate_like_interrupt()
+    try:
+        _serve(settings, host, port, workers)
+    finally:
+        # Exit hooks stop the embedded server next; a second signal must not cut them short.
+        lifecycle.ignore_further_signals()
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     import os
 
     import uvicorn
 
+    from ledger.api.slow_clients import HeaderDeadlineProtocol
     from ledger.app import create_app, prepare_database
 
-    settings, created = ensure_dev_secrets(_settings())
+    settings, created = ensure_dev_secrets(settings)
     url = _url(settings)
     _run(prepare_database(url))
     click.echo(f"database: {redact_url(url)}  (schema migrated)")
@@ -78,13 +100,19 @@ def serve(host: str, port: int, workers: int) -> None:
         "log_level": "warning",
         "access_log": False,
         "lifespan": "on",
+        # Slow clients: a deadline on each request's headers (the body's is in the app).
+        "http": HeaderDeadlineProtocol,
+        # After SIGTERM/SIGINT, requests and open streams get this long, then are cancelled
+        # (an unanswered request was not acknowledged, so nothing acknowledged is lost).
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
     if workers == 1:
         uvicorn.run(create_app(settings, database_url=url), **common)
         return
     # Several processes: each builds its app from the environment (the embedded server, if
     # any, stays owned by this parent process). Appends, projections (advisory locks), the
-    # outbox (leases) and the audit index (a row lock) are all safe across processes.
+    # outbox (leases) and the audit index (a row lock) are all safe across processes. On
+    # SIGTERM/SIGINT the parent stops each child gracefully and waits for it, then returns.
     os.environ["LEDGER_DATABASE_URL"] = url
     uvicorn.run("ledger.app:app_from_env", factory=True, workers=workers, **common)
 

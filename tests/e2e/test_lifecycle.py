@@ -1,0 +1,404 @@
+"""Slow clients and the process lifecycle of ``ledger serve`` (ADR 0012), through real processes.
+
+- A client that trickles a body or its headers (or sends nothing) is answered 408 or cut off
+  once ``LEDGER_REQUEST_READ_TIMEOUT`` (2 s here) has passed, and nothing is recorded.
+- SIGTERM or SIGINT under load: every acknowledged delivery is in the log after a restart,
+  and the embedded PostgreSQL the server started is stopped (also with ``--workers 2``).
+- A second ``ledger serve`` on the same ``LEDGER_HOME`` fails clearly while CLI commands
+  still work beside the running one.
+
+All waits are on conditions (an answer, a closed socket, an exit, a readiness probe) with
+generous bounds; nothing asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.support import SECRETS, bearer, signed
+
+READ_BOUND = "2"  # seconds, LEDGER_REQUEST_READ_TIMEOUT for these servers
+ANSWER_WAIT = 30.0  # generous: the server's bound is 2 s
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def ledger_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    return env | SECRETS | {"LEDGER_HOME": str(home)} | extra
+
+
+@dataclass
+class Serve:
+    """``python -m ledger serve`` in its own process group; ``close`` always reaps it."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    name: str = "serve"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home.parent / f"{self.name}.log"
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "ledger", "serve", "--port", str(self.port), *self.args],
+                env=ledger_env(self.home, **self.env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def start(self, timeout: float = 180.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.proc = self.spawn()
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"serve exited early:\n{self.log_tail()}")
+                try:
+                    if (await client.get(f"{self.url}/ready")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"serve not ready after {timeout}s:\n{self.log_tail()}")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
+        """Send ``sig`` to the serve process alone (as docker or ``kill`` do); its exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return await wait_exit(self.proc, timeout, self.log_tail)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float, log: Callable[[], str]) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"did not exit within {timeout}s:\n{log()}"
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+@asynccontextmanager
+async def serving(server: Serve) -> AsyncIterator[Serve]:
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.close()
+
+
+async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def event_count(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM stored_events")
+    finally:
+        await conn.close()
+    return count
+
+
+# -- slow clients --------------------------------------------------------------------------
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float = 1.0) -> None:
+    """Send ``data`` one byte per ``every`` seconds until done or cut off."""
+    try:
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(every)
+    except OSError:  # the server closed the connection
+        pass
+
+
+async def answer_and_close(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    try:
+        while chunk := await reader.read(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+@asynccontextmanager
+async def raw_connection(
+    server: Serve,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def slow_request(server: Serve, head: bytes, slow_part: bytes) -> bytes:
+    """Send ``head`` at once, then ``slow_part`` at 1 byte/s; what the server answers
+    until it closes the connection."""
+    async with raw_connection(server) as (reader, writer):
+        writer.write(head)
+        await writer.drain()
+        sending = asyncio.create_task(trickle(writer, slow_part))
+        try:
+            return await asyncio.wait_for(answer_and_close(reader), ANSWER_WAIT)
+        finally:
+            sending.cancel()
+
+
+def slow_server(database_url: str, home: Path) -> Serve:
+    return Serve(
+        home,
+        env={
+            "LEDGER_DATABASE_URL": database_url,
+            "LEDGER_REQUEST_READ_TIMEOUT": READ_BOUND,
+            "LEDGER_RUN_PROJECTIONS": "false",
+            "LEDGER_RUN_OUTBOX": "false",
+        },
+    )
+
+
+def request_head(path: str, headers: dict[str, str], length: int) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", f"content-length: {length}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_a_trickled_or_missing_body_is_answered_408_and_nothing_is_recorded(
+    database_url: str, tmp_path: Path
+) -> None:
+    delivery = signed("midtrans", "settlement", order_id="SLOW-BODY-1")
+    head = request_head(delivery.path, delivery.headers, len(delivery.body))
+    async with serving(slow_server(database_url, tmp_path / "home")) as server:
+        before = await event_count(database_url)
+        trickled, silent = await asyncio.gather(
+            slow_request(server, head, delivery.body),  # 1 byte/s of a real signed body
+            slow_request(server, head, b""),  # the headers, then nothing
+        )
+        for answer in (trickled, silent):
+            status, _, rest = answer.partition(b"\r\n")
+            assert status == b"HTTP/1.1 408 Request Timeout", answer
+            assert b"content-type: application/problem+json" in rest.lower(), answer
+            problem = json.loads(rest.partition(b"\r\n\r\n")[2])
+            assert problem["status"] == 408
+            assert problem["type"] == "/problems/request-timeout"
+        # The server still serves, and neither delivery reached the log.
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert (await http.get("/health")).status_code == 200
+        assert await event_count(database_url) == before
+
+
+async def test_trickled_or_missing_headers_are_cut_off(database_url: str, tmp_path: Path) -> None:
+    start = b"POST /webhooks/midtrans HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+    more = b"x-slow: " + b"a" * 200 + b"\r\n"
+    async with serving(slow_server(database_url, tmp_path / "home")) as server:
+        before = await event_count(database_url)
+        trickled, silent = await asyncio.gather(
+            slow_request(server, start, more),  # slowloris: headers at 1 byte/s
+            slow_request(server, b"", b""),  # a connection that never sends a byte
+        )
+        # Part of a request came: 408; nothing came: the connection is just closed.
+        assert trickled.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), trickled
+        assert b"application/problem+json" in trickled
+        assert silent == b""
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert (await http.get("/health")).status_code == 200
+        assert await event_count(database_url) == before
+
+
+# -- signals and the embedded PostgreSQL ---------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Concurrent clients sending distinct signed deliveries until the server goes away."""
+
+    acked: set[str] = field(default_factory=set)  # event ids answered 200
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def client(self, server: Serve, worker: int) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+            n = 0
+            while not self.stop.is_set():
+                d = signed("midtrans", "settlement", order_id=f"TERM-{worker}-{n}")
+                n += 1
+                try:
+                    r = await http.post(d.path, content=d.body, headers=d.headers)
+                except httpx.TransportError:  # shutting down: not acknowledged
+                    return
+                if r.status_code == 503:  # refused while stopping: not acknowledged
+                    continue
+                assert r.status_code == 200, r.text
+                self.acked.add(r.json()["event_id"])
+
+
+def postmaster_pid(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # Not our child, so no zombie of ours; but a zombie is not a running server either.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def create_key(home: Path) -> str:
+    """``ledger keys create`` on the home of a running serve (the CLI works beside it)."""
+    args = ["--name", "lifecycle", "--scope", "audit:read", "--reason", "lifecycle test"]
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger", "keys", "create", *args],
+        env=ledger_env(home),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    return out.stdout.decode().strip()
+
+
+async def logged_event_ids(server: Serve, key: str) -> set[str]:
+    ids: set[str] = set()
+    after = 0
+    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+        while True:
+            r = await http.get(
+                "/v1/events", params={"after": after, "limit": 1000}, headers=bearer(key)
+            )
+            assert r.status_code == 200, r.text
+            page = r.json()
+            ids |= {item["event_id"] for item in page["items"]}
+            if not page["has_more"]:
+                return ids
+            after = page["next_after"]
+
+
+def assert_embedded_stopped(pgdata: Path, pg_pid: int, serve_pid: int) -> None:
+    assert not running(pg_pid), f"the embedded PostgreSQL (pid {pg_pid}) still runs"
+    assert not (pgdata / "postmaster.pid").exists()
+    handles = json.loads((pgdata / ".handle_pids.json").read_text())
+    assert serve_pid not in handles, handles
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)],
+    ids=["sigterm", "sigint", "sigterm-2-workers"],
+)
+async def test_a_signal_under_load_keeps_every_ack_and_stops_the_embedded_server(
+    tmp_path: Path, sig: int, workers: int
+) -> None:
+    home = tmp_path / "home"  # no LEDGER_DATABASE_URL: the embedded PostgreSQL in home
+    pgdata = home / "pgdata"
+    server = Serve(home, args=("--workers", str(workers)))
+    load = Load()
+    try:
+        await server.start()
+        assert server.proc is not None
+        first_pid = server.proc.pid
+        pg_pid = postmaster_pid(pgdata)
+        clients = [asyncio.create_task(load.client(server, w)) for w in range(6)]
+        try:
+            await wait_until(lambda: len(load.acked) >= 30, 120, "30 acknowledged deliveries")
+            code = await server.stop(sig)
+        finally:
+            load.stop.set()
+            await asyncio.gather(*clients)
+        assert code == 0, server.log_tail()
+        # The server this process started is stopped (the serve waited for it) and its
+        # bookkeeping does not name the dead serve.
+        assert_embedded_stopped(pgdata, pg_pid, first_pid)
+
+        # A second start works, and every acknowledged delivery is in the log.
+        await server.start()
+        key = create_key(home)
+        logged = await logged_event_ids(server, key)
+        missing = load.acked - logged
+        assert not missing, f"{len(missing)} of {len(load.acked)} acknowledged are not logged"
+        second_pid, pg_pid = server.proc.pid, postmaster_pid(pgdata)
+        assert await server.stop(signal.SIGTERM) == 0, server.log_tail()
+        assert_embedded_stopped(pgdata, pg_pid, second_pid)
+    finally:
+        server.close()
+
+
+async def test_a_second_serve_on_the_same_home_fails_clearly(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = Serve(home)
+    try:
+        await first.start()
+        assert first.proc is not None
+        second = Serve(home, name="second")
+        proc = second.spawn()
+        try:
+            code = await wait_exit(proc, 120, second.log_tail)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        out = second.log_tail()
+        assert code != 0, out
+        assert str(home.resolve()) in out, out
+        assert f"pid {first.proc.pid}" in out, out
+        # The first is unharmed, and CLI commands still work beside it.
+        key = create_key(home)
+        async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
+            assert (await http.get("/ready")).status_code == 200
+            r = await http.get("/v1/events", headers=bearer(key))
+            assert r.status_code == 200, r.text
+    finally:
+        first.close()
