@@ -12,19 +12,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from decimal import Decimal
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.providers import Accepted, Provider, Unauthorized, Unusable
-from ledger.providers.base import check_depth, hmac_sha256_hex
+from ledger.providers import Accepted, Provider, Unauthorized, Unusable, build_providers
+from ledger.providers.base import check_depth, check_single, hmac_sha256_hex, secret_list
 from ledger.providers.mayar import EVENTS as MAYAR_EVENTS
 from ledger.providers.mayar import Mayar
-from ledger.providers.midtrans import Midtrans, signature
+from ledger.providers.midtrans import Midtrans, StatusCode, signature
 from ledger.providers.partner import Partner
 from ledger.providers.xendit import Xendit
 from ledger.trigger import MIDTRANS_STATUS_CODES, build
@@ -185,11 +187,16 @@ def test_random_bodies_with_valid_credentials(name: str, body: bytes) -> None:
         assert not isinstance(got, Unauthorized)
 
 
+MIDTRANS_CODES = get_args(StatusCode)
+order_ids = st.from_regex(r"[A-Za-z0-9_~.\-]{1,50}", fullmatch=True)
+gross_amounts = st.from_regex(r"(0|[1-9][0-9]{0,12})\.[0-9]{2}", fullmatch=True)
+
+
 @BOUNDED
 @given(
-    st.text(max_size=40),
-    st.text(max_size=5),
-    st.text(max_size=20),
+    st.one_of(st.text(max_size=40), order_ids),
+    st.one_of(st.text(max_size=5), st.sampled_from(MIDTRANS_CODES)),
+    st.one_of(st.text(max_size=20), gross_amounts),
     st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8),
 )
 def test_midtrans_signed_random_fields(
@@ -204,7 +211,14 @@ def test_midtrans_signed_random_fields(
         "signature_key": signature(order_id, status_code, gross, MIDTRANS_KEY),
     }
     got = outcome(PROVIDERS["midtrans"], {}, json.dumps(body).encode())
-    assert not isinstance(got, Unauthorized)
+    # Authenticated only when every signed field has its documented shape: otherwise the
+    # signature could be a re-split of another notification's.
+    shaped_ok = (
+        re.fullmatch(r"[A-Za-z0-9_~.\-]{1,50}", order_id)
+        and status_code in MIDTRANS_CODES
+        and re.fullmatch(r"(0|[1-9][0-9]{0,12})\.[0-9]{2}", gross)
+    )
+    assert isinstance(got, Unauthorized) != bool(shaped_ok), got
 
 
 @BOUNDED
@@ -274,8 +288,9 @@ def documented_key(provider: str, headers: Mapping[str, str], body: bytes) -> st
     return f"partner:{doc['booking_id']}:{doc['event']}:{doc['status']}:{doc['timestamp']}"
 
 
+# Ids as ingest accepts them: no control, zero-width or bidi characters (categories Cc, Cf).
 safe_ids = st.text(
-    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=30
+    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Cf"]), min_size=1, max_size=30
 )
 amounts = st.decimals(min_value=1, max_value=10**12, places=2).map(str)
 
@@ -286,7 +301,7 @@ def test_signed_valid_delivery_is_accepted_with_documented_key(
     name: str, data: st.DataObject
 ) -> None:
     event = data.draw(st.sampled_from(EVENTS[name]))
-    kw: dict[str, str] = {"order_id": data.draw(safe_ids)}
+    kw: dict[str, str] = {"order_id": data.draw(order_ids if name == "midtrans" else safe_ids)}
     if name == "midtrans":
         kw["amount"] = data.draw(amounts)
         if data.draw(st.booleans()):
@@ -320,7 +335,7 @@ def test_partner_idempotency_header_wins() -> None:
 def test_midtrans_tampered_gross_amount_is_unauthorized(real: str, forged: str) -> None:
     _, body = signed_delivery("midtrans", "settlement", amount=real)
     doc = json.loads(body)
-    doc["gross_amount"] = forged if forged != real else real + "0"
+    doc["gross_amount"] = forged if forged != real else f"{Decimal(real) + 1:.2f}"
     with pytest.raises(Unauthorized, match="signature_key"):
         PROVIDERS["midtrans"].accept({}, json.dumps(doc).encode())
 
@@ -403,3 +418,310 @@ def test_check_depth_is_linear_on_adversarial_bodies(body: bytes) -> None:
     with contextlib.suppress(Unusable):
         check_depth(body, DEPTH)
     assert time.perf_counter() - start < 0.5
+
+
+# -- Midtrans: a signature vouches only for fields in their documented shapes --------------
+
+
+def midtrans_doc(**fields: str) -> dict[str, Any]:
+    _, body = signed_delivery("midtrans", "settlement", **fields)
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def test_midtrans_resplit_signature_is_unauthorized() -> None:
+    """``"CAT-1"+"200"+"50000.00"`` == ``"CAT-12"+"00"+"50000.00"``: same signature."""
+    doc = midtrans_doc(order_id="CAT-1", amount="50000.00")
+    assert doc["status_code"] == "200"
+    assert isinstance(PROVIDERS["midtrans"].accept({}, json.dumps(doc).encode()), Accepted)
+    doc |= {"order_id": "CAT-12", "status_code": "00"}
+    with pytest.raises(Unauthorized, match="status_code"):
+        PROVIDERS["midtrans"].accept({}, json.dumps(doc).encode())
+
+
+# The codes a notification carries (200 paid/refunded, 201 pending, 202 denied, 407 expired).
+NOTIFICATION_CODES = ["200", "201", "202", "407"]
+
+
+@BOUNDED
+@given(
+    order_ids, st.sampled_from(NOTIFICATION_CODES), gross_amounts, st.sampled_from([-2, -1, 1, 2])
+)
+def test_midtrans_moving_the_split_by_one_or_two_characters_is_refused(
+    order_id: str, code: str, gross: str, shift: int
+) -> None:
+    joined = order_id + code + gross
+    cut = len(order_id) + shift
+    if not 0 < cut < len(joined) - 3:
+        return
+    doc = {
+        "order_id": joined[:cut],
+        "status_code": joined[cut : cut + 3],
+        "gross_amount": joined[cut + 3 :],
+        "signature_key": signature(order_id, code, gross, MIDTRANS_KEY),
+        "transaction_status": "settlement",
+        "transaction_id": "t-1",
+    }
+    assert (
+        signature(doc["order_id"], doc["status_code"], doc["gross_amount"], MIDTRANS_KEY)
+        == (doc["signature_key"])
+    )
+    with pytest.raises(Unauthorized, match="signature cannot be verified"):
+        PROVIDERS["midtrans"].accept({}, json.dumps(doc).encode())
+
+
+def signed_midtrans(order_id: str, code: str, gross: str) -> bytes:
+    doc = {
+        "order_id": order_id,
+        "status_code": code,
+        "gross_amount": gross,
+        "signature_key": signature(order_id, code, gross, MIDTRANS_KEY),
+        "transaction_status": "settlement",
+        "transaction_id": "t-1",
+    }
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "gross",
+    [
+        "NaN",
+        "-299000.00",
+        "1e309",
+        "",
+        "Infinity",
+        "299000",
+        "299000.0",
+        "299000.000",
+        "0299000.00",
+        "00.00",
+        "299,000.00",
+        " 299000.00",
+        "299000.00\n",
+        "10000000000000.00",  # 10^13: above the bound
+        "\uff12.00",  # a fullwidth digit
+    ],
+)
+def test_midtrans_gross_amount_out_of_shape_is_unauthorized_even_when_signed(gross: str) -> None:
+    with pytest.raises(Unauthorized, match="gross_amount"):
+        PROVIDERS["midtrans"].accept({}, signed_midtrans("INV-1", "200", gross))
+
+
+@pytest.mark.parametrize(
+    "order_id", ["", "x" * 51, "CAT 1", "CAT/1", "CAT\u200b1", "CAT\x001", "CAT-1\n", "\u0421AT-1"]
+)
+def test_midtrans_order_id_out_of_shape_is_unauthorized_even_when_signed(order_id: str) -> None:
+    with pytest.raises(Unauthorized, match="order_id"):
+        PROVIDERS["midtrans"].accept({}, signed_midtrans(order_id, "200", "1.00"))
+
+
+@pytest.mark.parametrize("code", ["00", "2000", "299", "600", " 200", "20O", ""])
+def test_midtrans_undocumented_status_code_is_unauthorized_even_when_signed(code: str) -> None:
+    with pytest.raises(Unauthorized, match="status_code"):
+        PROVIDERS["midtrans"].accept({}, signed_midtrans("INV-1", code, "1.00"))
+
+
+def test_midtrans_documented_edges_are_accepted() -> None:
+    for order_id, code, gross in [
+        ("a" * 50, "407", "0.00"),
+        ("A-b_c~d.e", "505", "9999999999999.99"),
+    ]:
+        got = PROVIDERS["midtrans"].accept({}, signed_midtrans(order_id, code, gross))
+        assert isinstance(got, Accepted)
+
+
+# -- unsafe text in an authenticated field: quarantined, never interpreted ----------------
+
+UNSAFE = [
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\u200b",
+    "\u200f",
+    "\u202e",
+    "\u2060",
+    "\u2066",
+    "\ufeff",
+    "\n",
+]
+# (provider, event, path to a string field we interpret)
+FIELD_PATHS = [
+    ("mayar", "payment.success", ("data", "id")),
+    ("mayar", "payment.success", ("data", "customerEmail")),
+    ("mayar", "payment.success", ("data", "package")),
+    ("mayar", "subscription.activated", ("data", "licenseCode")),
+    ("mayar", "subscription.activated", ("data", "expiredAt")),
+    ("midtrans", "settlement", ("transaction_id",)),
+    ("midtrans", "settlement", ("customer_email",)),
+    ("midtrans", "settlement", ("payment_type",)),
+    ("xendit", "PAID", ("external_id",)),
+    ("xendit", "PAID", ("id",)),
+    ("xendit", "PAID", ("payer_email",)),
+    ("xendit", "PAID", ("currency",)),
+    ("partner", "booking.paid", ("booking_id",)),
+    ("partner", "booking.paid", ("timestamp",)),
+    ("partner", "booking.paid", ("payment_method",)),
+]
+
+
+def with_field(provider: str, event: str, path: tuple[str, ...], value: object) -> bytes:
+    _, body = signed_delivery(provider, event, customer="budi@example.com", package="silver")
+    doc = json.loads(body)
+    target = doc
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("char", UNSAFE, ids=[f"U+{ord(c):04X}" for c in UNSAFE])
+@pytest.mark.parametrize(("provider", "event", "path"), FIELD_PATHS)
+def test_unsafe_character_in_a_field_makes_the_delivery_unusable(
+    provider: str, event: str, path: tuple[str, ...], char: str
+) -> None:
+    value = f"budi{char}@example.com" if "mail" in path[-1].lower() else f"x{char}1"
+    body = with_field(provider, event, path, value)
+    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    assert isinstance(got, Unusable), got
+    assert path[-1] in str(got)  # the problem names the field
+    assert char not in str(got)  # the fault itself is safe text
+    assert char not in got.kind
+
+
+@pytest.mark.parametrize(("provider", "event", "path"), FIELD_PATHS)
+def test_over_long_field_makes_the_delivery_unusable(
+    provider: str, event: str, path: tuple[str, ...]
+) -> None:
+    value = "x" * 330 + "@example.com" if "mail" in path[-1].lower() else "x" * 257
+    body = with_field(provider, event, path, value)
+    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    assert isinstance(got, Unusable), got
+    assert path[-1] in str(got)
+
+
+def test_free_text_may_hold_newlines_and_joiners_but_not_nul() -> None:
+    ok = with_field("xendit", "PAID", ("description",), "line one\nline two \u200d\U0001f600")
+    assert isinstance(PROVIDERS["xendit"].accept(AUTH_HEADERS["xendit"], ok), Accepted)
+    bad = with_field("xendit", "PAID", ("description",), "line one\x00")
+    with pytest.raises(Unusable, match="description"):
+        PROVIDERS["xendit"].accept(AUTH_HEADERS["xendit"], bad)
+
+
+@pytest.mark.parametrize("provider", ["mayar", "midtrans", "xendit"])
+def test_lookalike_email_makes_the_delivery_unusable(provider: str) -> None:
+    field = {"mayar": ("data", "customerEmail"), "midtrans": ("customer_email",)}.get(
+        provider, ("payer_email",)
+    )
+    event = EVENTS[provider][0] if provider != "mayar" else "payment.success"
+    body = with_field(provider, event, field, "budi@ex\u0430mple.com")  # Cyrillic a
+    with pytest.raises(Unusable, match="mixes scripts"):
+        PROVIDERS[provider].accept(authenticated_headers(provider, body), body)
+
+
+@pytest.mark.parametrize("name", ["webhook-id", "idempotency-key"])
+def test_unsafe_dedup_header_makes_the_delivery_unusable(name: str) -> None:
+    provider = "xendit" if name == "webhook-id" else "partner"
+    headers, body = signed_delivery(provider, EVENTS[provider][0])
+    for value in ("a\u202eb", "x" * 257):
+        with pytest.raises(Unusable, match=name):
+            PROVIDERS[provider].accept({**headers, name: value}, body)
+
+
+# -- amounts: finite, non-negative, bounded ------------------------------------------------
+
+AMOUNT_PATHS = [
+    ("mayar", "payment.success", ("data", "amount")),
+    ("xendit", "PAID", ("amount",)),
+    ("xendit", "PAID", ("paid_amount",)),
+    ("partner", "booking.paid", ("paid_amount",)),
+]
+BAD_AMOUNTS = [
+    "-1",
+    '"-0.01"',
+    '"NaN"',
+    '"Infinity"',
+    '"-Infinity"',
+    "1e309",
+    '"1e309"',
+    "10000000000001",
+    '"abc"',
+    "0.001",
+    '""',
+]
+
+
+def with_raw_amount(provider: str, event: str, path: tuple[str, ...], token: str) -> bytes:
+    body = with_field(provider, event, path, "__AMOUNT__")
+    return body.replace(b'"__AMOUNT__"', token.encode())
+
+
+@pytest.mark.parametrize("token", BAD_AMOUNTS)
+@pytest.mark.parametrize(("provider", "event", "path"), AMOUNT_PATHS)
+def test_bad_amount_makes_the_delivery_unusable(
+    provider: str, event: str, path: tuple[str, ...], token: str
+) -> None:
+    body = with_raw_amount(provider, event, path, token)
+    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    assert isinstance(got, Unusable), got
+    assert path[-1] in str(got)
+
+
+@pytest.mark.parametrize("token", ["0", "10000000000000", '"299000.00"', "299000.5"])
+@pytest.mark.parametrize(("provider", "event", "path"), AMOUNT_PATHS)
+def test_amounts_within_bounds_are_accepted(
+    provider: str, event: str, path: tuple[str, ...], token: str
+) -> None:
+    body = with_raw_amount(provider, event, path, token)
+    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    assert isinstance(got, Accepted), got
+
+
+# -- credentials: repeated headers refused, rotated secrets accepted ---------------------------
+
+
+@pytest.mark.parametrize("name", ["x-callback-token", "x-pwa-signature", "X-Signature"])
+def test_repeated_credential_header_is_unauthorized(name: str) -> None:
+    with pytest.raises(Unauthorized, match="more than once"):
+        check_single({"accept", name})
+    check_single({"accept", "x-forwarded-for"})  # others may repeat
+
+
+def test_rotated_secrets_accept_each_listed_secret_and_refuse_others() -> None:
+    rotated = support.test_settings(
+        LEDGER_MAYAR_TOKEN="mayar-new, mayar-old",
+        LEDGER_MIDTRANS_SERVER_KEY="SB-new,SB-old",
+        LEDGER_XENDIT_TOKEN="xendit-new,xendit-old",
+        LEDGER_PARTNER_SECRET="partner-new,partner-old",
+    )
+    providers = build_providers(rotated)
+    for provider, event in [
+        ("mayar", "payment.success"),
+        ("midtrans", "settlement"),
+        ("xendit", "PAID"),
+        ("partner", "booking.paid"),
+    ]:
+        for secret, ok in [("new", True), ("old", True), ("third", False)]:
+            one = support.test_settings(
+                LEDGER_MAYAR_TOKEN=f"mayar-{secret}",
+                LEDGER_MIDTRANS_SERVER_KEY=f"SB-{secret}",
+                LEDGER_XENDIT_TOKEN=f"xendit-{secret}",
+                LEDGER_PARTNER_SECRET=f"partner-{secret}",
+            )
+            d = build(one, provider, event)
+            got = outcome(providers[provider], d.headers, d.body)
+            assert isinstance(got, Accepted if ok else Unauthorized), (provider, secret, got)
+        # ``ledger trigger`` signs with the first (newest) secret.
+        d = build(rotated, provider, event)
+        assert isinstance(providers[provider].accept(d.headers, d.body), Accepted)
+        assert "old" not in repr(providers[provider])
+        assert "new" not in repr(providers[provider])
+
+
+def test_secret_lists_ignore_blanks() -> None:
+    assert secret_list(" a , ,b,") == ("a", "b")
+    assert secret_list(",") == ()
+    assert secret_list(None) == ()
+    with pytest.raises(Unauthorized, match="configured"):
+        Mayar(" , ").accept({"x-callback-token": ""}, b"{}")
