@@ -3,7 +3,7 @@ facts, and the deterministic table digest. No I/O except ``table_digest``'s read
 
 Token credits (``classify_payment``): the package is ``data.package`` or
 ``data.membershipTierName`` (case-insensitive) looked up in the catalogue; the customer is
-``data.customerEmail`` else ``data.customer.email`` (trimmed, lowercased). No customer, an
+``data.customerEmail`` else ``data.customer.email`` (``ledger.customers``). No customer, an
 unknown or missing package, or (when prices are configured) a paid amount that differs from
 the package's price: no tokens, and a flag for the review queue. Nothing is guessed.
 
@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from ledger.customers import customer_key
 from ledger.domain import DeliveryState
 from ledger.providers.mayar import MayarData
 
@@ -123,7 +124,10 @@ def opt_text(value: object) -> str | None:
 
 
 def normalize_customer(raw: str | None) -> str | None:
-    return pg_text(raw.strip().lower()) if raw and raw.strip() else None
+    """The customer an address names (``ledger.customers``: NFKC, casefold, trimmed, must
+    look like an address and not a lookalike); None when absent or unusable, which the
+    folds flag ``unknown-customer`` and never credit."""
+    return customer_key(raw)
 
 
 def classify_payment(data: MayarData, catalogue: Catalogue, event_id: str) -> Credit:
