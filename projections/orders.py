@@ -139,7 +139,7 @@ def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
 
 class Orders:
     name = "orders"
-    version = 3  # 2: the order is folded when read; 3: one index (the key)
+    version = 4  # 2: the order is folded when read; 3: one index (the key); 4: customers (0009)
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
 

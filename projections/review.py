@@ -70,7 +70,7 @@ def flags_for(rec: StoredRecord, state: DeliveryHead, catalogue: Catalogue) -> l
 
 class Review:
     name = "review"
-    version = 1
+    version = 2  # 2: customers normalised by ledger.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC, QUARANTINED_TOPIC, CONFLICTED_TOPIC)
     schema_sql = SQL["schema"]
 

@@ -60,7 +60,7 @@ class Row:
 
 class Subscriptions:
     name = "subscriptions"
-    version = 1
+    version = 2  # 2: customers normalised by ledger.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
 

@@ -43,7 +43,7 @@ CreditRow = tuple[str, uuid.UUID, str, str, int, int]
 
 class TokenBalances:
     name = "token_balances"
-    version = 1
+    version = 2  # 2: customers normalised by ledger.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC, SPENT_TOPIC)
     schema_sql = SQL["schema"]
 
