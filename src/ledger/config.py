@@ -142,7 +142,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         if not settings.database_url:
             missing.append("LEDGER_DATABASE_URL")
         for provider in settings.providers:
-            if not settings.secret_for(provider):
+            # A secret setting is a comma-separated list ("new,old"); "," holds none.
+            if not _split_list(settings.secret_for(provider) or ""):
                 missing.append(f"LEDGER_{PROVIDER_SECRETS[provider].upper()}")
         if missing:
             raise ConfigError(

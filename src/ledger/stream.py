@@ -21,6 +21,7 @@ import msgspec
 from litestar.channels.backends.asyncpg import AsyncPgChannelsBackend
 
 from ledger import orderstatus
+from ledger.customers import customer_key
 from ledger.domain import (
     CONFLICTED_TOPIC,
     DELIVERY_TOPICS,
@@ -69,7 +70,7 @@ def _dec(value: Decimal | str | None) -> str | None:
 
 
 def _email(raw: str | None) -> str | None:
-    return raw.strip().lower() if raw and raw.strip() else None
+    return customer_key(raw)  # the service's one rule (ledger.customers)
 
 
 def payment_fact(rec: StoredRecord) -> PaymentFact | None:
