@@ -7,13 +7,17 @@ carry their actor, action and target; other events keep their ``customer`` when 
 one. ``catch_up`` folds new log events into it page by page, each page and the tracking
 position in one transaction, under a row lock, so any number of processes may call it and
 none double-counts. Every audit query calls it first: answers include everything committed
-before the request.
+before the request. An event the index cannot hold (e.g. a value PostgreSQL ``text``
+rejects) is retried a few times, then set aside as poisoned (``ledger.poison``, consumer
+``audit_index``) in the transaction that moves the position past it; ``retry_poisoned``
+indexes it after a fix (ADR 0010).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +29,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger import poison
 from ledger.domain import OPERATOR_ACTION_TOPIC
 from ledger.operator import decode_operator_action
 from ledger.orderstatus import RANK
@@ -158,34 +163,106 @@ def _columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
     return [[getattr(r, f) for r in rows] for f in fields]
 
 
-async def catch_up(pool: asyncpg.Pool, *, page: int = INDEX_PAGE) -> int:
-    """Index every committed event not indexed yet; return the index position."""
+async def _index(
+    conn: Conn, hashes: dict[int, bytes | None], records: Sequence[StoredRecord]
+) -> None:
+    """Interpret and insert ``records`` (``hashes``: chain hash by position)."""
+    indexed = []
+    for rec in records:
+        row = interpret(rec)
+        row.hash = hashes.get(rec.position)
+        indexed.append(row)
+    await conn.execute(SQL["index_insert"], *_columns(indexed))
+
+
+async def catch_up(
+    pool: asyncpg.Pool,
+    *,
+    page: int = INDEX_PAGE,
+    attempts: int = poison.ATTEMPTS,
+    backoff: float = 0.05,
+) -> int:
+    """Index every committed event not indexed yet; return the index position.
+
+    A page that fails for a reason other than database trouble is tried ``attempts``
+    times (``backoff`` seconds, doubling, between tries, outside any transaction); the last
+    try sets aside the events that fail on their own and indexes the rest."""
     async with pool.acquire() as conn:
         state = await conn.fetchrow(SQL["index_behind"])
     if state is not None and state["position"] >= state["head"]:
         return int(state["position"])
+    failures = 0
+    first_failure: datetime | None = None
     while True:
-        async with pool.acquire() as conn, conn.transaction():
-            position: int = await conn.fetchval(SQL["index_lock"])
-            rows = await conn.fetch(SQL["index_source"], position, page)
-            if not rows:
-                return position
-            indexed = []
-            for r in rows:
-                row = interpret(StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])))
-                row.hash = r[5]
-                indexed.append(row)
-            await conn.execute(SQL["index_insert"], *_columns(indexed))
-            last: int = rows[-1][0]
-            await conn.execute(SQL["index_advance"], last)
-            if len(rows) < page:
-                return last
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                position: int = await conn.fetchval(SQL["index_lock"])
+                rows = await conn.fetch(SQL["index_source"], position, page)
+                if not rows:
+                    return position
+                records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+                apply = functools.partial(_index, conn, {r[0]: r[5] for r in rows})
+                if failures + 1 >= attempts:
+                    bad = await poison.isolate(conn, records, apply)
+                    for rec, exc in bad:
+                        await poison.record(
+                            conn, poison.AUDIT_INDEX, 0, rec, exc, failures + 1, first_failure
+                        )
+                        log.warning(
+                            "audit index: set aside the event at position %d: %s",
+                            rec.position,
+                            poison.error_text(exc),
+                        )
+                else:
+                    await apply(records)
+                last: int = rows[-1][0]
+                await conn.execute(SQL["index_advance"], last)
+        except Exception as exc:
+            # Database trouble, a fault of the code, a page where every event failed, or
+            # the isolating try failing: not for this loop (the indexer retries later).
+            if (
+                not poison.may_poison(exc)
+                or isinstance(exc, poison.NotTheEvents)
+                or failures + 1 >= attempts
+            ):
+                raise
+            failures += 1
+            first_failure = first_failure or datetime.now(UTC)
+            log.warning(
+                "audit index: a page failed (attempt %d of %d): %s",
+                failures,
+                attempts,
+                poison.error_text(exc),
+            )
+            await asyncio.sleep(backoff * 2 ** (failures - 1))
+            continue
+        failures, first_failure = 0, None
+        if len(rows) < page:
+            return last
 
 
-# The index is derived data: any database trouble is retried on the next tick.
+async def retry_poisoned(conn: Conn) -> poison.RetryOutcome:
+    """Index the audit index's poisoned events after a fix (call in a transaction; an
+    operator action). The tracking row is locked as a catch-up does; the index is keyed
+    by position, so indexing an old event late is exactly what an in-order pass writes."""
+    await conn.fetchval(SQL["index_lock"])
+
+    async def apply(records: Sequence[StoredRecord]) -> None:
+        hashes = {
+            r["notification_id"]: r["hash"]
+            for r in await conn.fetch(SQL["index_hashes"], [rec.position for rec in records])
+        }
+        await _index(conn, hashes, records)
+
+    return await poison.retry(conn, poison.AUDIT_INDEX, 0, apply)
+
+
+# The index is derived data: any database trouble (and a fault that is not an event's) is
+# retried on the next tick.
 RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     StoreUnavailable,
+    poison.NotTheEvents,
     *UNAVAILABLE_ERRORS,
 )
 
@@ -215,6 +292,8 @@ class AuditIndexer:
                 await catch_up(self.pool)
             except RETRYABLE as exc:
                 log.warning("audit index catch-up failed (will retry): %s", type(exc).__name__)
+            except Exception:  # a bug must not end the indexer: report it, retry next tick
+                log.exception("audit index catch-up failed (will retry)")
             await asyncio.sleep(self.interval)
 
 

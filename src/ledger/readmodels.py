@@ -25,6 +25,7 @@ import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from ledger.api.problems import problem
+from ledger.poison import PoisonedEvent
 from ledger.projection import Projection, schema_name
 from ledger.queries import package_sql
 
@@ -57,6 +58,9 @@ class ProjectionStatus(msgspec.Struct, kw_only=True):
     error: str | None
     updated_at: datetime
     digest: str | None = None
+    # Events set aside by the live and building generations, unresolved (ADR 0010).
+    poisoned: int = 0
+    poisoned_events: list[PoisonedEvent] = msgspec.field(default_factory=list)
 
 
 class _Stamp(msgspec.Struct):

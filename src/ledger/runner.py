@@ -12,7 +12,12 @@ One worker task per (projection, generation) that is live or being rebuilt. A wo
 - wakes on ``ledger_events`` notifications and polls every ``poll_interval`` anyway, so a
   lost notification never stalls it;
 - on a failing ``apply`` keeps its position, records ``state='failed'`` and the error, logs
-  once and retries with exponential backoff: an event is never skipped.
+  once and retries with backoff. After ``poison_after`` failed attempts of the same batch
+  (ADR 0010) the next one applies it under savepoints, bisecting down to the events that
+  fail on their own, sets those aside in ``poisoned_events`` (same transaction as the
+  position) and moves on. Database trouble is never the event's fault (position kept,
+  retried forever), nor is a fault of the code or deployment (``ledger.poison``).
+  ``retry_poisoned`` re-applies a projection's poisoned events after a fix.
 
 A rebuild is blue/green: generation N+1 folds from position 0 in its own schema while N
 keeps serving; the batch that reaches the head also switches ``live_generation`` in the
@@ -24,26 +29,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from ledger import poison
 from ledger.database import APP_ROLE
 from ledger.projection import Conn, Projection, discover, schema_name
 from ledger.queries import package_sql
-from ledger.store import UNAVAILABLE_ERRORS, StoredRecord
+from ledger.store import StoredRecord
 
 log = logging.getLogger("ledger.runner")
 SQL = package_sql("runner")
 
 # Connection trouble and transaction conflicts: retry, without marking the projection failed.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    *UNAVAILABLE_ERRORS,
-    asyncpg.exceptions.TransactionRollbackError,
-)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = poison.TRANSIENT
 
 
 class UnknownProjection(LookupError):
@@ -110,8 +115,31 @@ async def start_rebuild(conn: Conn, proj: Projection) -> tuple[int, bool]:
 
 
 def _error_text(generation: int, position: int, exc: BaseException) -> str:
-    text = f"generation {generation}, after position {position}: {type(exc).__name__}: {exc}"
-    return text[:1000]
+    return f"generation {generation}, after position {position}: {poison.error_text(exc)}"
+
+
+async def retry_poisoned(conn: Conn, proj: Projection) -> list[poison.RetryOutcome]:
+    """Re-apply ``proj``'s poisoned events in its live and building generations (call in a
+    transaction; an operator action). Each generation's tracking row is locked first, as a
+    batch does, so a retry and the runner never apply at once. Applying an old event after
+    later ones is correct because projections are order-independent folds (ADR 0008)."""
+    outcomes: list[poison.RetryOutcome] = []
+    info = await conn.fetchrow(SQL["get_projection"], proj.name)
+    if info is None:
+        return outcomes
+    for generation in (info["live_generation"], info["building_generation"]):
+        if generation is None:
+            continue
+        if await conn.fetchval(SQL["lock_tracking"], proj.name, generation) is None:
+            continue
+        schema = schema_name(proj.name, generation)
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        outcome = await poison.retry(
+            conn, proj.name, int(generation), functools.partial(proj.apply, conn)
+        )
+        await conn.execute("SET LOCAL search_path TO public")
+        outcomes.append(outcome)
+    return outcomes
 
 
 class Step(enum.Enum):
@@ -138,6 +166,7 @@ class ProjectionRunner:
         retire_grace: float = 5.0,
         backoff_max: float = 30.0,
         app_name: str = "ledger-runner",
+        poison_after: int | None = poison.ATTEMPTS,
     ) -> None:
         self.database_url = database_url
         self.projections: dict[str, Projection] = dict(projections or {})
@@ -148,7 +177,11 @@ class ProjectionRunner:
         self.retire_grace = retire_grace
         self.backoff_max = backoff_max
         self.app_name = app_name
+        # Failed attempts of one batch before its faulty events are set aside (ADR 0010);
+        # None: never set aside, stop at the event and retry forever (the old policy).
+        self.poison_after = poison_after
         self.applied = 0  # events applied by this process (all projections)
+        self.poisoned = 0  # events set aside by this process (all projections)
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wakes: dict[tuple[str, int], asyncio.Event] = {}
         self._supervisor: asyncio.Task[None] | None = None
@@ -284,6 +317,7 @@ class ProjectionRunner:
         async with conn.transaction():
             await conn.execute("SET LOCAL lock_timeout = '2s'")
             await conn.execute(SQL["drop_tracking"], name, generation)
+            await poison.drop_generation(conn, name, generation)
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         log.info("projection %s: dropped retired generation %d", name, generation)
 
@@ -294,6 +328,7 @@ class ProjectionRunner:
         wake = self._wakes[key]
         lane = _Lane()
         failures = 0
+        first_failure: datetime | None = None  # of the batch failing now
         failed = False
         try:
             while not self._stopping:
@@ -302,7 +337,7 @@ class ProjectionRunner:
                         await self._pause(wake, self.lock_retry)
                         continue
                     wake.clear()
-                    step = await self._step(lane, proj, generation)
+                    step = await self._step(lane, proj, generation, failures, first_failure)
                 except TRANSIENT_ERRORS as exc:
                     log.warning(
                         "projection %s g%d: database trouble (%s); retrying",
@@ -315,6 +350,7 @@ class ProjectionRunner:
                     continue
                 except ApplyFailed as exc:
                     failures += 1
+                    first_failure = first_failure or datetime.now(UTC)
                     delay = min(self.backoff_max, 0.5 * 2 ** min(failures - 1, 10))
                     if not failed:
                         log.error(
@@ -334,7 +370,7 @@ class ProjectionRunner:
                     await lane.close(terminate=True)
                     await self._pause(wake, min(self.backoff_max, 0.5 * 2 ** min(failures, 10)))
                     continue
-                failures = 0
+                failures, first_failure = 0, None
                 if failed:  # (retried after the next batch if this statement fails)
                     with contextlib.suppress(*TRANSIENT_ERRORS):
                         await lane.conn.execute(SQL["recover"], proj.name)
@@ -363,8 +399,17 @@ class ProjectionRunner:
         finally:
             await conn.close()
 
-    async def _step(self, lane: _Lane, proj: Projection, generation: int) -> Step:
-        """Apply the next batch (if any) in one transaction with the tracking position."""
+    async def _step(
+        self,
+        lane: _Lane,
+        proj: Projection,
+        generation: int,
+        failures: int = 0,
+        first_failure: datetime | None = None,
+    ) -> Step:
+        """Apply the next batch (if any) in one transaction with the tracking position.
+        ``failures``: failed attempts of this batch so far (the last allowed one isolates
+        and sets aside the events that fail on their own)."""
         name, conn = proj.name, lane.conn
         start = await conn.fetchval(SQL["tracking_position"], name, generation)
         if start is None:
@@ -400,15 +445,34 @@ class ProjectionRunner:
                 info["building_generation"],
             ):
                 return Step.RETIRED
+            bad: list[tuple[StoredRecord, BaseException]] = []
             if records:
                 await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+                isolate = self.poison_after is not None and failures + 1 >= self.poison_after
                 try:
-                    await proj.apply(conn, records)
+                    if isolate:
+                        apply = functools.partial(proj.apply, conn)
+                        bad = await poison.isolate(conn, records, apply)
+                    else:
+                        await proj.apply(conn, records)
                 except TRANSIENT_ERRORS:
                     raise
-                except Exception as exc:  # any fault of the handler stops the projection
+                except poison.NotTheEvents as exc:
+                    text = _error_text(generation, start, exc.cause)
+                    raise ApplyFailed(start, text) from exc.cause
+                except Exception as exc:  # a fault of the handler: retried, then isolated
                     raise ApplyFailed(start, _error_text(generation, start, exc)) from exc
                 await conn.execute("SET LOCAL search_path TO public")
+            for rec, fault in bad:
+                await poison.record(conn, name, generation, rec, fault, failures + 1, first_failure)
+                log.warning(
+                    "projection %s g%d: set aside the event at position %d after %d attempts: %s",
+                    name,
+                    generation,
+                    rec.position,
+                    failures + 1,
+                    poison.error_text(fault),
+                )
             if last != start:
                 await conn.execute(SQL["advance"], name, generation, last)
                 await conn.execute(SQL["notify_progress"], f"{name}:{generation}:{last}")
@@ -416,7 +480,8 @@ class ProjectionRunner:
             if switched:
                 await conn.execute(SQL["switch"], name, generation, proj.version)
                 await conn.execute(SQL["notify_progress"], f"{name}:{generation}:live")
-        self.applied += len(records)
+        self.applied += len(records) - len(bad)
+        self.poisoned += len(bad)
         if switched:
             log.info("projection %s: generation %d is live", name, generation)
             self._control.set()

@@ -3,7 +3,8 @@
 The page itself is public; it asks for an API key once (kept in the browser's
 localStorage) and sends it with every data call: ``/v1/stream`` (live feed),
 ``/v1/outbox`` (dead letters, retry, search), ``/v1/audit/events`` (search the log by order
-id or customer; scope ``audit:read``) and ``/v1/projections`` (lag).
+id or customer; scope ``audit:read``) and ``/v1/projections`` (lag, and the poisoned events
+each consumer of the log set aside, with a retry button: ``/v1/projections/{name}/retry``).
 """
 
 from __future__ import annotations

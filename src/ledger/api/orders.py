@@ -13,7 +13,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import FromPath, QueryParameter
 
-from ledger import orderstatus
+from ledger import orderstatus, poison
 from ledger.api.accounts import LIVE_POSITION, customer_param
 from ledger.api.auth import require_key
 from ledger.api.problems import problem
@@ -222,12 +222,17 @@ class ReviewController(Controller):
         min_position: MinPosition = None,
     ) -> ReviewPage:
         """Quarantined, dedup conflicts, unknown package or customer, amount mismatch,
-        unreadable expiry: each with its reason and a link to the raw event."""
+        unreadable expiry, events a consumer of the log set aside (``poisoned:<consumer>``;
+        ``reason=poisoned`` lists them all): each with its reason and a link to the raw
+        event."""
         rm = _rm(request)
         await require_position(rm, "review", min_position)
         async with rm.reading("review") as conn:
             position = int(await conn.fetchval(LIVE_POSITION, "review") or 0)
             rows = await conn.fetch(REVIEW_SQL["page"], after, limit + 1, reason)
+            # Events a consumer of the log set aside (ADR 0010): reason poisoned:<consumer>.
+            poisoned = await poison.review_rows(conn, after, limit + 1, reason)
+            rows = poison.merge_review(rows, poisoned, limit + 1)
         has_more = len(rows) > limit
         page = list(rows[:limit])
         # Never split one event's reasons across pages: the cursor is a position.

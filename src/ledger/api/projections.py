@@ -1,4 +1,5 @@
-"""Projection operations (``ops:admin``): status with lag, content digests, rebuilds."""
+"""Projection operations (``ops:admin``): status with lag, content digests, rebuilds, and the
+events each consumer of the log set aside (poisoned, ADR 0010) with their retry."""
 
 from __future__ import annotations
 
@@ -8,17 +9,38 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, QueryParameter
 
-from ledger import runner
+from ledger import audit, poison, runner
 from ledger.api.auth import current_key, require_key
 from ledger.api.problems import problem
 from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
-from ledger.projection import Projection
+from ledger.projection import Conn, Projection
 from ledger.readmodels import ProjectionStatus, ReadModels
+
+
+class ConsumerStatus(msgspec.Struct, kw_only=True):
+    """The audit index as a consumer of the log: where it is and what it set aside."""
+
+    name: str
+    position: int
+    head: int
+    lag_events: int
+    poisoned: int
+    poisoned_events: list[poison.PoisonedEvent]
 
 
 class ProjectionList(msgspec.Struct, kw_only=True):
     items: list[ProjectionStatus]
     head: int
+    audit_index: ConsumerStatus | None = None
+
+
+class RetryDone(msgspec.Struct, kw_only=True):
+    """What ``POST /v1/projections/{name}/retry`` re-applied (log positions)."""
+
+    name: str
+    resolved: list[int]
+    still_poisoned: list[int]
+    generations: list[poison.RetryOutcome]
 
 
 class RebuildStarted(msgspec.Struct, kw_only=True):
@@ -50,6 +72,31 @@ def _find(request: Request[Any, Any, Any], name: str) -> Projection:
     return proj
 
 
+def _reason(request: Request[Any, Any, Any]) -> str:
+    try:
+        return check_reason(request.headers.get("x-ledger-reason"))
+    except ReasonRequired as exc:
+        raise problem(
+            400,
+            "reason-required",
+            "A reason is required",
+            f"send the reason in the X-Ledger-Reason header: {exc}",
+        ) from None
+
+
+async def _audit_status(conn: Conn, poisoned: poison.Poisoned) -> ConsumerStatus:
+    row = await conn.fetchrow(audit.SQL["index_behind"])
+    position, head = (int(row["position"]), int(row["head"])) if row else (0, 0)
+    return ConsumerStatus(
+        name=poison.AUDIT_INDEX,
+        position=position,
+        head=head,
+        lag_events=max(0, head - position),
+        poisoned=poisoned.count,
+        poisoned_events=poisoned.entries,
+    )
+
+
 async def _with_digests(
     rm: ReadModels, items: list[ProjectionStatus], projections: dict[str, Projection]
 ) -> None:
@@ -78,7 +125,9 @@ class ProjectionsController(Controller):
         if digest:
             await _with_digests(rm, items, known(request))
         head = items[0].head if items else await request.app.state.services.store.head()
-        return ProjectionList(items=items, head=head)
+        async with request.app.state.services.pool.acquire() as conn:
+            index = await _audit_status(conn, await poison.annotate(conn, items))
+        return ProjectionList(items=items, head=head, audit_index=index)
 
     @get("/{name:str}", summary="One projection's status")
     async def get_projection(
@@ -100,6 +149,8 @@ class ProjectionsController(Controller):
             )
         if digest:
             await _with_digests(rm, found, known(request))
+        async with request.app.state.services.pool.acquire() as conn:
+            await poison.annotate(conn, found)
         return found[0]
 
     @post("/{name:str}/rebuild", status_code=202, summary="Rebuild from position 0 (blue/green)")
@@ -109,15 +160,7 @@ class ProjectionsController(Controller):
         up. Follow it with ``GET /v1/projections``. Needs ``X-Ledger-Reason``: the request
         is recorded in the log as an operator action."""
         proj = _find(request, name)
-        try:
-            reason = check_reason(request.headers.get("x-ledger-reason"))
-        except ReasonRequired as exc:
-            raise problem(
-                400,
-                "reason-required",
-                "A reason is required",
-                f"send the reason in the X-Ledger-Reason header: {exc}",
-            ) from None
+        reason = _reason(request)
         key = current_key(request)
         services = request.app.state.services
         async with services.pool.acquire() as conn, conn.transaction():
@@ -131,4 +174,40 @@ class ProjectionsController(Controller):
         live = int((await rm.live_schema(name)).rpartition("_g")[2])
         return RebuildStarted(
             name=name, generation=generation, live_generation=live, started=started
+        )
+
+    @post("/{name:str}/retry", status_code=200, summary="Re-apply a consumer's poisoned events")
+    async def retry(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RetryDone:
+        """After a fix, re-apply the events projection ``name`` (or ``audit_index``) set
+        aside: each one that now applies is marked resolved, each one that still fails
+        stays poisoned with its new error. Late is correct: projections are
+        order-independent folds (ADR 0008, 0010). Needs ``X-Ledger-Reason``: the retry and
+        its operator event in the log commit together."""
+        proj = None if name == poison.AUDIT_INDEX else _find(request, name)
+        reason = _reason(request)
+        key = current_key(request)
+        services = request.app.state.services
+        try:
+            async with services.pool.acquire() as conn, conn.transaction():
+                if proj is None:
+                    outcomes = [await audit.retry_poisoned(conn)]
+                else:
+                    outcomes = await runner.retry_poisoned(conn, proj)
+                await append_in(
+                    conn,
+                    operator_event(key.key_id, "ops:admin", "projection.retry", name, reason),
+                )
+        except poison.ENVIRONMENT as exc:  # not the events': nothing was changed
+            raise problem(
+                503,
+                "retry-failed",
+                "The retry could not run",
+                f"nothing was changed: {poison.error_text(exc)}",
+                headers={"Retry-After": "5"},
+            ) from None
+        return RetryDone(
+            name=name,
+            resolved=[p for o in outcomes for p in o.resolved],
+            still_poisoned=[p for o in outcomes for p in o.still_poisoned],
+            generations=outcomes,
         )

@@ -56,6 +56,10 @@ ON CONFLICT (position) DO NOTHING
 -- name: index_advance
 UPDATE audit_index_tracking SET position = $1 WHERE id = 1
 
+-- name: index_hashes
+-- Chain hashes of the events a retry of poisoned events indexes.
+SELECT notification_id, hash FROM stored_events WHERE notification_id = ANY($1::bigint[])
+
 -- name: search
 -- Optional filters are NULL when absent; keyset pagination by position.
 SELECT *
