@@ -17,7 +17,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from ledger import __version__, migrate
+from ledger import __version__
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
 from ledger.api.admin import admin_page
@@ -33,7 +33,7 @@ from ledger.api.stream import stream
 from ledger.api.webhooks import WebhookController
 from ledger.audit import AuditIndexer
 from ledger.config import Settings, load_settings
-from ledger.database import create_pool, resolve_database_url
+from ledger.database import Logins, prepare_logins, resolve_database_url, service_pool
 from ledger.ingest import Ingest
 from ledger.keys import KeyRing
 from ledger.metrics import Metrics
@@ -88,15 +88,12 @@ def components(services: Services) -> list[Component]:
     return found
 
 
-async def prepare_database(url: str) -> None:
-    """Migrate as the connecting (owner) user; the service itself runs as ``ledger_app``."""
-    conn = await asyncpg.connect(url)
-    try:
-        applied = await migrate.migrate(conn)
-        if applied:
-            log.info("applied migrations %s", applied)
-    finally:
-        await conn.close()
+async def prepare_database(
+    url: str, *, migrate_url: str | None = None, production: bool = False
+) -> Logins:
+    """Migrate with the owner's login; return the login the service's sessions use, which is
+    never a superuser or the log's owner in production (ADR 0011)."""
+    return await prepare_logins(url, migrate_url=migrate_url, production=production)
 
 
 class MetricsController(PrometheusController):
@@ -117,8 +114,12 @@ async def running_services(
     url = await asyncio.to_thread(
         resolve_database_url, database_url or cfg.database_url, cfg.home_path
     )
-    await prepare_database(url)
-    pool = await create_pool(url, max_size=20)
+    production = cfg.env == "production"
+    logins = await prepare_database(
+        url, migrate_url=cfg.migrate_database_url, production=production
+    )
+    pool = await service_pool(logins, production=production, max_size=20)
+    url = logins.app  # the runner, the listeners and the stream log in like the pool
     store = EventStore(pool)
     committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
     await committer.start()
@@ -128,14 +129,14 @@ async def running_services(
         store=store,
         committer=committer,
         ingest=Ingest(build_providers(cfg), committer),
-        keyring=KeyRing(pool),
+        keyring=KeyRing(pool, listen_url=url, ttl=cfg.key_cache_seconds),
         database_url=url,
         read_models=ReadModels(pool),
         extras={"runner_options": runner_options or {}},
     )
     started: list[Component] = []
     try:
-        for comp in components(services):
+        for comp in [services.keyring, *components(services)]:
             await comp.start()
             started.append(comp)
         yield services

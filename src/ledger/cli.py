@@ -77,11 +77,15 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from ledger.api.slow_clients import HeaderDeadlineProtocol
-    from ledger.app import create_app, prepare_database
+    from ledger.app import create_app
+    from ledger.database import PrivilegeError, logins_for
 
     settings, created = ensure_dev_secrets(settings)
     url = _url(settings)
-    _run(prepare_database(url))
+    try:  # migrates with the owner's login; refuses a superuser service login in production
+        _run(logins_for(url, settings))
+    except PrivilegeError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"database: {redact_url(url)}  (schema migrated)")
     if created is not None:
         click.echo(
@@ -119,11 +123,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply pending migrations (safe to run concurrently)."""
-    from ledger.app import prepare_database
+    """Apply pending migrations (safe to run concurrently), as LEDGER_MIGRATE_DATABASE_URL
+    (the owner) when set, else as LEDGER_DATABASE_URL (or the embedded server's superuser)."""
+    from ledger.migrate import migrate_url
 
     settings = _settings()
-    _run(prepare_database(_url(settings)))
+    _run(migrate_url(settings.migrate_database_url or _url(settings)))
     click.echo("migrations applied")
 
 

@@ -39,10 +39,14 @@ def require_reason(reason: str) -> str:
 
 
 async def _connect(url: str) -> asyncpg.Connection:
-    from ledger.app import prepare_database
+    from ledger.database import APP_ROLE, logins_for
 
-    await prepare_database(url)
-    return await asyncpg.connect(url)
+    # Like the service: log in as ledger_app, never as the owner (ADR 0011).
+    logins = await logins_for(url, _settings())
+    conn: asyncpg.Connection = await asyncpg.connect(
+        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
+    )
+    return conn
 
 
 @click.command()

@@ -16,7 +16,7 @@ import asyncpg
 import click
 
 from ledger.config import ConfigError, Settings, ensure_dev_secrets, load_settings
-from ledger.database import APP_ROLE, create_pool, resolve_database_url
+from ledger.database import APP_ROLE, create_pool, logins_for, resolve_database_url
 from ledger.operator import ReasonRequired
 from ledger.outbox import (
     STATES,
@@ -40,8 +40,9 @@ def _url(settings: Settings) -> str:
 
 
 async def _connect(url: str) -> asyncpg.Connection:
+    logins = await logins_for(url, _settings())  # the service's login (ADR 0011)
     conn: asyncpg.Connection = await asyncpg.connect(
-        url, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
+        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
     )
     return conn
 
@@ -143,8 +144,9 @@ def outbox_dispatch() -> None:
     url = _url(settings)
 
     async def go() -> None:
-        pool = await create_pool(url, max_size=max(4, settings.outbox_workers + 2))
-        dispatcher = Dispatcher(pool, settings, database_url=url)
+        logins = await logins_for(url, settings)
+        pool = await create_pool(logins.app, max_size=max(4, settings.outbox_workers + 2))
+        dispatcher = Dispatcher(pool, settings, database_url=logins.app)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

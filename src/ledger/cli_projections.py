@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ledger.config import ConfigError, Settings, load_settings
-from ledger.database import create_pool, resolve_database_url
+from ledger.database import create_pool, logins_for, resolve_database_url
 from ledger.readmodels import ProjectionStatus, ReadModels
 
 
@@ -83,14 +83,13 @@ def projections() -> None:
 @click.option("--digest", is_flag=True, help="also compute each live content digest")
 def status(digest: bool) -> None:
     """Every projection: version, generations, position, lag (events and seconds), state."""
-    from ledger.app import prepare_database
     from ledger.runner import available
 
     url = _url()
 
     async def go() -> list[ProjectionStatus]:
-        await prepare_database(url)
-        pool = await create_pool(url, min_size=1, max_size=2)
+        logins = await logins_for(url, _settings())
+        pool = await create_pool(logins.app, min_size=1, max_size=2)
         try:
             rm = ReadModels(pool)
             items = await rm.status()
@@ -120,7 +119,6 @@ def status(digest: bool) -> None:
 @click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
 def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> None:
     """Rebuild NAME from position 0 beside the live generation, then switch atomically."""
-    from ledger.app import prepare_database
     from ledger.cli_audit import CLI_SCOPE, cli_actor
     from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
     from ledger.runner import ProjectionRunner, available, start_rebuild
@@ -137,8 +135,8 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
     url = _url()
 
     async def go() -> None:
-        await prepare_database(url)
-        pool = await create_pool(url, min_size=1, max_size=2)
+        logins = await logins_for(url, _settings())
+        pool = await create_pool(logins.app, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -151,7 +149,7 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
                 return
             if run:
                 worker = ProjectionRunner(
-                    url, {name: proj}, batch_size=batch_size, app_name="ledger-rebuild"
+                    logins.app, {name: proj}, batch_size=batch_size, app_name="ledger-rebuild"
                 )
                 await worker.start()
             await _follow(ReadModels(pool), name, generation)

@@ -23,7 +23,13 @@ SECRET_FIELDS = (
     "partner_sync_secret",
 )
 
-URL_FIELDS = ("database_url", "partner_sync_url", "smtp_url", "revalidate_url")
+URL_FIELDS = (
+    "database_url",
+    "migrate_database_url",
+    "partner_sync_url",
+    "smtp_url",
+    "revalidate_url",
+)
 
 # The providers whose inbound secret must be set in production when they are enabled.
 PROVIDER_SECRETS = {
@@ -44,6 +50,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     env: Environment = "development"
     home: str = ".ledger"
     database_url: str | None = None
+    # The owner's login, for migrations only (ADR 0011); the service logs in with
+    # database_url, which production refuses if it is a superuser or the log's owner.
+    migrate_database_url: str | None = None
+    # Fallback expiry of cached API-key answers; a revocation reaches every process at
+    # once through NOTIFY (ADR 0011), this bounds it when a notification is lost.
+    key_cache_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     providers: tuple[str, ...] = ("mayar", "midtrans", "xendit", "partner")
     mayar_token: str | None = None
     midtrans_server_key: str | None = None
@@ -137,6 +149,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     unknown = set(settings.providers) - set(PROVIDER_SECRETS)
     if unknown:
         raise ConfigError(f"LEDGER_PROVIDERS names unknown providers: {sorted(unknown)}")
+    if settings.migrate_database_url and not settings.database_url:
+        raise ConfigError(
+            "LEDGER_MIGRATE_DATABASE_URL (the owner, for migrations) needs LEDGER_DATABASE_URL "
+            "(the service's own login role)"
+        )
     if settings.env == "production":
         missing = []
         if not settings.database_url:

@@ -114,3 +114,12 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied_now
+
+
+async def migrate_url(url: str) -> list[int]:
+    """Connect with ``url`` (the owner's login), apply what is pending, disconnect."""
+    conn = await asyncpg.connect(url, server_settings={"application_name": "ledger-migrate"})
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
