@@ -1,4 +1,5 @@
-"""``ledger projections status|rebuild`` and ``ledger worker`` (the runner without HTTP)."""
+"""``ledger projections status|rebuild|retry`` and ``ledger worker`` (the runner without
+HTTP)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import click
 
 from ledger.config import ConfigError, Settings, load_settings
 from ledger.database import create_pool, logins_for, resolve_database_url
+from ledger.poison import AUDIT_INDEX, PoisonedEvent
 from ledger.readmodels import ProjectionStatus, ReadModels
 
 
@@ -71,7 +73,24 @@ def status_table(items: list[ProjectionStatus]) -> str:
             lines.append(f"{s.name}: digest {s.digest}")
         if s.error:
             lines.append(f"{s.name}: error {s.error}")
+        lines.extend(poisoned_lines(s.name, s.poisoned, s.poisoned_events))
     return "\n".join(lines)
+
+
+def poisoned_lines(name: str, count: int, entries: list[PoisonedEvent]) -> list[str]:
+    """``NAME: N poisoned event(s) (retry: ...)`` and one line per listed entry."""
+    if not count:
+        return []
+    lines = [
+        f"{name}: {count} poisoned event(s); after a fix: "
+        f'ledger projections retry {name} --reason "..."'
+    ]
+    for e in entries:
+        lines.append(
+            f"  position {e.position} event {e.event_id} g{e.generation} "
+            f"attempts {e.attempts} last {e.last_seen:%Y-%m-%d %H:%M:%S}: {e.error}"
+        )
+    return lines
 
 
 @click.group()
@@ -83,9 +102,11 @@ def projections() -> None:
 @click.option("--digest", is_flag=True, help="also compute each live content digest")
 def status(digest: bool) -> None:
     """Every projection: version, generations, position, lag (events and seconds), state."""
+    from ledger.poison import annotate
     from ledger.runner import available
 
     url = _url()
+    extra: list[str] = []  # the audit index's poisoned events
 
     async def go() -> list[ProjectionStatus]:
         logins = await logins_for(url, _settings())
@@ -98,12 +119,17 @@ def status(digest: bool) -> None:
                 for st in items:
                     if st.name in code:
                         st.digest = await rm.digest(code[st.name])
+            async with pool.acquire() as conn:
+                index = await annotate(conn, items)
+            extra.extend(poisoned_lines(AUDIT_INDEX, index.count, index.entries))
             return items
         finally:
             await pool.close()
 
     items = asyncio.run(go())
     click.echo(status_table(items) if items else "no projection has run on this database yet")
+    for line in extra:
+        click.echo(line)
 
 
 @projections.command("rebuild")
@@ -161,6 +187,50 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
             await pool.close()
 
     asyncio.run(go())
+
+
+@projections.command("retry")
+@click.argument("name")
+@click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
+def retry(name: str, reason: str) -> None:
+    """Re-apply the events NAME (a projection, or audit_index) set aside as poisoned, after
+    a fix: each one that now applies is marked resolved; one that still fails stays."""
+    from ledger.audit import retry_poisoned as retry_index
+    from ledger.cli_audit import CLI_SCOPE, cli_actor
+    from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
+    from ledger.runner import available, retry_poisoned
+
+    try:
+        reason = check_reason(reason)
+    except ReasonRequired as exc:
+        raise click.ClickException(str(exc)) from None
+    code = available()
+    if name != AUDIT_INDEX and name not in code:
+        known = sorted([*code, AUDIT_INDEX])
+        raise click.ClickException(f"no projection named {name!r}; known: {known}")
+    url = _url()
+
+    async def go() -> tuple[list[int], list[int]]:
+        logins = await logins_for(url, _settings())
+        pool = await create_pool(logins.app, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if name == AUDIT_INDEX:
+                    outcomes = [await retry_index(conn)]
+                else:
+                    outcomes = await retry_poisoned(conn, code[name])
+                event = operator_event(cli_actor(), CLI_SCOPE, "projection.retry", name, reason)
+                await append_in(conn, event)
+        finally:
+            await pool.close()
+        resolved = [p for o in outcomes for p in o.resolved]
+        still = [p for o in outcomes for p in o.still_poisoned]
+        return resolved, still
+
+    resolved, still = asyncio.run(go())
+    click.echo(f"{name}: {len(resolved)} resolved {resolved}, {len(still)} still poisoned {still}")
+    if still:
+        raise SystemExit(1)
 
 
 async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5) -> None:
