@@ -333,6 +333,16 @@ def assert_embedded_stopped(pgdata: Path, pg_pid: int, serve_pid: int) -> None:
     assert serve_pid not in handles, handles
 
 
+def stop_leftover_postgres(pgdata: Path) -> None:
+    """After a failure: stop the embedded server the test's serve left (fast shutdown)."""
+    try:
+        pid = postmaster_pid(pgdata)
+    except (OSError, ValueError, IndexError):
+        return
+    if running(pid):
+        os.kill(pid, signal.SIGINT)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "workers"),
@@ -374,6 +384,35 @@ async def test_a_signal_under_load_keeps_every_ack_and_stops_the_embedded_server
         assert_embedded_stopped(pgdata, pg_pid, second_pid)
     finally:
         server.close()
+        stop_leftover_postgres(pgdata)
+
+
+@pytest.mark.slow
+async def test_a_serve_killed_with_sigkill_does_not_pin_the_embedded_server(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL runs no exit hook: the server keeps running with the dead pid listed as its
+    user. The next serve attaches to it and, on SIGINT, still stops it."""
+    home = tmp_path / "home"
+    pgdata = home / "pgdata"
+    server = Serve(home)
+    try:
+        await server.start()
+        assert server.proc is not None
+        killed, pg_pid = server.proc.pid, postmaster_pid(pgdata)
+        server.close()  # SIGKILL
+        assert running(pg_pid)
+        assert killed in json.loads((pgdata / ".handle_pids.json").read_text())
+
+        await server.start()  # the lock died with its holder; the server is reused
+        assert postmaster_pid(pgdata) == pg_pid
+        second = server.proc.pid
+        assert await server.stop(signal.SIGINT) == 0, server.log_tail()
+        assert_embedded_stopped(pgdata, pg_pid, second)
+        assert killed not in json.loads((pgdata / ".handle_pids.json").read_text())
+    finally:
+        server.close()
+        stop_leftover_postgres(pgdata)
 
 
 async def test_a_second_serve_on_the_same_home_fails_clearly(tmp_path: Path) -> None:
@@ -400,5 +439,7 @@ async def test_a_second_serve_on_the_same_home_fails_clearly(tmp_path: Path) -> 
             assert (await http.get("/ready")).status_code == 200
             r = await http.get("/v1/events", headers=bearer(key))
             assert r.status_code == 200, r.text
+        assert await first.stop(signal.SIGTERM) == 0, first.log_tail()
     finally:
         first.close()
+        stop_leftover_postgres(home / "pgdata")
