@@ -7,6 +7,8 @@ back from the real log and folded into a fresh schema per projection, as the run
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -16,7 +18,18 @@ from typing import Any
 import asyncpg
 
 from ledger import orderstatus
-from ledger.domain import SPEND_TOPIC, SPENT_TOPIC, SpendState, encode_spend, spend_id
+from ledger.domain import (
+    DELIVERY_TOPIC,
+    RECEIVED_TOPIC,
+    SPEND_TOPIC,
+    SPENT_TOPIC,
+    DeliveryState,
+    SpendState,
+    delivery_id,
+    encode_spend,
+    encode_state,
+    spend_id,
+)
 from ledger.folding import Catalogue, subscription_status
 from ledger.projection import Projection
 from ledger.store import EventStore, NewEvent, StoredRecord
@@ -342,38 +355,82 @@ async def test_review_lists_quarantined_and_conflicted(client, database_url):
         await conn.close()
 
 
+def recorded_before_0009(provider: str, kind: str, key: str, body: bytes) -> NewEvent:
+    """A Received event as the log may hold it from before ingest refused unsafe text
+    (ADR 0009 addendum): today such a body is quarantined, so it is written directly."""
+    state = DeliveryState(
+        originator_topic=DELIVERY_TOPIC,
+        timestamp=datetime.now(UTC),
+        provider=provider,
+        dedup_key=key,
+        kind=kind,
+        source=None,
+        scheme="test",
+        headers={},
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        body_b64=base64.b64encode(body).decode("ascii"),
+    )
+    return NewEvent(delivery_id(key), RECEIVED_TOPIC, encode_state(state))
+
+
 async def test_nul_characters_from_a_provider_never_stop_a_projection(client, database_url):
-    """PostgreSQL text cannot hold NUL: it is stored as U+FFFD instead of failing the fold."""
+    """PostgreSQL text cannot hold NUL: it is stored as U+FFFD instead of failing the fold,
+    and a customer with one is no customer (flagged for review, never credited)."""
     nul = "\x00"
-    await post_mayar(
-        client, "payment.success", id=f"n{nul}1", customerEmail=f"nul{nul}@x.com", package="silver"
-    )
-    await post_mayar(
-        client, "payment.success", id="n2", customerEmail="z@x.com", package=f"gold{nul}"
-    )
-    await post_mayar(
-        client,
-        "subscription.activated",
-        id="n3",
-        customerEmail=f"nul{nul}@x.com",
-        licenseCode=f"L{nul}",
-        expiredAt="9999-12-31T23:59:59.999999Z",
-    )
-    await post(client, "midtrans", "settlement", order_id=f"INV{nul}N")
+    midtrans = json.loads(signed("midtrans", "settlement", order_id="INV-N").body)
+    midtrans["order_id"] = f"INV{nul}N"
+    old = [
+        (
+            "mayar",
+            "payment.success",
+            "n1",
+            mayar_body(
+                "payment.success", id=f"n{nul}1", customerEmail=f"nul{nul}@x.com", package="silver"
+            ),
+        ),
+        (
+            "mayar",
+            "payment.success",
+            "n2",
+            mayar_body("payment.success", id="n2", customerEmail="z@x.com", package=f"gold{nul}"),
+        ),
+        (
+            "mayar",
+            "subscription.activated",
+            "n3",
+            mayar_body(
+                "subscription.activated",
+                id="n3",
+                customerEmail="sub@x.com",
+                licenseCode=f"L{nul}",
+                expiredAt="9999-12-31T23:59:59.999999Z",
+            ),
+        ),
+        ("midtrans", "settlement", "n4", json.dumps(midtrans).encode()),
+    ]
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await EventStore(pool).append_many(
+            [recorded_before_0009(p, k, f"{p}:{key}", b) for p, k, key, b in old]
+        )
+    finally:
+        await pool.close()
     records = await read_log(database_url)
     conn = await asyncpg.connect(database_url)
     try:
         for proj in (TokenBalances(), Subscriptions(), Orders(), Review()):
             await fold(conn, proj, records, f"t_nul_{proj.name}")
         accounts = await query(conn, "t_nul_token_balances", "SELECT customer FROM accounts")
-        assert [r["customer"] for r in accounts] == ["nul\ufffd@x.com"]
+        assert accounts == []
         subs = await query(conn, "t_nul_subscriptions", "SELECT * FROM subscriptions")
         assert subs[0]["license_code"] == "L\ufffd"
         now = datetime.now(UTC)
         assert subscription_status(subs[0]["expiry"], None, None, now) == "active"
         orders = await query(conn, "t_nul_orders", "SELECT order_id FROM order_history")
         assert [r["order_id"] for r in orders] == ["INV\ufffdN"]
-        review = await query(conn, "t_nul_review", "SELECT reason, detail FROM review_items")
-        assert [r["reason"] for r in review] == ["unknown-package"]
+        review = await query(
+            conn, "t_nul_review", "SELECT reason, detail FROM review_items ORDER BY position"
+        )
+        assert [r["reason"] for r in review] == ["unknown-customer", "unknown-package"]
     finally:
         await conn.close()
