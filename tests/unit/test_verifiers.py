@@ -725,3 +725,12 @@ def test_secret_lists_ignore_blanks() -> None:
     assert secret_list(None) == ()
     with pytest.raises(Unauthorized, match="configured"):
         Mayar(" , ").accept({"x-callback-token": ""}, b"{}")
+
+
+@pytest.mark.parametrize("provider", ["mayar", "xendit", "partner"])
+def test_lone_surrogate_escape_makes_the_delivery_unusable(provider: str) -> None:
+    path = {"mayar": ("data", "id"), "xendit": ("external_id",), "partner": ("booking_id",)}
+    event = {"mayar": "payment.success", "xendit": "PAID", "partner": "booking.paid"}[provider]
+    body = with_field(provider, event, path[provider], "__LONE__").replace(b"__LONE__", b"\\ud800")
+    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    assert isinstance(got, Unusable), got
