@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -34,7 +35,8 @@ from ledger.domain import (
 from ledger.projection import Conn
 from ledger.providers import midtrans
 from ledger.store import StoredRecord
-from tests.support import SECRETS, bearer, make_key, signed
+from tests.e2e.test_admin_browser import CHROMIUM, chromium
+from tests.support import SECRETS, bearer, live_server, make_key, signed
 
 PATIENCE = 120.0  # a generous bound: the drill waits on conditions, never on the clock
 CLEAN = 1000
@@ -320,3 +322,45 @@ async def test_cli_lists_and_retries_poisoned_events(client, database_url):
     )
     assert code != 0
     assert "no projection named 'nope'" in err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+async def test_admin_page_shows_poisoned_events_and_retries_them(database_url):
+    """In real headless Chromium: the /admin panel lists what the outbox projection and the
+    audit index set aside, and its retry button runs the retry route (with a reason)."""
+    key = await make_key(database_url, "ops:admin", "audit:read")
+    [poisoned] = await append(database_url, [midtrans_paid("INV\x00ADMIN")])
+    await append(database_url, [midtrans_paid("ADMIN-CLEAN")])
+    async with live_server(database_url) as http, chromium() as page:
+        await page.call("Page.navigate", url=f"{http.base_url}/admin")
+        await page.until(
+            "document.readyState === 'complete' && !!document.getElementById('key')", 10
+        )
+        await page.js(
+            f"document.getElementById('key').value = {json.dumps(key)};"
+            "document.getElementById('login-form').requestSubmit(); true"
+        )
+        row = f'#poisoned tr[data-position="{poisoned[0]}"]'
+        both = (
+            f"!!document.querySelector('{row}[data-consumer=\"outbox\"]') && "
+            f"!!document.querySelector('{row}[data-consumer=\"audit_index\"]')"
+        )
+        deadline = time.monotonic() + PATIENCE
+        while not await page.js(both):
+            assert time.monotonic() < deadline, "the poisoned events were not shown"
+            await page.js("loadLag(); true")
+            await asyncio.sleep(0.2)
+        text = await page.js("document.getElementById('poisoned').textContent")
+        assert "CharacterNotInRepertoireError" in text
+        assert str(poisoned[1])[:8] in text
+        assert await page.js("document.getElementById('poison-count').textContent") == "(2)"
+        await page.js(
+            "window.prompt = () => 'tried after the fix';"
+            "document.querySelector('#poisoned button[data-consumer=\"audit_index\"]').click();"
+            "true"
+        )
+        await page.until(
+            "document.getElementById('poison-error').textContent === "
+            "'audit_index: 0 resolved, 1 still poisoned'",
+            PATIENCE,
+        )
