@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -17,6 +20,36 @@ from ledger.config import Settings, load_settings
 from ledger.database import create_database, drop_database
 from ledger.keys import create_key
 from ledger.trigger import Delivery, build
+
+T = TypeVar("T")
+
+# How long a test waits for a condition before it fails. A guard against a hang, never a
+# speed assertion: a condition that holds arrives much sooner, on any machine.
+PATIENCE = 60.0
+
+
+async def until(
+    condition: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = PATIENCE,
+    every: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``condition`` (sync or async) until it returns something truthy; return that.
+
+    The one polling helper of the test suite: tests wait on conditions, never on sleeps.
+    Fails with the last value seen after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {value!r})")
+        await asyncio.sleep(every)
+
 
 SECRETS = {
     "LEDGER_MAYAR_TOKEN": "test-mayar-token",

@@ -1,5 +1,8 @@
 """The projection runner against the real database: exactly-once batches, resume, wake-ups,
-failure handling, several runners at once, blue/green rebuilds."""
+failure handling, several runners at once, blue/green rebuilds.
+
+No test here depends on the machine's speed: a runner is stopped mid-way by blocking its
+``apply`` on an event (``Gated``), and every wait is on a condition (``tests.support.until``)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ledger.projection import Conn, schema_name
 from ledger.readmodels import ReadModels, require_position
 from ledger.runner import ProjectionRunner, start_rebuild
 from ledger.store import StoredRecord
+from tests.support import PATIENCE, until
 
 PROVIDERS = ("mayar", "midtrans", "xendit", "partner")
 
@@ -41,16 +45,15 @@ class Counting:
         CREATE TABLE counts (provider text PRIMARY KEY, n bigint NOT NULL);
     """
 
-    def __init__(self, name: str = "test_counts", version: int = 1, *, delay: float = 0.0) -> None:
+    def __init__(self, name: str = "test_counts", version: int = 1) -> None:
         self.name = name
         self.version = version
-        self.delay = delay
         self.poison: int | None = None  # position whose batch raises while set
+        self.failures = 0  # batches refused because of ``poison``
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
         if self.poison is not None and any(r.position == self.poison for r in records):
+            self.failures += 1
             raise ValueError(f"cannot fold event at position {self.poison}")
         positions = [r.position for r in records]
         providers = [decode_delivery(r.state).provider for r in records]
@@ -70,6 +73,29 @@ class Counting:
         row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(position), 0) AS s FROM seen")
         h.update(f"{row['n']}:{row['s']}".encode())
         return h.hexdigest()
+
+
+class Gated(Counting):
+    """Counting whose ``apply`` stops, inside the batch transaction, at the first batch that
+    holds a position >= ``at`` while ``armed``, until ``release`` is set: the runner is then
+    provably mid-way (its position before that batch, the batch uncommitted), whatever the
+    machine's speed."""
+
+    def __init__(self, at: int, *, armed: bool = True) -> None:
+        super().__init__()
+        self.at = at
+        self.armed = armed
+        self.entered = asyncio.Event()  # a batch is held
+        self.release = asyncio.Event()
+        self.held: list[int] = []  # the held batch's positions
+
+    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        if self.armed and any(r.position >= self.at for r in records):
+            self.armed = False
+            self.held = [r.position for r in records]
+            self.entered.set()
+            await self.release.wait()
+        await super().apply(conn, records)
 
 
 def _state(i: int) -> bytes:
@@ -127,14 +153,6 @@ async def read_models(database_url: str) -> AsyncIterator[ReadModels]:
     await pool.close()
 
 
-async def until(predicate, timeout: float = 20.0, every: float = 0.02) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
-
-
 async def counts_of(rm: ReadModels, name: str) -> dict[str, int]:
     async with rm.reading(name) as conn:
         return {r["provider"]: r["n"] for r in await conn.fetch("SELECT provider, n FROM counts")}
@@ -152,7 +170,7 @@ async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url
     r = runner(database_url, proj)
     await r.start()
     try:
-        assert await read_models.wait_for(proj.name, head, timeout=20)
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
     finally:
         await r.stop()
     assert await counts_of(read_models, proj.name) == expected_counts(750)
@@ -162,7 +180,7 @@ async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url
     r2 = runner(database_url, proj)
     await r2.start()
     try:
-        assert await read_models.wait_for(proj.name, head, timeout=20)
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
     finally:
         await r2.stop()
     assert await counts_of(read_models, proj.name) == expected_counts(1000)
@@ -173,15 +191,15 @@ async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url
 
 async def test_notification_wakes_the_runner_before_the_poll(database_url, read_models):
     proj = Counting()
-    r = runner(database_url, proj, poll_interval=30.0)
+    r = runner(database_url, proj, poll_interval=3600.0)  # the poll never comes in this test
     await r.start()
     try:
-        await until(lambda: read_models.live_schema(proj.name))  # registered
-        await asyncio.sleep(0.3)  # workers idle, waiting up to 30 s
-        head = await seed(database_url, 5)
-        t0 = time.monotonic()
-        assert await read_models.wait_for(proj.name, head, timeout=5)
-        assert time.monotonic() - t0 < 3
+        first = await seed(database_url, 5)
+        assert await read_models.wait_for(proj.name, first, timeout=PATIENCE)
+        # The worker applied ``first`` and went idle (one batch short of ``batch_size``):
+        # only a notification can make it read again before the hour is up.
+        head = await seed(database_url, 5, start=5)
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
     finally:
         await r.stop()
 
@@ -192,9 +210,11 @@ async def test_poll_catches_up_when_notifications_are_lost(database_url, read_mo
     r._wake_all = lambda *_: None  # type: ignore[method-assign]  # every notification lost
     await r.start()
     try:
-        await asyncio.sleep(0.3)
-        head = await seed(database_url, 40)
-        assert await read_models.wait_for(proj.name, head, timeout=5)
+        first = await seed(database_url, 5)
+        assert await read_models.wait_for(proj.name, first, timeout=PATIENCE)
+        # Idle at ``first`` with no notification ever delivered: only the poll reads again.
+        head = await seed(database_url, 40, start=5)
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
     finally:
         await r.stop()
 
@@ -211,19 +231,24 @@ async def test_failing_apply_stops_at_its_position_then_recovers(database_url, r
             [st] = await read_models.status()
             return st.state == "failed"
 
-        await until(failed)
+        await until(failed, what="state failed")
         [st] = await read_models.status()
         assert st.position == 100  # the batch holding 150 was rolled back, nothing skipped
         assert st.error is not None
         assert "cannot fold event at position 150" in st.error
         assert st.lag_events == head - 100
-        await asyncio.sleep(0.5)
+        tries = proj.failures
+        await until(lambda: proj.failures >= tries + 2, what="two more retries")
         assert await read_models.position(proj.name) == 100  # retries never skip it
-        [st] = await read_models.status()
-        assert st.lag_seconds >= 0.5  # the oldest unapplied event was recorded before the sleep
+
+        async def lagging() -> bool:  # the age of the oldest unapplied event grows
+            [st] = await read_models.status()
+            return st.lag_seconds >= 0.5
+
+        await until(lagging, what="lag_seconds >= 0.5")
         proj.poison = None
-        assert await read_models.wait_for(proj.name, head, timeout=10)
-        await until(lambda: _state_is(read_models, "running"))
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
+        await until(lambda: _state_is(read_models, "running"), what="state running")
     finally:
         await r.stop()
     assert await counts_of(read_models, proj.name) == expected_counts(300)
@@ -233,40 +258,51 @@ async def _state_is(rm: ReadModels, state: str) -> bool:
     return all(s.state == state for s in await rm.status())
 
 
-async def test_two_runners_apply_each_generation_once_and_take_over(
-    database_url, server_url, read_models
-):
+async def test_two_runners_apply_each_generation_once_and_take_over(database_url, read_models):
     head = await seed(database_url, 1500)
-    slow = Counting(delay=0.01)
-    a = runner(database_url, slow, batch_size=50, app_name="runner-a")
-    b = runner(database_url, slow, batch_size=50, app_name="runner-b")
-    await a.start()
-    await until(lambda: _at_least(read_models, slow.name, 200))
-    await b.start()
-    await asyncio.sleep(0.3)
-    assert a.applied > 0
-    assert b.applied == 0  # a holds the lock; b waits
-    # a dies: its connections go away (as when a process is killed).
-    admin = await asyncpg.connect(database_url)
+    total = sum(expected_counts(1500).values())
+    held = Gated(at=700)  # runner A stops inside the batch that holds position 700
+    a = runner(database_url, held, batch_size=50, app_name="runner-a")
+    b = runner(database_url, Counting(), batch_size=50, app_name="runner-b")
     try:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'runner-a' AND datname = current_database()"
-        )
+        await a.start()
+        await until(held.entered.is_set, what="runner A held mid-way")
+        await b.start()
+        # B runs and asks for the lock, which A holds (blocked, its batch uncommitted).
+        await until(lambda: _asked_for_lock(database_url, "runner-b"), what="runner B asks")
+        assert await _lock_holders(database_url) == ["runner-a"]
+        stopped_at = await read_models.position(held.name)
+        assert stopped_at < min(held.held) <= 700 <= max(held.held) < head  # mid-way
+        applied_when_held = a.applied
+        assert applied_when_held == await _seen(read_models, held.name) > 0
+        assert b.applied == 0
+        # A dies: its connections go away (as when a process is killed) while it is held.
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'runner-a' AND datname = current_database()"
+            )
+        finally:
+            await admin.close()
+        stopping = asyncio.create_task(a.stop())  # stopping first: A never locks again
+        held.release.set()  # A's held batch now meets its dead connection: rolled back
+        await stopping
+        before = a.applied
+        assert await read_models.position(held.name) >= stopped_at
+        assert await read_models.wait_for(held.name, head, timeout=PATIENCE)
     finally:
-        await admin.close()
-    await a.stop()
-    before = a.applied
-    try:
-        assert await read_models.wait_for(slow.name, head, timeout=30)
-    finally:
+        held.release.set()
+        await a.stop()
         await b.stop()
+    assert before == applied_when_held  # the held batch was never committed
     assert b.applied > 0
-    assert before + b.applied == sum(expected_counts(1500).values())
-    assert await counts_of(read_models, slow.name) == expected_counts(1500)
+    assert before + b.applied == total  # every event applied once, by A or by B
+    assert await _seen(read_models, held.name) == total
+    assert await counts_of(read_models, held.name) == expected_counts(1500)
 
     # The same as a single-runner build: rebuild alone and compare digests.
-    live = await read_models.digest(slow)
+    live = await read_models.digest(held)
     fast = Counting()
     solo = runner(database_url, fast, batch_size=1000, retire_grace=60)
     async with read_models.pool.acquire() as conn:
@@ -274,10 +310,43 @@ async def test_two_runners_apply_each_generation_once_and_take_over(
     assert (generation, started) == (2, True)
     await solo.start()
     try:
-        await until(lambda: _live_is(read_models, fast.name, 2))
+        await until(lambda: _live_is(read_models, fast.name, 2), what="generation 2 live")
     finally:
         await solo.stop()
     assert await read_models.digest(fast) == live
+
+
+async def _asked_for_lock(url: str, app_name: str) -> bool:
+    """A connection of ``app_name`` has tried an advisory lock (its last statement)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                " AND datname = current_database() AND query LIKE '%pg_try_advisory_lock%'",
+                app_name,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def _lock_holders(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return sorted(r["application_name"] for r in rows)
+
+
+async def _seen(rm: ReadModels, name: str) -> int:
+    async with rm.reading(name) as conn:
+        n: int = await conn.fetchval("SELECT count(*) FROM seen")
+    return n
 
 
 async def _at_least(rm: ReadModels, name: str, position: int) -> bool:
@@ -315,27 +384,27 @@ async def test_split_brain_batch_backs_off_on_a_moved_position(database_url, rea
 
 
 async def test_rebuild_is_blue_green_and_matches_the_live_digest(database_url, read_models):
-    proj = Counting()
+    proj = Gated(at=150, armed=False)
     head = await seed(database_url, 500)
     r = runner(database_url, proj, retire_grace=0.5)
     await r.start()
     try:
-        assert await read_models.wait_for(proj.name, head, timeout=20)
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
         live = await read_models.digest(proj)
-        proj.delay = 0.05  # slow the rebuild down so we can watch it
+        proj.armed = True  # hold the rebuild at its second batch (positions 101-200)
         async with read_models.pool.acquire() as conn:
             generation, started = await start_rebuild(conn, proj)
             again = await start_rebuild(conn, proj)
         assert (generation, started, again) == (2, True, (2, False))
-        await until(lambda: _building_past(read_models, 100))
+        await until(proj.entered.is_set, what="the rebuild held at its second batch")
         # While generation 2 builds, readers still get generation 1, complete.
         assert await read_models.live_schema(proj.name) == schema_name(proj.name, 1)
         assert await counts_of(read_models, proj.name) == expected_counts(500)
         [st] = await read_models.status()
         assert st.state == "rebuilding"
-        assert st.building_generation == 2
-        proj.delay = 0
-        await until(lambda: _live_is(read_models, proj.name, 2))
+        assert (st.building_generation, st.building_position) == (2, 100)
+        proj.release.set()
+        await until(lambda: _live_is(read_models, proj.name, 2), what="generation 2 live")
         assert await read_models.digest(proj) == live
         [st] = await read_models.status()
         assert (st.state, st.building_generation, st.lag_events) == ("running", None, 0)
@@ -347,16 +416,12 @@ async def test_rebuild_is_blue_green_and_matches_the_live_digest(database_url, r
                     schema_name(proj.name, 1),
                 )
 
-        await until(dropped)
+        await until(dropped, what="generation 1 dropped")
         head = await seed(database_url, 10, start=500)
-        assert await read_models.wait_for(proj.name, head, timeout=5)
+        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
     finally:
+        proj.release.set()
         await r.stop()
-
-
-async def _building_past(rm: ReadModels, position: int) -> bool:
-    [st] = await rm.status()
-    return (st.building_position or 0) >= position
 
 
 async def test_a_new_code_version_rebuilds_automatically(database_url, read_models):
@@ -364,13 +429,13 @@ async def test_a_new_code_version_rebuilds_automatically(database_url, read_mode
     r1 = runner(database_url, Counting(version=1))
     await r1.start()
     try:
-        assert await read_models.wait_for("test_counts", head, timeout=20)
+        assert await read_models.wait_for("test_counts", head, timeout=PATIENCE)
     finally:
         await r1.stop()
     r2 = runner(database_url, Counting(version=2))
     await r2.start()
     try:
-        await until(lambda: _live_is(read_models, "test_counts", 2))
+        await until(lambda: _live_is(read_models, "test_counts", 2), what="generation 2 live")
     finally:
         await r2.stop()
     [st] = await read_models.status()
@@ -389,7 +454,7 @@ async def test_require_position_answers_503_with_the_lag(database_url, read_mode
     t0 = time.monotonic()
     with pytest.raises(ProblemDetailsException) as info:
         await require_position(read_models, proj.name, head, timeout=0.3)
-    assert 0.25 < time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 >= 0.3  # it waited its bound first (no upper bound: speed)
     exc = info.value
     assert exc.status_code == 503
     assert exc.extra == {
@@ -398,3 +463,11 @@ async def test_require_position_answers_503_with_the_lag(database_url, read_mode
         "wanted": head,
         "lag": head,
     }
+    # Waiting, it lets the call through as soon as a runner applies the events.
+    waiting = asyncio.create_task(require_position(read_models, proj.name, head, PATIENCE))
+    r = runner(database_url, proj)
+    await r.start()
+    try:
+        await waiting
+    finally:
+        await r.stop()
