@@ -126,7 +126,7 @@ def keys_list() -> None:
 @click.argument("key_id")
 @click.option("--reason", required=True, help="why (recorded in the operator trail)")
 def keys_revoke(key_id: str, reason: str) -> None:
-    """Revoke a key (it gets 401 within seconds) and record why in the log."""
+    """Revoke a key (every running process refuses it within a second) and record why in the log."""
     why = require_reason(reason)
     url = _url(_settings())
 

@@ -23,14 +23,20 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ledger.database import APP_ROLE
+from ledger.queries import package_sql
 from ledger.store import UNAVAILABLE_ERRORS, StoreUnavailable
 
 log = logging.getLogger("ledger.keys")
+SQL = package_sql("keys")
 SCOPES = frozenset({"audit:read", "tokens:write", "ops:admin"})
 CACHE_SECONDS = 5.0
 CHANNEL = "ledger_keys"
 HEALTH_CHECK_SECONDS = 30.0  # how often an idle listening connection is checked
-LISTEN_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+LISTEN_ERRORS: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE_ERRORS,
+    asyncpg.PostgresError,
+    asyncpg.InternalClientError,  # e.g. a session killed mid-query
+)
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
@@ -56,7 +62,7 @@ async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> 
     key_id = secrets.token_hex(6)
     key = f"lk_{key_id}_{secrets.token_urlsafe(32)}"
     await conn.execute(
-        "INSERT INTO api_keys (key_id, name, scopes, key_hash) VALUES ($1, $2, $3, $4)",
+        SQL["create"],
         key_id,
         name,
         scopes,
@@ -77,9 +83,7 @@ class KeyInfo:
 
 
 async def list_keys(conn: Conn) -> list[KeyInfo]:
-    rows = await conn.fetch(
-        "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
-    )
+    rows = await conn.fetch(SQL["list"])
     return [
         KeyInfo(r["key_id"], r["name"], tuple(r["scopes"]), r["created_at"], r["revoked_at"])
         for r in rows
@@ -90,14 +94,13 @@ async def revoke_key(conn: Conn, key_id: str) -> tuple[KeyInfo | None, bool]:
     """Revoke ``key_id``: (the key, whether this call revoked it). Idempotent: a revoked key
     keeps its first revocation time; an unknown id gives (None, False)."""
     r = await conn.fetchrow(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL "
-        "RETURNING key_id, name, scopes, created_at, revoked_at",
+        SQL["revoke"],
         key_id,
     )
     now_revoked = r is not None
     if r is None:
         r = await conn.fetchrow(
-            "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys WHERE key_id = $1",
+            SQL["get"],
             key_id,
         )
     if r is None:
@@ -180,7 +183,7 @@ class KeyRing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lost.wait(), HEALTH_CHECK_SECONDS)
             if not lost.is_set():
-                await conn.fetchval("SELECT 1", timeout=10)
+                await conn.fetchval(SQL["ping"], timeout=10)
 
     async def lookup(self, key: str) -> ApiKey | None:
         digest = hash_key(key)
@@ -191,11 +194,7 @@ class KeyRing:
         generation = self._generation
         try:
             async with self.pool.acquire(timeout=5) as conn:
-                row = await conn.fetchrow(
-                    "SELECT key_id, name, scopes FROM api_keys "
-                    "WHERE key_hash = $1 AND revoked_at IS NULL",
-                    digest,
-                )
+                row = await conn.fetchrow(SQL["lookup"], digest)
         except UNAVAILABLE_ERRORS as exc:
             # Not "invalid key": the database is away. The edge answers 503, not 401/500.
             raise StoreUnavailable(type(exc).__name__) from exc
