@@ -16,7 +16,10 @@ A projection is a module in ``projections/`` exposing ``PROJECTION``, an object 
 
 Handlers must be idempotent under replay of the same records (they are, because a batch
 and its position commit together) and must raise on data they cannot fold, never log and
-carry on: the runner then stops that projection at its position.
+carry on: the runner retries the batch, then sets the events that fail on their own aside
+as poisoned (ADR 0010) and applies the rest, so ``apply`` must give the same result for
+any subset of a batch (it does when the fold is order-independent, ADR 0008). A poisoned
+event may be applied later, after others, by an operator's retry.
 """
 
 from __future__ import annotations
