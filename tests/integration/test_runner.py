@@ -223,7 +223,7 @@ async def test_failing_apply_stops_at_its_position_then_recovers(database_url, r
     proj = Counting()
     head = await seed(database_url, 300)
     proj.poison = 150
-    r = runner(database_url, proj, backoff_max=0.2)
+    r = runner(database_url, proj, backoff_max=0.2, poison_after=None)  # never set aside
     await r.start()
     try:
 
