@@ -19,6 +19,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -30,7 +31,7 @@ from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.outbox import Dispatcher
 from tests import support
-from tests.support import SECRETS, bearer, make_key, signed
+from tests.support import SECRETS, bearer, make_key, signed, until
 
 SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]
 
@@ -40,7 +41,8 @@ class Seen:
     """What the partner saw for one idempotency id."""
 
     bodies: list[bytes] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # monotonic, for gaps
+    stamps: list[datetime] = field(default_factory=list)  # wall clock, to compare with leases
     applied: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -106,6 +108,7 @@ class Partner:
         seen = self.seen[idem]
         seen.bodies.append(body)
         seen.times.append(time.monotonic())
+        seen.stamps.append(datetime.now(UTC))
         seen.in_flight += 1
         seen.max_in_flight = max(seen.max_in_flight, seen.in_flight)
         try:
@@ -177,21 +180,31 @@ def outbox_settings(url: str, **extra: str) -> Settings:
     return support.test_settings(**{**env, **extra})
 
 
-async def wait_settled(url: str, expected: int, timeout: float = 20.0) -> list[asyncpg.Record]:
-    """Every one of ``expected`` messages delivered or dead (the test's deadline)."""
-    deadline = time.monotonic() + timeout
+async def wait_settled(url: str, expected: int) -> list[asyncpg.Record]:
+    """At least ``expected`` messages, every one delivered or dead (in creation order)."""
     conn = await asyncpg.connect(url)
     try:
-        while True:
+
+        async def settled() -> list[asyncpg.Record] | None:
             rows = await conn.fetch("SELECT * FROM outbox ORDER BY created_at")
             if len(rows) >= expected and all(r["state"] != "pending" for r in rows):
                 return rows
-            if time.monotonic() > deadline:
-                states = [(r["order_ref"], r["state"], r["attempts"]) for r in rows]
-                raise AssertionError(f"outbox did not settle: {states}")
-            await asyncio.sleep(0.05)
+            return None
+
+        return await until(settled, what=f"{expected} outbox messages settled")
     finally:
         await conn.close()
+
+
+async def wait_rebuilt(client: AsyncTestClient, key: str, generation: int) -> None:  # type: ignore[type-arg]
+    """The outbox projection's ``generation`` is live and has caught up with the log."""
+
+    async def rebuilt() -> bool:
+        r = await client.get("/v1/projections/outbox", headers=bearer(key))
+        st = r.json()
+        return bool(st["live_generation"] == generation and st["lag_events"] == 0)
+
+    await until(rebuilt, what=f"outbox generation {generation} live and caught up")
 
 
 def xendit_invoice(
@@ -352,10 +365,20 @@ async def test_payload_is_exactly_the_reference_shape(partner, database_url):
         assert (
             await client.post("/webhooks/xendit", content=body3, headers=headers)
         ).status_code == 200
-        rows = await wait_settled(database_url, 2)
-        await asyncio.sleep(0.3)
+        # Nothing else may follow: a later booking's message is derived after anything the
+        # three deliveries above could have made, so once it has settled every message for
+        # the first booking (right or wrong) is in the table, settled too.
+        later = signed("xendit", "PAID", order_id="b-later")
+        assert (
+            await client.post(later.path, content=later.body, headers=later.headers)
+        ).status_code == 200
+        every = await wait_settled(database_url, 3)
+    rows = [r for r in every if r["order_ref"] != "xendit:b-later"]
     assert len(rows) == 2
+    assert len(every) == 3
     sent = [json.loads(s.bodies[0]) for s in partner.seen.values()]
+    sent = [b for b in sent if b["booking_id"] != "b-later"]
+    assert len(sent) == 2
     sent.sort(key=lambda b: b["event"])
     assert sent[0] == {
         "event": "booking.paid",
@@ -398,17 +421,14 @@ async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
         assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
         # The app runs in the test client's own loop: the workers get a pool of their own.
         pool = await create_pool(database_url)
-        deadline = time.monotonic() + 10
-        while not await pool.fetchval("SELECT count(*) FROM outbox"):
-            assert time.monotonic() < deadline, "the projector made no message"
-            await asyncio.sleep(0.05)
+        await until(lambda: pool.fetchval("SELECT count(*) FROM outbox"), what="a message")
         a = Dispatcher(pool, settings)
         b = Dispatcher(pool, settings)
         await a.start()
-        while not partner.seen:
-            await asyncio.sleep(0.02)
+        await until(lambda: partner.seen, what="A's attempt at the partner")
+        lease_until = await pool.fetchval("SELECT lease_until FROM outbox")  # A's lease
+        assert lease_until is not None
         await a.stop()  # killed mid-send: records nothing
-        killed_at = time.monotonic()
         await b.start()
         try:
             rows = await wait_settled(database_url, 1)
@@ -422,7 +442,7 @@ async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
     assert len(seen.bodies) == 2
     assert seen.applied == 1
     assert seen.max_in_flight == 1
-    assert seen.times[1] - killed_at >= 1.0, "B waited for A's lease to expire"
+    assert seen.stamps[1] >= lease_until, "B waited for A's lease to expire"
     assert [a["outcome"] for a in attempts] == ["delivered"]  # A's attempt never finished
 
 
@@ -452,19 +472,22 @@ async def test_a_rebuild_sends_nothing_twice(partner, database_url):
             headers={**bearer(key), "x-ledger-reason": "test rebuild"},
         )
         assert r.status_code == 202, r.text
-        generation = r.json()["generation"]
-        deadline = time.monotonic() + 15
-        while True:
-            st = (await client.get("/v1/projections/outbox", headers=bearer(key))).json()
-            if st["live_generation"] == generation and st["lag_events"] == 0:
-                break
-            assert time.monotonic() < deadline, st
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)  # a re-sent message would show up by now
-        rebuilt = await pool.fetch("SELECT id, state FROM public.outbox ORDER BY created_at")
+        await wait_rebuilt(client, key, r.json()["generation"])
+        # A message the rebuild made pending again would be sent before a later booking's
+        # (made after the rebuild went live) settles: wait for that one, not for a while.
+        later = signed("xendit", "PAID", order_id="r-later")
+        assert (
+            await client.post(later.path, content=later.body, headers=later.headers)
+        ).status_code == 200
+        await wait_settled(database_url, 3)
+        rebuilt = await pool.fetch(
+            "SELECT id, state FROM public.outbox WHERE order_ref <> 'xendit:r-later'"
+            " ORDER BY created_at"
+        )
         await pool.close()
     assert [(r["id"], r["state"]) for r in after] == [(r["id"], "delivered") for r in before]
     assert [tuple(r) for r in rebuilt] == [tuple(r) for r in after]
+    assert len(partner.seen) == 3
     assert all(s.applied == 1 and len(s.bodies) == 1 for s in partner.seen.values())
 
 
@@ -555,26 +578,23 @@ async def test_old_events_make_no_messages(partner, database_url):
     async with AsyncTestClient(app) as client:
         assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
         await wait_settled(database_url, 1)
-    await asyncio.sleep(0.6)  # the event is now older than the limit below
+    acked = datetime.now(UTC)  # old-1 was recorded before this
+    # The rule is about the clock: let old-1 grow older than the limit below. The limit is
+    # wide, so that new-1 (recorded just before it is folded) is young on a slow machine too.
+    max_age = 5.0
+    await until(lambda: (datetime.now(UTC) - acked).total_seconds() > max_age, every=0.2)
 
     moved = Partner()
     await moved.start()
     try:
-        settings = outbox_settings(moved.url, LEDGER_OUTBOX_MAX_AGE="0.5")
+        settings = outbox_settings(moved.url, LEDGER_OUTBOX_MAX_AGE=str(max_age))
         async with AsyncTestClient(create_app(settings, database_url=database_url)) as client:
             key = await make_key(database_url, "ops:admin")
             r = await client.post(
                 "/v1/projections/outbox/rebuild",
                 headers={**bearer(key), "x-ledger-reason": "test rebuild"},
             )
-            generation = r.json()["generation"]
-            deadline = time.monotonic() + 15
-            while True:
-                st = (await client.get("/v1/projections/outbox", headers=bearer(key))).json()
-                if st["live_generation"] == generation and st["lag_events"] == 0:
-                    break
-                assert time.monotonic() < deadline, st
-                await asyncio.sleep(0.1)
+            await wait_rebuilt(client, key, r.json()["generation"])
             new = signed("xendit", "PAID", order_id="new-1")
             r = await client.post(new.path, content=new.body, headers=new.headers)
             assert r.status_code == 200
