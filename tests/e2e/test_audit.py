@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import csv
 import hashlib
@@ -26,7 +25,7 @@ from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_
 from ledger.orderstatus import fold, midtrans_status
 from ledger.store import EventStore, NewEvent, StoredRecord
 from projections.token_balances import PROJECTION, TokenBalances
-from tests.support import bearer, make_key, signed
+from tests.support import bearer, make_key, signed, until
 from tests.support import test_settings as make_settings
 
 
@@ -272,13 +271,14 @@ async def test_customer_timeline_traces_each_credit_to_its_delivery(live_client,
     d = signed("mayar", "payment.success", customer="Sari@Example.com", package="silver")
     ack = (await client.post(d.path, content=d.body, headers=d.headers)).json()
     await post(client, "mayar", "payment.success", customer="someone@else.io", package="gold")
-    for _ in range(50):
+
+    async def credited() -> dict | None:  # type: ignore[type-arg]
         r = await client.get("/v1/audit/customers/SARI@example.com", headers=reader)
         assert r.status_code == 200, r.text
         [entry] = r.json()["entries"]
-        if entry["effects"]:
-            break
-        await asyncio.sleep(0.1)
+        return entry if entry["effects"] else None
+
+    entry = await until(credited, what="the credit traced to its delivery")
     assert entry["position"] == ack["position"]
     assert entry["effects"] == [
         {
@@ -356,10 +356,12 @@ async def test_balance_as_of_any_position_matches_the_projection_fold(live_clien
     for event, pid, who, package in plan:
         path, body, headers = mayar_body(event, pid, who, package)
         assert (await client.post(path, content=body, headers=headers)).status_code == 200
-    for _ in range(100):  # the spend checks the live read model
-        if (await client.get("/v1/accounts/ana@x.io", headers=writer)).json().get("tokens", 0) >= 5:
-            break
-        await asyncio.sleep(0.1)
+
+    async def funded() -> bool:  # the spend checks the live read model
+        r = await client.get("/v1/accounts/ana@x.io", headers=writer)
+        return bool(r.json().get("tokens", 0) >= 5)
+
+    await until(funded, what="5 tokens credited")
     r = await client.post(
         "/v1/accounts/ana@x.io/spend",
         json={"amount": 3, "idempotency_key": "k1", "reason": "test"},

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -21,7 +20,7 @@ from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.readmodels import ReadModels
 from tests.integration.test_runner import Counting, seed
-from tests.support import SECRETS, bearer, live_server, make_key, signed
+from tests.support import SECRETS, bearer, live_server, make_key, signed, until
 
 
 @pytest.fixture
@@ -40,13 +39,6 @@ async def _status(client, key: str, **params: str) -> dict:  # type: ignore[no-u
     r = await client.get("/v1/projections", headers=bearer(key), params=params)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-async def _until(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_status_lag_digest_and_blue_green_rebuild_over_http(ops_client, database_url):
@@ -75,7 +67,7 @@ async def test_status_lag_digest_and_blue_green_rebuild_over_http(ops_client, da
         [item] = (await _status(client, admin))["items"]
         return item["position"] >= last
 
-    await _until(caught_up)
+    await until(caught_up)
     body = await _status(client, admin, digest="true")
     [item] = body["items"]
     assert body["head"] == last
@@ -133,7 +125,7 @@ async def test_status_lag_digest_and_blue_green_rebuild_over_http(ops_client, da
         [item] = (await _status(client, admin))["items"]
         return item["live_generation"] == 2 and item["building_generation"] is None
 
-    await _until(switched)
+    await until(switched)
     one = await client.get("/v1/projections/test_counts?digest=true", headers=bearer(admin))
     assert one.status_code == 200
     assert one.json()["digest"] == live_digest
@@ -236,7 +228,7 @@ async def test_worker_processes_take_over_when_one_is_killed(database_url):
     workers = [_ledger(database_url, "worker"), _ledger(database_url, "worker")]
     try:
         head = await seed(database_url, 200)
-        await _until(lambda: _reached(rm, "token_balances", head), timeout=30)
+        await until(lambda: _reached(rm, "token_balances", head))
         holder = await _holder(database_url)
         assert holder in {w.pid for w in workers}
         victim = next(w for w in workers if w.pid == holder)
@@ -244,7 +236,7 @@ async def test_worker_processes_take_over_when_one_is_killed(database_url):
         victim.send_signal(signal.SIGKILL)
         await asyncio.to_thread(victim.wait, 10)
         head = await seed(database_url, 200, start=200)
-        await _until(lambda: _reached(rm, "token_balances", head), timeout=30)
+        await until(lambda: _reached(rm, "token_balances", head))
         assert await _holder(database_url) == survivor.pid
         survivor.send_signal(signal.SIGTERM)
         out, err = await asyncio.to_thread(survivor.communicate, None, 15)
@@ -286,7 +278,7 @@ async def test_every_real_projection_rebuilds_to_the_same_digest(client, databas
         body = await _status(client, admin)
         return all(i["lag_events"] == 0 for i in body["items"])
 
-    await _until(all_caught_up)
+    await until(all_caught_up)
     before = {i["name"]: i for i in (await _status(client, admin, digest="true"))["items"]}
     assert {"token_balances", "subscriptions", "orders", "review"} <= set(before)
     for name in before:
@@ -305,7 +297,7 @@ async def test_every_real_projection_rebuilds_to_the_same_digest(client, databas
             for i in items
         )
 
-    await _until(all_switched, timeout=40)
+    await until(all_switched)
     after = {i["name"]: i for i in (await _status(client, admin, digest="true"))["items"]}
     assert {n: i["digest"] for n, i in after.items()} == {n: i["digest"] for n, i in before.items()}
     assert all(i["state"] == "running" for i in after.values())
@@ -350,11 +342,8 @@ async def test_a_worker_alone_derives_and_delivers_outbox_messages(database_url)
         async with live_server(database_url, **off) as http:
             d = signed("xendit", "PAID")
             assert (await http.post(d.path, content=d.body, headers=d.headers)).status_code == 200
-            for _ in range(300):
-                if received:
-                    break
-                await asyncio.sleep(0.05)
-        assert len(received) == 1, "the worker did not deliver the partner sync"
+            await until(lambda: received, what="the worker delivering the partner sync")
+        assert len(received) == 1, "the worker delivered the partner sync more than once"
         assert b'"booking.paid"' in received[0]
     finally:
         worker.send_signal(signal.SIGTERM)
