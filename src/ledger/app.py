@@ -12,21 +12,21 @@ from typing import Any, Protocol
 import asyncpg
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 
 from ledger import __version__
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
 from ledger.api.admin import admin_page
 from ledger.api.audit import AuditController, KeysController
-from ledger.api.auth import require_key
+from ledger.api.docs import asset_router, openapi_config
 from ledger.api.events import EventsController
 from ledger.api.health import health, ready
+from ledger.api.metrics import MetricsController
 from ledger.api.orders import OrdersController, ReviewController, SubscriptionsController
 from ledger.api.outbox import OutboxController
+from ledger.api.params import reject_unstorable
 from ledger.api.projections import ProjectionsController
 from ledger.api.slow_clients import BodyReadDeadline
 from ledger.api.stream import stream
@@ -96,12 +96,6 @@ async def prepare_database(
     return await prepare_logins(url, migrate_url=migrate_url, production=production)
 
 
-class MetricsController(PrometheusController):
-    path = "/metrics"
-    guards = [require_key]
-    opt = {"scopes": ("ops:admin",)}
-
-
 @asynccontextmanager
 async def running_services(
     cfg: Settings, database_url: str | None = None, *, runner_options: dict[str, Any] | None = None
@@ -165,6 +159,7 @@ def route_handlers() -> list[Any]:
         admin_page,
         AuditController,
         KeysController,
+        asset_router(),
     ]
 
 
@@ -186,13 +181,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             prometheus.middleware,
             DefineMiddleware(BodyReadDeadline, timeout=cfg.request_read_timeout),
         ],
-        openapi_config=OpenAPIConfig(
-            title="Webhook ledger",
-            version=__version__,
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin()],
-            description="Verified payment webhooks as an append-only event log.",
-        ),
+        guards=[reject_unstorable],  # NUL and controls in path or query: 400, on every route
+        openapi_config=openapi_config(__version__),
         debug=False,
     )
 

@@ -103,6 +103,12 @@ class ReadModels:
             value = await conn.fetchval(SQL["live_position"], name)
         return int(value or 0)
 
+    async def head(self) -> int:
+        """The log's head: the highest committed position (0 for an empty log)."""
+        async with self.pool.acquire() as conn:
+            value = await conn.fetchval(SQL["head"])
+        return int(value or 0)
+
     async def live_schema(self, name: str) -> str:
         """The schema of the live generation (``p_<name>_g<N>``); 503 if not registered."""
         async with self.pool.acquire() as conn:
@@ -209,9 +215,21 @@ async def require_position(
     timeout: float = 2.0,  # noqa: ASYNC109 -- see ReadModels.wait_for
 ) -> None:
     """For query routes' ``?min_position=N``: wait (bounded) until the projection has
-    applied N, else raise a 503 problem naming how far it got."""
+    applied N, else raise a 503 problem naming how far it got. A position beyond the log's
+    head cannot be a write the client saw: 400, at once (no wait)."""
     if min_position is None or min_position <= 0:
         return
+    head = await read_models.head()
+    if min_position > head:
+        raise problem(
+            400,
+            "min-position-beyond-head",
+            "min_position is beyond the log's head",
+            f"query parameter 'min_position' is {min_position} but the log's head is {head}; "
+            "pass a position this service returned",
+            parameter="min_position",
+            head=head,
+        )
     try:
         await read_models.require(name, min_position, timeout)
     except ProjectionLagging as exc:

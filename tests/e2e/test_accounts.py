@@ -167,22 +167,29 @@ async def test_scopes_and_bad_input(client, database_url):
     for bad_customer in ("%20", "a%00b@c.d", "a%0Ab@c.d"):
         r = await spend(client, writer, bad_customer, 1, "k")
         assert r.status_code == 400, bad_customer
-        assert r.json()["type"] == "/problems/invalid-customer"
+        # NUL and control characters are refused on every route before the handler runs.
+        assert r.json()["type"] in (
+            "/problems/invalid-customer",
+            "/problems/unstorable-characters",
+        )
     r = await spend(client, writer, "a@b.c", 1, "new\nline")
     assert r.status_code == 400
     assert "$.idempotency_key" in r.json()["detail"]
 
 
-async def test_min_position_beyond_the_log_is_503_with_the_lag(client, database_url):
+async def test_min_position_beyond_the_log_is_400_naming_the_head(client, database_url):
+    """No write the client saw can be beyond the head: a client error, answered at once
+    (issue 8; it was a 2 s wait and then 503 projection-lagging)."""
     key = await make_key(database_url, "audit:read")
     position = await credit(client, "eve@example.com")
     r = await client.get(
         f"/v1/accounts/eve@example.com?min_position={position + 1000}", headers=bearer(key)
     )
-    assert r.status_code == 503
+    assert r.status_code == 400
     p = r.json()
-    assert p["type"] == "/problems/projection-lagging"
-    assert p["lag"] >= 1000
+    assert p["type"] == "/problems/min-position-beyond-head"
+    assert p["head"] >= position
+    assert "min_position" in p["detail"]
     ok = await client.get(
         f"/v1/accounts/eve@example.com?min_position={position}", headers=bearer(key)
     )

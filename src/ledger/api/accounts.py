@@ -10,11 +10,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath
 from litestar.response import Response
 
 from ledger.api.auth import require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER
+from ledger.api.params import MinPosition
+from ledger.api.problems import KEYED, problem, responses
 from ledger.folding import normalize_customer
 from ledger.readmodels import ProjectionLagging, ReadModels, require_position
 from ledger.spend import IdempotencyConflict, InsufficientTokens, SpendBusy, Spender
@@ -99,19 +101,19 @@ class AccountsController(Controller):
     path = "/v1/accounts"
     tags = ["accounts"]
     guards = [require_key]
+    security = BEARER
 
     @get(
         "/{customer:str}",
         summary="A customer's token balance",
         opt={"scopes": ("audit:read", "tokens:write")},
+        responses=responses(*KEYED),
     )
     async def get_account(
         self,
         request: Request[Any, Any, Any],
         customer: FromPath[str],
-        min_position: Annotated[
-            int | None, QueryParameter(ge=0, description="wait until this position is applied")
-        ] = None,
+        min_position: MinPosition = None,
     ) -> Account:
         """Tokens (credited minus spent). A customer never seen has zero of everything."""
         who = customer_param(customer)
@@ -143,6 +145,7 @@ class AccountsController(Controller):
         status_code=201,
         summary="Spend tokens (idempotent, never overdraws)",
         opt={"scopes": ("tokens:write",)},
+        responses=responses(*KEYED, 409, 413),
     )
     async def spend(
         self, request: Request[Any, Any, Any], customer: FromPath[str]

@@ -1,6 +1,6 @@
 """Finance audit routes (``/v1/audit``) and key administration with a reason (``/v1/keys``).
 
-Times in query strings are ISO 8601 (a date means its midnight; no offset means UTC).
+Times in query strings: see ``ledger.api.times`` (ISO 8601, inside the calendar).
 ``reason_header`` is the one way routes read the operator's ``X-Ledger-Reason``.
 """
 
@@ -9,25 +9,25 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
 from ledger import asof, audit, chain
 from ledger.api.auth import current_key, require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER, CsvOrJsonLines
+from ledger.api.params import MAX_TEXT, Limit, OptionalPosition, Position, Text
+from ledger.api.problems import KEYED, problem, responses
+from ledger.api.times import AsOf, From, To, day_window, parse_time
 from ledger.keys import KeyRing, list_keys, revoke_key
 from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
 
 REASON_HEADER = "x-ledger-reason"
-AT_POSITION = "only events at or before this position"
-AS_OF = "only events received at or before this ISO 8601 time"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -43,24 +43,6 @@ def reason_header(request: Request[Any, Any, Any]) -> str:
             "A reason is required",
             f"send why in the X-Ledger-Reason header ({exc})",
         ) from None
-
-
-def parse_time(name: str, value: str | None) -> datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        if len(value) == 10:
-            parsed = datetime.combine(date.fromisoformat(value), datetime.min.time())
-        else:
-            parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise problem(
-            400,
-            "invalid-time",
-            "Invalid time",
-            f"query parameter {name!r} must be an ISO 8601 date or time, got {value[:40]!r}",
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class AuditEvent(msgspec.Struct, kw_only=True):
@@ -160,27 +142,37 @@ class AuditController(Controller):
     tags = ["audit"]
     guards = [require_key]
     opt = {"scopes": ("audit:read",)}
+    security = BEARER
 
-    @get("/head", summary="The latest position and its chain hash (keep daily digests)")
+    @get(
+        "/head",
+        summary="The latest position and its chain hash (keep daily digests)",
+        responses=responses(*KEYED),
+    )
     async def head(self, request: Request[Any, Any, Any]) -> Head:
         async with request.app.state.services.pool.acquire() as conn:
             position, digest = await chain.head(conn)
         return Head(position=position, hash=digest.hex() if digest else None)
 
-    @get("/events", summary="Search the log by provider, customer, order, type and time")
+    @get(
+        "/events",
+        summary="Search the log by provider, customer, order, type and time",
+        responses=responses(*KEYED),
+    )
     async def events(
         self,
         request: Request[Any, Any, Any],
-        provider: FromQuery[str | None] = None,
-        customer: FromQuery[str | None] = None,
-        order_id: FromQuery[str | None] = None,
+        provider: Text = None,
+        customer: Text = None,
+        order_id: Text = None,
         type_: Annotated[
-            str | None, QueryParameter(name="type", description="kind, topic or event name")
+            str | None,
+            QueryParameter(name="type", max_length=MAX_TEXT, description="kind, topic or name"),
         ] = None,
-        from_: Annotated[str | None, QueryParameter(name="from", description="ISO 8601")] = None,
-        to: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,
-        after: Annotated[int, QueryParameter(ge=0, description="position cursor")] = 0,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        from_: From = None,
+        to: To = None,
+        after: Position = 0,
+        limit: Limit = 100,
     ) -> AuditPage:
         filters = audit.Filters(
             provider=provider,
@@ -202,12 +194,17 @@ class AuditController(Controller):
             has_more=has_more,
         )
 
-    @get("/export", summary="Stream events received in [from, to) as CSV or JSON lines")
+    @get(
+        "/export",
+        summary="Stream events received in [from, to) as CSV or JSON lines",
+        operation_class=CsvOrJsonLines,
+        responses=responses(*KEYED),
+    )
     async def export(
         self,
         request: Request[Any, Any, Any],
-        from_: Annotated[str | None, QueryParameter(name="from", description="ISO 8601")] = None,
-        to: Annotated[str | None, QueryParameter(description="ISO 8601, exclusive")] = None,
+        from_: From = None,
+        to: To = None,
         format_: Annotated[Literal["csv", "jsonl"], QueryParameter(name="format")] = "csv",
     ) -> Stream:
         since = parse_time("from", from_) or _EPOCH
@@ -216,7 +213,8 @@ class AuditController(Controller):
         await audit.catch_up(pool)
         pages = audit.export_pages(pool, since, until)
         if format_ == "csv":
-            body, media, ext = _csv(pages), "text/csv; charset=utf-8", "csv"
+            # litestar adds "; charset=utf-8" to text/* types itself (once).
+            body, media, ext = _csv(pages), "text/csv", "csv"
         else:
             body, media, ext = _jsonl(pages), "application/x-ndjson", "jsonl"
         name = f"ledger-{since.date().isoformat()}-{until.date().isoformat()}.{ext}"
@@ -226,16 +224,20 @@ class AuditController(Controller):
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    @get("/orders/{provider:str}/{order_id:str}", summary="An order's deliveries and effects")
+    @get(
+        "/orders/{provider:str}/{order_id:str}",
+        summary="An order's deliveries and effects",
+        responses=responses(*KEYED),
+    )
     async def order_timeline(
         self,
         request: Request[Any, Any, Any],
         provider: FromPath[str],
         order_id: FromPath[str],
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
-        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
-        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
+        after: Position = 0,
+        limit: Limit = 500,
+        at_position: OptionalPosition = None,
+        as_of: AsOf = None,
     ) -> Timeline:
         """``order_status`` is the status as of the cut-off (the whole log by default)."""
         return await _timeline(
@@ -250,15 +252,19 @@ class AuditController(Controller):
             as_of,
         )
 
-    @get("/customers/{customer:str}", summary="A customer's events and their effects")
+    @get(
+        "/customers/{customer:str}",
+        summary="A customer's events and their effects",
+        responses=responses(*KEYED),
+    )
     async def customer_timeline(
         self,
         request: Request[Any, Any, Any],
         customer: FromPath[str],
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
-        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
-        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
+        after: Position = 0,
+        limit: Limit = 200,
+        at_position: OptionalPosition = None,
+        as_of: AsOf = None,
     ) -> Timeline:
         who = customer.strip().lower()
         return await _timeline(
@@ -273,13 +279,17 @@ class AuditController(Controller):
             as_of,
         )
 
-    @get("/customers/{customer:str}/balance", summary="Tokens as of a position or a time")
+    @get(
+        "/customers/{customer:str}/balance",
+        summary="Tokens as of a position or a time",
+        responses=responses(*KEYED),
+    )
     async def balance(
         self,
         request: Request[Any, Any, Any],
         customer: FromPath[str],
-        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
-        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
+        at_position: OptionalPosition = None,
+        as_of: AsOf = None,
     ) -> asof.BalanceAsOf:
         from projections.token_balances import PROJECTION  # the live read model's catalogue
 
@@ -290,13 +300,17 @@ class AuditController(Controller):
             position = await asof.cutoff(conn, at_position, upto)
             return await asof.balance_as_of(conn, customer, position, PROJECTION.catalogue, upto)
 
-    @get("/customers/{customer:str}/subscriptions", summary="Subscriptions as of a point")
+    @get(
+        "/customers/{customer:str}/subscriptions",
+        summary="Subscriptions as of a point",
+        responses=responses(*KEYED),
+    )
     async def subscriptions(
         self,
         request: Request[Any, Any, Any],
         customer: FromPath[str],
-        at_position: Annotated[int | None, QueryParameter(ge=0, description=AT_POSITION)] = None,
-        as_of: Annotated[str | None, QueryParameter(description=AS_OF)] = None,
+        at_position: OptionalPosition = None,
+        as_of: AsOf = None,
     ) -> asof.SubscriptionsAsOf:
         """Status (active, cancelled, expired) of each license right after the cut-off;
         expiry is judged at ``as_of``, or when the cut-off event was recorded."""
@@ -308,30 +322,20 @@ class AuditController(Controller):
             at = await asof.evaluation_time(conn, position, at_position, upto)
             return await asof.subscriptions_as_of(conn, customer, position, at)
 
-    @get("/summary", summary="Per provider for one day: deliveries, paid, refunds, failures")
+    @get(
+        "/summary",
+        summary="Per provider for one day: deliveries, paid, refunds, failures",
+        responses=responses(*KEYED),
+    )
     async def summary(
         self,
         request: Request[Any, Any, Any],
-        date_: Annotated[str, QueryParameter(name="date", description="YYYY-MM-DD")],
-        tz: Annotated[str, QueryParameter(description="IANA time zone of the day")] = "UTC",
+        date_: Annotated[str, QueryParameter(name="date", max_length=10, description="YYYY-MM-DD")],
+        tz: Annotated[
+            str, QueryParameter(max_length=64, description="IANA time zone of the day")
+        ] = "UTC",
     ) -> Summary:
-        try:
-            day = date.fromisoformat(date_)
-        except ValueError:
-            raise problem(
-                400,
-                "invalid-date",
-                "Invalid date",
-                f"'date' must be YYYY-MM-DD, got {date_[:40]!r}",
-            ) from None
-        try:
-            zone = ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise problem(
-                400, "invalid-tz", "Unknown time zone", f"'tz' {tz[:60]!r} is not an IANA zone"
-            ) from None
-        since = datetime.combine(day, datetime.min.time(), tzinfo=zone)
-        until = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone)
+        day, since, until = day_window(date_, tz)
         pool = request.app.state.services.pool
         await audit.catch_up(pool)
         async with pool.acquire() as conn:
@@ -426,13 +430,23 @@ class KeysController(Controller):
     tags = ["operators"]
     guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
+    security = BEARER
 
-    @get("/", summary="API keys: ids, names, scopes, created/revoked (never secrets)")
+    @get(
+        "/",
+        summary="API keys: ids, names, scopes, created/revoked (never secrets)",
+        responses=responses(*KEYED),
+    )
     async def list_keys(self, request: Request[Any, Any, Any]) -> list[KeyView]:
         async with request.app.state.services.pool.acquire() as conn:
             return [_key_view(k) for k in await list_keys(conn)]
 
-    @post("/{key_id:str}/revoke", status_code=200, summary="Revoke a key (X-Ledger-Reason)")
+    @post(
+        "/{key_id:str}/revoke",
+        status_code=200,
+        summary="Revoke a key (X-Ledger-Reason)",
+        responses=responses(*KEYED, 404, 413),
+    )
     async def revoke(self, request: Request[Any, Any, Any], key_id: FromPath[str]) -> Revoked:
         reason = reason_header(request)
         actor = current_key(request)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath
 from litestar.response import Response
 
 from ledger.api.auth import require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER
+from ledger.api.params import Limit, Position
+from ledger.api.problems import KEYED, problem, responses
 from ledger.domain import MsgspecTranscoder
 from ledger.store import EventStore, StoredRecord
 
@@ -75,13 +77,14 @@ class EventsController(Controller):
     tags = ["audit"]
     guards = [require_key]
     opt = {"scopes": ("audit:read",)}
+    security = BEARER
 
-    @get("/", summary="Events in log order after a position")
+    @get("/", summary="Events in log order after a position", responses=responses(*KEYED))
     async def list_events(
         self,
         request: Request[Any, Any, Any],
-        after: Annotated[int, QueryParameter(ge=0, description="position to read after")] = 0,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        after: Position = 0,
+        limit: Limit = 100,
     ) -> EventPage:
         store: EventStore = request.app.state.services.store
         rows = await store.read_after(after, limit + 1)
@@ -93,7 +96,11 @@ class EventsController(Controller):
             has_more=has_more,
         )
 
-    @get("/{event_id:str}", summary="One event, with the raw body as received")
+    @get(
+        "/{event_id:str}",
+        summary="One event, with the raw body as received",
+        responses=responses(*KEYED, 404),
+    )
     async def get_event(
         self, request: Request[Any, Any, Any], event_id: FromPath[str]
     ) -> EventDetail:
@@ -112,7 +119,11 @@ class EventsController(Controller):
             body_base64=base64.b64encode(body).decode() if body is not None else None,
         )
 
-    @get("/{event_id:str}/raw", summary="The exact bytes a provider sent")
+    @get(
+        "/{event_id:str}/raw",
+        summary="The exact bytes a provider sent (with the provider's content type)",
+        responses=responses(*KEYED, 404),
+    )
     async def get_raw(
         self, request: Request[Any, Any, Any], event_id: FromPath[str]
     ) -> Response[bytes]:

@@ -6,10 +6,13 @@ from typing import Any
 
 import asyncpg
 from litestar import Request, get
+from litestar.openapi import ResponseSpec
 from litestar.response import Response
 
 from ledger import migrate
 from ledger.store import UNAVAILABLE_ERRORS
+
+RETRY = {"Retry-After": "5"}
 
 
 @get("/health", tags=["health"], summary="Liveness")
@@ -17,7 +20,18 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", tags=["health"], summary="Readiness: database reachable and migrated")
+@get(
+    "/ready",
+    tags=["health"],
+    summary="Readiness: database reachable and migrated",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, Any],
+            description="The database is unreachable or migrations are pending",
+            generate_examples=False,
+        )
+    },
+)
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     pool: asyncpg.Pool = request.app.state.services.pool
     try:
@@ -27,7 +41,13 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
                 "SELECT coalesce(max(notification_id), 0) FROM stored_events"
             )
     except UNAVAILABLE_ERRORS as exc:
-        return Response({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+        return Response(
+            {"status": "unavailable", "database": type(exc).__name__},
+            status_code=503,
+            headers=RETRY,
+        )
     if todo:
-        return Response({"status": "migrations-pending", "pending": todo}, status_code=503)
+        return Response(
+            {"status": "migrations-pending", "pending": todo}, status_code=503, headers=RETRY
+        )
     return Response({"status": "ready", "position": head})

@@ -16,16 +16,15 @@ from litestar.params import FromPath, QueryParameter
 from ledger import orderstatus, poison
 from ledger.api.accounts import LIVE_POSITION, customer_param
 from ledger.api.auth import require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER
+from ledger.api.params import Limit, MinPosition, Position
+from ledger.api.problems import KEYED, problem, responses
 from ledger.folding import FOREVER, subscription_status
 from ledger.readmodels import ReadModels, require_position
 from projections.orders import SQL as ORDERS_SQL
 from projections.review import SQL as REVIEW_SQL
 from projections.subscriptions import SQL as SUBSCRIPTIONS_SQL
 
-MinPosition = Annotated[
-    int | None, QueryParameter(ge=0, description="wait until this log position is applied")
-]
 ORDER_PROVIDERS = ("midtrans", "xendit", "partner")
 
 
@@ -93,9 +92,14 @@ class OrdersController(Controller):
     path = "/v1/orders"
     tags = ["read models"]
     guards = [require_key]
+    security = BEARER
     opt = {"scopes": ("audit:read",)}
 
-    @get("/{provider:str}/{order_id:str}", summary="An order's status and full history")
+    @get(
+        "/{provider:str}/{order_id:str}",
+        summary="An order's status and full history",
+        responses=responses(*KEYED, 404),
+    )
     async def get_order(
         self,
         request: Request[Any, Any, Any],
@@ -171,9 +175,14 @@ class SubscriptionsController(Controller):
     path = "/v1/subscriptions"
     tags = ["read models"]
     guards = [require_key]
+    security = BEARER
     opt = {"scopes": ("audit:read", "tokens:write")}
 
-    @get("/{customer:str}", summary="A customer's subscriptions, status as of now")
+    @get(
+        "/{customer:str}",
+        summary="A customer's subscriptions, status as of now",
+        responses=responses(*KEYED),
+    )
     async def get_subscriptions(
         self,
         request: Request[Any, Any, Any],
@@ -210,15 +219,18 @@ class ReviewController(Controller):
     path = "/v1/review"
     tags = ["read models"]
     guards = [require_key]
+    security = BEARER
     opt = {"scopes": ("audit:read",)}
 
-    @get("/", summary="Deliveries that need a person")
+    @get("/", summary="Deliveries that need a person", responses=responses(*KEYED))
     async def list_review(
         self,
         request: Request[Any, Any, Any],
-        after: Annotated[int, QueryParameter(ge=0, description="position to list after")] = 0,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        reason: Annotated[str | None, QueryParameter(description="only this reason")] = None,
+        after: Position = 0,
+        limit: Limit = 100,
+        reason: Annotated[
+            str | None, QueryParameter(max_length=100, description="only this reason")
+        ] = None,
         min_position: MinPosition = None,
     ) -> ReviewPage:
         """Quarantined, dedup conflicts, unknown package or customer, amount mismatch,

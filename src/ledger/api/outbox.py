@@ -15,7 +15,9 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, QueryParameter
 
 from ledger.api.auth import current_key, require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER
+from ledger.api.params import Limit
+from ledger.api.problems import KEYED, problem, responses
 from ledger.operator import ReasonRequired
 from ledger.outbox import NotRetryable, get_message, list_messages, retry_message
 
@@ -72,8 +74,9 @@ class OutboxController(Controller):
     tags = ["outbox"]
     guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
+    security = BEARER
 
-    @get("/", summary="Outbox messages, newest first")
+    @get("/", summary="Outbox messages, newest first", responses=responses(*KEYED))
     async def list_outbox(
         self,
         request: Request[Any, Any, Any],
@@ -83,13 +86,17 @@ class OutboxController(Controller):
         q: Annotated[
             str | None, QueryParameter(max_length=200, description="order id or customer")
         ] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        limit: Limit = 100,
     ) -> MessagePage:
         async with request.app.state.services.pool.acquire() as conn:
             rows = await list_messages(conn, message_state, q, limit)
         return MessagePage(items=[msgspec.convert(r, Message) for r in rows])
 
-    @get("/{message_id:str}", summary="One message with every attempt")
+    @get(
+        "/{message_id:str}",
+        summary="One message with every attempt",
+        responses=responses(*KEYED, 404),
+    )
     async def get_outbox(
         self, request: Request[Any, Any, Any], message_id: FromPath[str]
     ) -> Message:
@@ -100,7 +107,12 @@ class OutboxController(Controller):
             raise problem(404, "message-not-found", "No such message", f"no message {mid}")
         return msgspec.convert(row, Message)
 
-    @post("/{message_id:str}/retry", status_code=202, summary="Deliver a message again now")
+    @post(
+        "/{message_id:str}/retry",
+        status_code=202,
+        summary="Deliver a message again now",
+        responses=responses(*KEYED, 404, 409, 413),
+    )
     async def retry(self, request: Request[Any, Any, Any], message_id: FromPath[str]) -> Retried:
         mid = _id(message_id)
         reason = request.headers.get("x-ledger-reason", "")

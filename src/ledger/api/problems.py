@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
+import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
+from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
 from litestar.response import Response
 
-from ledger.store import StoreUnavailable
+from ledger.store import UNAVAILABLE_ERRORS, StoreUnavailable
+
+MEDIA_TYPE = "application/problem+json"
 
 TITLES = {
     400: ("bad-request", "The request is malformed"),
@@ -59,13 +64,65 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
     return problem(exc.status_code, slug, title, detail, headers=exc.headers, **extra)
 
 
-def _from_unavailable(exc: StoreUnavailable) -> ProblemDetailsException:
+class Problem(msgspec.Struct, kw_only=True):
+    """RFC 9457 problem details as this service sends them (more members may follow)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+_DESCRIPTIONS = {
+    400: "Invalid parameter or body (the detail names it)",
+    401: "Missing, unknown or revoked API key",
+    403: "The API key lacks the route's scope",
+    404: "No such resource",
+    409: "Conflict with the current state",
+    413: "The request body is too large",
+    503: "The database or a read model is unavailable; retry after Retry-After seconds",
+}
+
+
+def responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem answers a route gives (``responses=`` of a route)."""
+    return {
+        code: ResponseSpec(
+            data_container=Problem,
+            media_type=MEDIA_TYPE,
+            description=_DESCRIPTIONS[code],
+            generate_examples=False,
+        )
+        for code in codes
+    }
+
+
+# What every keyed route may answer besides its success.
+KEYED = (400, 401, 403, 503)
+
+
+def _from_unavailable(exc: Exception) -> ProblemDetailsException:
+    # Every "database unreachable" error (refused or missing socket, a killed session, a
+    # server shutting down or starting up, too many connections, a pool acquire that timed
+    # out) is a 503 with Retry-After, from whichever route met it.
     return problem(
         503,
         "store-unavailable",
         "The event store is unavailable",
         "the event store could not be reached; nothing was recorded, retry later",
         headers={"Retry-After": "5"},
+    )
+
+
+def _from_data_error(exc: Exception) -> ProblemDetailsException:
+    # A value PostgreSQL cannot take (out of range, not representable): the request's fault
+    # wherever the routes' own bounds did not catch it first. Never a 500.
+    logging.getLogger("ledger.api").warning("value refused by the database: %s", type(exc).__name__)
+    return problem(
+        400,
+        "invalid-value",
+        "A parameter holds a value that cannot be used",
+        "a parameter is out of range or holds characters that cannot be stored",
     )
 
 
@@ -84,6 +141,10 @@ CONFIG = ProblemDetailsConfig(
     exception_to_problem_detail_map={
         HTTPException: _from_http,
         StoreUnavailable: _from_unavailable,
+        **dict.fromkeys(UNAVAILABLE_ERRORS, _from_unavailable),
+        asyncpg.PostgresConnectionError: _from_unavailable,
+        asyncpg.DataError: _from_data_error,
+        OverflowError: _from_data_error,
         Exception: _from_unexpected,
     },
 )

@@ -11,7 +11,8 @@ from litestar.params import FromPath, QueryParameter
 
 from ledger import audit, poison, runner
 from ledger.api.auth import current_key, require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER
+from ledger.api.problems import KEYED, problem, responses
 from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
 from ledger.projection import Conn, Projection
 from ledger.readmodels import ProjectionStatus, ReadModels
@@ -111,8 +112,13 @@ class ProjectionsController(Controller):
     tags = ["operations"]
     guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
+    security = BEARER
 
-    @get("/", summary="Every projection: version, generations, position, lag, state")
+    @get(
+        "/",
+        summary="Every projection: version, generations, position, lag, state",
+        responses=responses(*KEYED),
+    )
     async def list_projections(
         self,
         request: Request[Any, Any, Any],
@@ -129,7 +135,7 @@ class ProjectionsController(Controller):
             index = await _audit_status(conn, await poison.annotate(conn, items))
         return ProjectionList(items=items, head=head, audit_index=index)
 
-    @get("/{name:str}", summary="One projection's status")
+    @get("/{name:str}", summary="One projection's status", responses=responses(*KEYED, 404))
     async def get_projection(
         self,
         request: Request[Any, Any, Any],
@@ -153,7 +159,12 @@ class ProjectionsController(Controller):
             await poison.annotate(conn, found)
         return found[0]
 
-    @post("/{name:str}/rebuild", status_code=202, summary="Rebuild from position 0 (blue/green)")
+    @post(
+        "/{name:str}/rebuild",
+        status_code=202,
+        summary="Rebuild from position 0 (blue/green)",
+        responses=responses(*KEYED, 404, 413),
+    )
     async def rebuild(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RebuildStarted:
         """Start building a new generation beside the live one; the runner (in this or
         another process) folds it from position 0 and switches readers when it catches
@@ -176,7 +187,12 @@ class ProjectionsController(Controller):
             name=name, generation=generation, live_generation=live, started=started
         )
 
-    @post("/{name:str}/retry", status_code=200, summary="Re-apply a consumer's poisoned events")
+    @post(
+        "/{name:str}/retry",
+        status_code=200,
+        summary="Re-apply a consumer's poisoned events",
+        responses=responses(*KEYED, 404, 413),
+    )
     async def retry(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RetryDone:
         """After a fix, re-apply the events projection ``name`` (or ``audit_index``) set
         aside: each one that now applies is marked resolved, each one that still fails

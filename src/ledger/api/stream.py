@@ -23,7 +23,9 @@ from litestar.params import QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ledger.api.auth import require_key
-from ledger.api.problems import problem
+from ledger.api.docs import BEARER
+from ledger.api.params import MAX_POSITION
+from ledger.api.problems import KEYED, problem, responses
 from ledger.domain import DELIVERY_TOPICS
 from ledger.keys import KeyRing
 from ledger.stream import StreamHub
@@ -78,9 +80,12 @@ async def start_position(request: Request[Any, Any, Any], after: int | None, bac
                 "Invalid Last-Event-ID",
                 f"Last-Event-ID {last_id[:40]!r} is not a log position (an integer)",
             ) from None
-        if value < 0:
+        if not 0 <= value <= MAX_POSITION:
             raise problem(
-                400, "invalid-last-event-id", "Invalid Last-Event-ID", "Last-Event-ID must be >= 0"
+                400,
+                "invalid-last-event-id",
+                "Invalid Last-Event-ID",
+                f"Last-Event-ID must be a position from 0 to {MAX_POSITION}",
             )
         return value
     if after is not None:
@@ -98,17 +103,21 @@ async def start_position(request: Request[Any, Any, Any], after: int | None, bac
     opt={"scopes": SCOPES},
     tags=["live"],
     summary="Live payments and status changes (server-sent events, resumable)",
+    security=BEARER,
+    responses=responses(*KEYED),
 )
 async def stream(
     request: Request[Any, Any, Any],
     after: Annotated[
-        int | None, QueryParameter(ge=0, description="start after this position")
+        int | None,
+        QueryParameter(ge=0, le=MAX_POSITION, description="start after this position"),
     ] = None,
     backlog: Annotated[
         int, QueryParameter(ge=0, le=500, description="start this many deliveries back")
     ] = 0,
     access_token: Annotated[
-        str | None, QueryParameter(description="API key, for EventSource (no headers)")
+        str | None,
+        QueryParameter(max_length=200, description="API key, for EventSource (no headers)"),
     ] = None,
 ) -> ServerSentEvent:
     del access_token  # checked by the guard

@@ -10,7 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath
 from litestar.response import Response
 
-from ledger.api.problems import problem
+from ledger.api.problems import problem, responses
 from ledger.ingest import Ingest, UnknownProvider
 from ledger.providers import Unauthorized
 from ledger.providers.partner import DESCRIPTION
@@ -30,7 +30,12 @@ class WebhookController(Controller):
     tags = ["webhooks"]
     request_max_body_size = WEBHOOK_BODY_LIMIT
 
-    @post("/{provider:str}", status_code=200, summary="Receive a provider's webhook")
+    @post(
+        "/{provider:str}",
+        status_code=200,
+        summary="Receive a provider's webhook",
+        responses=responses(400, 401, 404, 413, 503),
+    )
     async def receive(self, request: Request[Any, Any, Any], provider: FromPath[str]) -> Ack:
         """Verified on raw bytes, recorded durably, acknowledged after commit.
 
@@ -39,7 +44,12 @@ class WebhookController(Controller):
         """
         return await _receive(request, provider)
 
-    @post("/partner", status_code=200, summary="Receive a partner booking update")
+    @post(
+        "/partner",
+        status_code=200,
+        summary="Receive a partner booking update",
+        responses=responses(400, 401, 413, 503),
+    )
     async def receive_partner(self, request: Request[Any, Any, Any]) -> Ack:
         """``x-pwa-signature`` = hex HMAC-SHA256 of the raw body (see ``GET``)."""
         return await _receive(request, "partner")
