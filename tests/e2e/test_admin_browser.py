@@ -21,7 +21,7 @@ import websockets
 
 from tests.e2e.test_outbox_partner import Partner
 from tests.e2e.test_stream import serve
-from tests.support import make_key, signed
+from tests.support import PATIENCE, make_key, signed, until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -51,12 +51,10 @@ class Page:
         assert "exceptionDetails" not in r, r
         return r["result"].get("value")
 
-    async def until(self, expression: str, timeout: float) -> float:
-        started = time.monotonic()
-        while not await self.js(expression):
-            assert time.monotonic() - started < timeout, f"not true within {timeout}s: {expression}"
-            await asyncio.sleep(0.05)
-        return time.monotonic() - started
+    async def until(self, expression: str) -> None:
+        """Wait until ``expression`` is true in the page (a guard against a hang, not a
+        speed bound)."""
+        await until(lambda: self.js(expression), what=expression)
 
 
 @contextlib.asynccontextmanager
@@ -84,7 +82,7 @@ async def chromium() -> AsyncIterator[Page]:
         try:
             assert proc.stderr is not None
             port = None
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + PATIENCE  # a guard against a hang
             while port is None:
                 assert time.monotonic() < deadline, "chromium did not start"
                 line = (await asyncio.to_thread(proc.stderr.readline)).decode()
@@ -119,23 +117,20 @@ async def test_admin_page_shows_a_webhook_live(database_url):
         ):
             await page.call("Page.navigate", url=base + "/admin")
             await page.until(
-                "document.readyState === 'complete' && !!document.getElementById('key')", 10
+                "document.readyState === 'complete' && !!document.getElementById('key')"
             )
             assert await page.js("document.getElementById('login').hidden") is False
             await page.js(
                 f"document.getElementById('key').value = {json.dumps(key)};"
                 "document.getElementById('login-form').requestSubmit(); true"
             )
-            await page.until("document.getElementById('conn').textContent === 'live'", 5)
+            await page.until("document.getElementById('conn').textContent === 'live'")
 
             d = signed("midtrans", "settlement", order_id="INV-BROWSER-1", customer="x@example.com")
             r = await http.post(base + d.path, content=d.body, headers=d.headers)
             assert r.status_code == 200
             pos = r.json()["position"]
-            elapsed = await page.until(
-                f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 2.0
-            )
-            assert elapsed < 2.0
+            await page.until(f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')")
             row = await page.js(
                 f"Array.from(document.querySelector('#feed tr[data-position=\"{pos}\"]').cells)"
                 ".map(c => c.textContent)"
@@ -145,14 +140,14 @@ async def test_admin_page_shows_a_webhook_live(database_url):
 
             # The key is kept: a reload goes straight to the feed, which shows the row again.
             await page.call("Page.reload")
-            await page.until(f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')", 5.0)
+            await page.until(f"!!document.querySelector('#feed tr[data-position=\"{pos}\"]')")
             # Search filters the feed by order id.
             await page.js(
                 "const s = document.getElementById('search'); s.value = 'no-such-order';"
                 "s.dispatchEvent(new Event('input')); true"
             )
             await page.until(
-                f"document.querySelector('#feed tr[data-position=\"{pos}\"]').hidden === true", 2.0
+                f"document.querySelector('#feed tr[data-position=\"{pos}\"]').hidden === true"
             )
 
             # Search by order id finds its deliveries in the log.
@@ -160,12 +155,12 @@ async def test_admin_page_shows_a_webhook_live(database_url):
                 "const s1 = document.getElementById('search'); s1.value = 'INV-BROWSER-1';"
                 "s1.dispatchEvent(new Event('input')); true"
             )
-            await page.until("document.querySelectorAll('#log-results tr').length === 1", 5.0)
+            await page.until("document.querySelectorAll('#log-results tr').length === 1")
             found = await page.js("document.getElementById('log-results').textContent")
             assert "INV-BROWSER-1" in found
             assert "paid" in found
             # Projection lag is shown (from GET /v1/projections).
-            await page.until("!!document.querySelector('#lag tr[data-projection=\"outbox\"]')", 5.0)
+            await page.until("!!document.querySelector('#lag tr[data-projection=\"outbox\"]')")
 
             # A partner sync answered 404 is a dead letter; the operator retries it with a reason.
             d = signed("xendit", "PAID", order_id="BOOK-DEAD")
@@ -176,29 +171,32 @@ async def test_admin_page_shows_a_webhook_live(database_url):
                 "const s2 = document.getElementById('search'); s2.value = '';"
                 "s2.dispatchEvent(new Event('input')); loadDead(); true"
             )
-            deadline = asyncio.get_running_loop().time() + 10
-            while not await page.js("!!document.querySelector('#dead button')"):
-                assert asyncio.get_running_loop().time() < deadline, "no dead letter shown"
+
+            async def dead_shown() -> bool:
+                if await page.js("!!document.querySelector('#dead button')"):
+                    return True
                 await page.js("loadDead(); true")
-                await asyncio.sleep(0.2)
+                return False
+
+            await until(dead_shown, every=0.2, what="a dead letter shown")
             assert "HTTP 404" in await page.js("document.getElementById('dead').textContent")
             await page.js(
                 "window.prompt = () => 'partner created the booking';"
                 "document.querySelector('#dead button').click(); true"
             )
-            await page.until("document.querySelectorAll('#dead tr').length === 0", 5.0)
-            deadline = asyncio.get_running_loop().time() + 10
-            while True:
+            await page.until("document.querySelectorAll('#dead tr').length === 0")
+
+            async def delivered() -> list[dict[str, Any]]:
                 r = await http.get(
                     base + "/v1/outbox",
                     params={"state": "delivered"},
                     headers={"authorization": f"Bearer {key}"},
                 )
-                if r.json()["items"]:
-                    break
-                assert asyncio.get_running_loop().time() < deadline, "the retry was not delivered"
-                await asyncio.sleep(0.1)
-            assert [m["order_ref"] for m in r.json()["items"]] == ["xendit:BOOK-DEAD"]
+                items: list[dict[str, Any]] = r.json()["items"]
+                return items
+
+            items = await until(delivered, what="the retried message delivered")
+            assert [m["order_ref"] for m in items] == ["xendit:BOOK-DEAD"]
     finally:
         await partner.stop()
     (seen,) = partner.seen.values()
