@@ -25,6 +25,7 @@ import pytest
 from ledger.database import APP_ROLE, create_pool
 from ledger.queries import package_sql
 from ledger.store import EventStore, NewEvent
+from tests.support import until
 
 APPEND = package_sql("store")["append"]
 TOPIC = "tests.ordering:Probe"
@@ -244,14 +245,15 @@ async def test_forced_interleaving_misses_without_the_guard(database_url):
 
 
 async def wait_until_blocked(conn: asyncpg.Connection, pid: int) -> None:
-    for _ in range(200):
+    """The second appender waits for the ordering lock (a guard, not a speed bound)."""
+
+    async def blocked() -> bool:
         state = await conn.fetchval(
             "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
         )
-        if state == "Lock":
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("the second appender was expected to wait for the ordering lock")
+        return bool(state == "Lock")
+
+    await until(blocked, every=0.01, what="the second appender waiting for the ordering lock")
 
 
 async def test_forced_interleaving_is_safe_with_the_guard(database_url):
