@@ -425,6 +425,33 @@ async def test_a_serve_killed_with_sigkill_does_not_pin_the_embedded_server(
         stop_leftover_postgres(pgdata)
 
 
+async def run_worker_briefly(home: Path) -> None:
+    """``ledger worker`` on the same home: it starts, then stops on SIGTERM with exit 0."""
+    log = home.parent / "worker.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "worker"],
+            env=ledger_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        await wait_until(
+            lambda: b"worker running" in log.read_bytes() or proc.poll() is not None,
+            120,
+            "the worker to start",
+        )
+        assert proc.poll() is None, log.read_text(errors="replace")
+        proc.send_signal(signal.SIGTERM)
+        code = await wait_exit(proc, 120, lambda: log.read_text(errors="replace"))
+        assert code == 0, log.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
 async def test_a_second_serve_on_the_same_home_fails_clearly(home: Path) -> None:
     first = Serve(home)
     try:
@@ -442,13 +469,18 @@ async def test_a_second_serve_on_the_same_home_fails_clearly(home: Path) -> None
         assert code != 0, out
         assert str(home.resolve()) in out, out
         assert f"pid {first.proc.pid}" in out, out
-        # The first is unharmed, and CLI commands still work beside it.
+        # The first is unharmed, and CLI commands and a worker still run beside it; the
+        # worker leaving does not stop the embedded server the serve still uses.
         key = create_key(home)
+        pg_pid = postmaster_pid(home / "pgdata")
+        await run_worker_briefly(home)
+        assert running(pg_pid)
         async with httpx.AsyncClient(base_url=first.url, timeout=10) as http:
             assert (await http.get("/ready")).status_code == 200
             r = await http.get("/v1/events", headers=bearer(key))
             assert r.status_code == 200, r.text
         assert await first.stop(signal.SIGTERM) == 0, first.log_tail()
+        assert_embedded_stopped(home / "pgdata", pg_pid, first.proc.pid)
     finally:
         first.close()
         stop_leftover_postgres(home / "pgdata")
