@@ -20,7 +20,7 @@ from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.readmodels import ReadModels
 from tests.integration.test_runner import Counting, seed
-from tests.support import SECRETS, bearer, live_server, make_key, signed, until
+from tests.support import PATIENCE, SECRETS, bearer, live_server, make_key, signed, until
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ async def test_cli_status_and_rebuild_match_digests(client, database_url):
 
 
 async def _check_cli_rebuild(database_url: str, rm: ReadModels, last: int) -> None:
-    assert await rm.wait_for("token_balances", last, timeout=10)
+    assert await rm.wait_for("token_balances", last, timeout=PATIENCE)
 
     code, out, err = await asyncio.to_thread(
         _run, database_url, "projections", "status", "--digest"
