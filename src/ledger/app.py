@@ -112,7 +112,9 @@ async def running_services(
     logins = await prepare_database(
         url, migrate_url=cfg.migrate_database_url, production=production
     )
-    pool = await service_pool(logins, production=production, max_size=20)
+    # timeout: connecting gives up after 4 s, so a server that does not answer is a 503
+    # within 5 s (an unreachable one fails at once: refused or missing socket).
+    pool = await service_pool(logins, production=production, max_size=20, timeout=4.0)
     url = logins.app  # the runner, the listeners and the stream log in like the pool
     store = EventStore(pool)
     committer = GroupCommitter(store, max_batch=cfg.group_commit_max)

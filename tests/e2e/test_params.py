@@ -160,3 +160,20 @@ async def test_the_largest_position_is_still_accepted(client, keys):
     ):
         r = await client.get(url, headers=keys)
         assert r.status_code == 200, (url, r.text)
+
+
+async def test_spend_text_that_cannot_be_stored_is_400_and_never_reaches_the_log(client, keys):
+    d = signed("mayar", "payment.success", customer="nul@example.com", package="silver")
+    r = await client.post(d.path, content=d.body, headers=d.headers)
+    assert r.status_code == 200, r.text
+    head = r.json()["position"]
+    url = "/v1/accounts/nul%40example.com/spend"
+    for body in (
+        {"amount": 1, "idempotency_key": "k\u0000"},
+        {"amount": 1, "idempotency_key": "k1", "reason": "bought\u0000"},
+        {"amount": 1, "idempotency_key": "k2", "reason": "two\nlines"},
+    ):
+        r = await client.post(url, json=body, headers=keys)
+        assert_bad_request(r)
+    r = await client.get("/v1/events?after=0", headers=keys)
+    assert [e["position"] for e in r.json()["items"]] == [head]

@@ -38,7 +38,8 @@ class SpendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idempotency_key: Annotated[
         str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     ]
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    # Recorded in the log: no NUL or control characters (they would poison its consumers).
+    reason: Annotated[str, msgspec.Meta(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
 
 
 class SpendAnswer(msgspec.Struct, kw_only=True):

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, HttpMethod, Request, get, post, route
 from litestar.params import FromPath
 from litestar.response import Response
 
@@ -53,6 +53,13 @@ class WebhookController(Controller):
     async def receive_partner(self, request: Request[Any, Any, Any]) -> Ack:
         """``x-pwa-signature`` = hex HMAC-SHA256 of the raw body (see ``GET``)."""
         return await _receive(request, "partner")
+
+    @route("/partner", http_method=[HttpMethod.OPTIONS], include_in_schema=False)
+    async def allow_partner(self) -> Response[None]:
+        """``Allow`` for ``/webhooks/partner``. litestar's automatic OPTIONS answer lists only
+        the first handler registered on a path (handlers register in name order), so this
+        path, with two, names its methods itself; the name sorts first on purpose."""
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
 
     @get("/partner", summary="Describe the partner endpoint (partner health check)")
     async def describe_partner(self) -> Response[dict[str, Any]]:
