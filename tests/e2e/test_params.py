@@ -175,5 +175,9 @@ async def test_spend_text_that_cannot_be_stored_is_400_and_never_reaches_the_log
     ):
         r = await client.post(url, json=body, headers=keys)
         assert_bad_request(r)
+    # An unpaired surrogate (legal-looking JSON escape, not storable text).
+    raw = b'{"amount": 1, "idempotency_key": "k\\ud800"}'
+    r = await client.post(url, content=raw, headers={**keys, "content-type": "application/json"})
+    assert_bad_request(r)
     r = await client.get("/v1/events?after=0", headers=keys)
     assert [e["position"] for e in r.json()["items"]] == [head]
