@@ -1,12 +1,18 @@
 """Outbox benchmarks (figures go to docs/benchmarks.md).
 
 1. dispatch: signed partner deliveries per second from ``public.outbox`` to a loopback
-   partner (a separate process that verifies every x-pwa-signature and answers 200).
+   partner (a separate process that verifies every x-pwa-signature and answers 200), for
+   each outbound HTTP client (``--client``): the hand-written ``ledger.senders.HttpPool``,
+   aiohttp's ``ClientSession`` (C parser, pooled connector) and httpcore's connection pool.
+   Rounds interleave the clients so a machine busy with other work weighs on each alike;
+   every line carries the load average and the ratio to the hand-written client of the
+   same round. A client-only pass (no database) adds CPU milliseconds per request.
 2. stream: webhook 2xx -> SSE receipt latency (p50/p99) at a paced 500 webhooks/s, with the
    ledger served by uvicorn in its own process and the SSE client in this one.
 
     python bench/outbox.py                       # both, defaults
     python bench/outbox.py --messages 20000 --seconds 10
+    python bench/outbox.py --only dispatch --client all --rounds 3   # ADR 0013
 
 Uses ``LEDGER_TEST_DATABASE_URL`` (a superuser URL) when set, else a private embedded
 PostgreSQL in a temporary directory. Everything listens on 127.0.0.1 only.
@@ -23,6 +29,7 @@ import json
 import multiprocessing
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -31,8 +38,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
+import httpcore
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +52,7 @@ from ledger.app import prepare_database  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
 from ledger.database import create_pool, start_embedded, with_database  # noqa: E402
 from ledger.outbox import Dispatcher  # noqa: E402
-from ledger.senders import HttpPool  # noqa: E402
+from ledger.senders import HttpPool, HttpSender  # noqa: E402
 from tests.support import SECRETS, signed  # noqa: E402
 
 SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]
@@ -106,6 +116,76 @@ def run_partner(port: int) -> None:
     asyncio.run(main())
 
 
+# -- the clients compared (ADR 0013) ----------------------------------------------------------
+
+MAX_BODY = 64 * 1024
+CLIENTS = ("ledger", "aiohttp", "httpcore")
+
+
+class AiohttpClient:
+    """aiohttp's ClientSession (llhttp C parser, TCPConnector pool) behind ``post``."""
+
+    def __init__(self, timeout: float, connections: int) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ssl=ssl.create_default_context()),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as r:
+            data = b""
+            while len(data) < MAX_BODY and (chunk := await r.content.read(MAX_BODY - len(data))):
+                data += chunk
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, data
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+class HttpcoreClient:
+    """httpcore's AsyncConnectionPool (h11, HTTP/1.1 only) behind ``post``."""
+
+    def __init__(self, timeout: float, connections: int) -> None:
+        self.timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        self.pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl.create_default_context(),
+            max_connections=connections,
+            max_keepalive_connections=connections,
+        )
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        r = await self.pool.request(
+            "POST",
+            url,
+            headers=list(headers.items()),
+            content=body,
+            extensions={"timeout": self.timeout},
+        )
+        h = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in r.headers}
+        return r.status, h, r.content[:MAX_BODY]
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def make_client(name: str, timeout: float, connections: int) -> Any:
+    if name == "aiohttp":
+        return AiohttpClient(timeout, connections)
+    if name == "httpcore":
+        return HttpcoreClient(timeout, connections)
+    return HttpPool(timeout, max_idle=connections)
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 # -- databases -------------------------------------------------------------------------------
 
 
@@ -131,27 +211,53 @@ async def database() -> AsyncIterator[str]:
 # -- 1. dispatch throughput ------------------------------------------------------------------
 
 
-async def bench_dispatch(url: str, messages: int, workers: int, batch: int) -> dict[str, float]:
+@contextlib.contextmanager
+def partner_process() -> Any:
+    """The loopback partner in its own process; yields its target URL once it listens."""
     port = free_port()
     partner = multiprocessing.Process(target=run_partner, args=(port,), daemon=True)
     partner.start()
-    target = f"http://127.0.0.1:{port}/api/webhooks/pwa-sync"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # listening (a refused first attempt would retry and skew the figure)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the loopback partner did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/api/webhooks/pwa-sync"
+    finally:
+        partner.terminate()
+        partner.join()
+
+
+def booking(i: uuid.UUID) -> bytes:
+    return json.dumps(
+        {
+            "event": "booking.paid",
+            "booking_id": str(i),
+            "status": "LUNAS",
+            "paid_amount": 32000,
+            "payment_method": "QRIS",
+            "timestamp": "2026-02-04T23:00:00.000Z",
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+async def bench_dispatch(
+    url: str,
+    target: str,
+    messages: int,
+    workers: int,
+    batch: int,
+    client: str,
+    max_seconds: float,
+) -> dict[str, Any]:
     conn = await asyncpg.connect(url)
     ids = [uuid.uuid4() for _ in range(messages)]
-    bodies = [
-        json.dumps(
-            {
-                "event": "booking.paid",
-                "booking_id": str(i),
-                "status": "LUNAS",
-                "paid_amount": 32000,
-                "payment_method": "QRIS",
-                "timestamp": "2026-02-04T23:00:00.000Z",
-            },
-            separators=(",", ":"),
-        ).encode()
-        for i in ids
-    ]
     # Insert with the service's trigger quiet: the run starts when the workers start.
     await conn.execute(
         "INSERT INTO outbox (id, kind, target, source_event_id, source_position, payload, due_at)"
@@ -159,9 +265,9 @@ async def bench_dispatch(url: str, messages: int, workers: int, batch: int) -> d
         " FROM unnest($1::uuid[], $3::bytea[]) AS t(id, payload)",
         ids,
         target,
-        bodies,
+        [booking(i) for i in ids],
     )
-    await conn.execute("UPDATE outbox SET due_at = now()")
+    await conn.execute("UPDATE outbox SET due_at = now() WHERE id = ANY($1)", ids)
     settings = load_settings(
         {
             **SECRETS,
@@ -170,41 +276,122 @@ async def bench_dispatch(url: str, messages: int, workers: int, batch: int) -> d
             "LEDGER_OUTBOX_BATCH": str(batch),
         }
     )
+    http = make_client(client, settings.outbox_timeout, workers * batch)
     pool = await create_pool(url, min_size=workers, max_size=workers + 2)
-    dispatcher = Dispatcher(pool, settings, database_url=url)
-    deadline = time.monotonic() + 30
-    while True:  # the partner process is listening (a refused first attempt would retry)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the loopback partner did not start") from None
-            await asyncio.sleep(0.05)
+    dispatcher = Dispatcher(
+        pool, settings, database_url=url, senders={"partner": HttpSender(http, secret=SECRET)}
+    )
+    load_before = load()
+    cpu = time.process_time()
     started = time.perf_counter()
     await dispatcher.start()
     while True:
-        left = await conn.fetchval("SELECT count(*) FROM outbox WHERE state = 'pending'")
+        left = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE state = 'pending' AND id = ANY($1)", ids
+        )
         if not left:
             break
-        if time.perf_counter() - started > 120:
-            raise RuntimeError(f"{left} messages still pending after 120 s")
+        if time.perf_counter() - started > max_seconds:
+            break  # a slow client: its rate over the bound is the figure
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     await dispatcher.stop()
-    delivered = await conn.fetchval("SELECT count(*) FROM outbox WHERE state = 'delivered'")
-    attempts = await conn.fetchval("SELECT count(*) FROM outbox_attempts")
+    await http.aclose()
+    delivered = await conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE state = 'delivered' AND id = ANY($1)", ids
+    )
+    attempts = await conn.fetchval(
+        "SELECT count(*) FROM outbox_attempts WHERE message_id = ANY($1)", ids
+    )
+    # Whatever a stopped run left pending must not be claimed by the next client's run.
+    await conn.execute("DELETE FROM outbox_attempts WHERE message_id = ANY($1)", ids)
+    await conn.execute("DELETE FROM outbox WHERE id = ANY($1)", ids)
     await conn.close()
     await pool.close()
-    partner.terminate()
-    partner.join()
     return {
+        "client": client,
         "messages": messages,
         "delivered": delivered,
+        "complete": delivered == messages,
         "attempts": attempts,
         "seconds": round(elapsed, 2),
         "per_second": round(delivered / elapsed, 1),
+        "process_cpu_ms_per_delivery": round(cpu * 1000 / max(1, delivered), 3),
+        "load": f"{load_before} -> {load()}",
     }
+
+
+async def bench_client(
+    target: str, requests: int, concurrency: int, client: str, max_seconds: float
+) -> dict[str, Any]:
+    """Signed POSTs straight from ``HttpSender.send`` (no database): the client's own cost."""
+    http = make_client(client, 10.0, concurrency)
+    sender = HttpSender(http, secret=SECRET)
+    ids = [uuid.uuid4() for _ in range(requests)]
+    bodies = [booking(i) for i in ids]
+    queue = iter(range(requests))
+    outcomes: dict[str, int] = {}
+
+    async def lane() -> None:
+        for i in queue:
+            r = await sender.send(ids[i], target, bodies[i], 1)
+            outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
+
+    load_before = load()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    with contextlib.suppress(TimeoutError):  # a slow client: its rate over the bound counts
+        async with asyncio.timeout(max_seconds):
+            await asyncio.gather(*(lane() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    await http.aclose()
+    sent = sum(outcomes.values())
+    return {
+        "client": client,
+        "requests": sent,
+        "outcomes": outcomes,
+        "per_second": round(outcomes.get("delivered", 0) / elapsed, 1),
+        "cpu_ms_per_request": round(cpu * 1000 / max(1, sent), 3),
+        "load": f"{load_before} -> {load()}",
+    }
+
+
+def with_ratios(rows: list[dict[str, Any]], key: str) -> None:
+    base = next((r[key] for r in rows if r["client"] == "ledger"), None)
+    for r in rows:
+        if base:
+            r["x_ledger"] = round(r[key] / base, 2)
+        print(" ", r, flush=True)
+
+
+async def compare(url: str | None, args: argparse.Namespace) -> None:
+    """Each round runs every chosen client once, the order rotated round by round."""
+    names = list(CLIENTS) if args.client == "all" else [args.client]
+    print(f"cores={os.cpu_count()} load={load()} clients={names} rounds={args.rounds}")
+    with partner_process() as target:
+        for n in range(args.rounds):
+            order = names[n % len(names) :] + names[: n % len(names)]
+            print(
+                f"round {n + 1}: client-only, {args.requests} signed POSTs, {args.concurrency} in flight"
+            )
+            rows = [
+                await bench_client(target, args.requests, args.concurrency, c, args.max_seconds)
+                for c in order
+            ]
+            with_ratios(rows, "per_second")
+            if url is None:
+                continue
+            print(f"round {n + 1}: dispatch, {args.messages} messages from the outbox")
+            rows = [
+                await bench_dispatch(
+                    url, target, args.messages, args.workers, args.batch, c, args.max_seconds
+                )
+                for c in order
+            ]
+            with_ratios(rows, "per_second")
+    print(f"load at the end={load()}")
 
 
 # -- 2. webhook -> SSE latency ---------------------------------------------------------------
@@ -339,11 +526,19 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--only", choices=("dispatch", "stream"))
+    ap.add_argument("--only", choices=("dispatch", "client", "stream"))
+    ap.add_argument("--client", choices=(*CLIENTS, "all"), default="ledger")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="bound per client pass")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=5_000, help="client-only pass")
+    ap.add_argument("--concurrency", type=int, default=256, help="client-only pass")
     args = ap.parse_args()
+    if args.only == "client":
+        await compare(None, args)
+        return
     async with database() as url:
         if args.only in (None, "dispatch"):
-            print("dispatch", await bench_dispatch(url, args.messages, args.workers, args.batch))
+            await compare(url, args)
         if args.only in (None, "stream"):
             print("stream", await bench_stream(url, args.rate, args.seconds))
 

@@ -105,11 +105,13 @@ class HttpPool:
 
     MAX_BODY = 64 * 1024  # what we read of an answer; only an excerpt is kept anyway
 
-    def __init__(self, timeout: float, *, max_idle: int = 512) -> None:
+    def __init__(
+        self, timeout: float, *, max_idle: int = 512, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.timeout = timeout
         self.max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[Conn]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # None: the system trust store, verification on
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str]
