@@ -187,6 +187,7 @@ class ProjectionRunner:
         self._supervisor: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._control = asyncio.Event()
+        self._halt = asyncio.Event()  # set by stop(): ends every pause, backoffs included
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -201,10 +202,12 @@ class ProjectionRunner:
         finally:
             await conn.close()
         self._stopping = False
+        self._halt.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="projection-supervisor")
 
     async def stop(self) -> None:
         self._stopping = True
+        self._halt.set()
         self._control.set()
         for ev in self._wakes.values():
             ev.set()
@@ -362,7 +365,9 @@ class ProjectionRunner:
                         )
                         failed = True
                     await self._record_failure(proj.name, exc.text)
-                    await self._pause(wake, delay)
+                    # Not cut short by new events: the attempts before an event is set
+                    # aside are spread over the backoff, whatever the ingest rate.
+                    await self._pause(self._halt, delay)
                     continue
                 except Exception:  # a bug in the runner's own SQL or code: report, back off
                     failures += 1
