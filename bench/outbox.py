@@ -2,11 +2,14 @@
 
 1. dispatch: signed partner deliveries per second from ``public.outbox`` to a loopback
    partner (a separate process that verifies every x-pwa-signature and answers 200), for
-   each outbound HTTP client (``--client``): the hand-written ``ledger.senders.HttpPool``,
-   aiohttp's ``ClientSession`` (C parser, pooled connector) and httpcore's connection pool.
-   Rounds interleave the clients so a machine busy with other work weighs on each alike;
-   every line carries the load average and the ratio to the hand-written client of the
-   same round. A client-only pass (no database) adds CPU milliseconds per request.
+   each outbound HTTP client (``--client``): ``ledger`` is the service's own
+   ``ledger.senders.HttpClient`` (aiohttp, configured as the outbox needs it), ``aiohttp``
+   a ``ClientSession`` with the library's defaults, ``httpcore`` httpcore's connection
+   pool. Rounds interleave the clients so a machine busy with other work weighs on each
+   alike; every line carries the load average and the ratio to ``ledger`` in the same
+   round. A client-only pass (no database) adds CPU milliseconds per request. (ADR 0013's
+   comparison with the hand-written client it replaced ran this at commit 71eecac, where
+   ``ledger`` was that client.)
 2. stream: webhook 2xx -> SSE receipt latency (p50/p99) at a paced 500 webhooks/s, with the
    ledger served by uvicorn in its own process and the SSE client in this one.
 
@@ -52,7 +55,7 @@ from ledger.app import prepare_database  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
 from ledger.database import create_pool, start_embedded, with_database  # noqa: E402
 from ledger.outbox import Dispatcher  # noqa: E402
-from ledger.senders import HttpPool, HttpSender  # noqa: E402
+from ledger.senders import HttpClient, HttpSender  # noqa: E402
 from tests.support import SECRETS, signed  # noqa: E402
 
 SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]
@@ -123,15 +126,11 @@ CLIENTS = ("ledger", "aiohttp", "httpcore")
 
 
 class AiohttpClient:
-    """aiohttp's ClientSession (llhttp C parser, TCPConnector pool) behind ``post``."""
+    """A ClientSession with aiohttp's defaults (its connector's limit of 100 connections)."""
 
     def __init__(self, timeout: float, connections: int) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, ssl=ssl.create_default_context()),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        del connections
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str]
@@ -179,7 +178,7 @@ def make_client(name: str, timeout: float, connections: int) -> Any:
         return AiohttpClient(timeout, connections)
     if name == "httpcore":
         return HttpcoreClient(timeout, connections)
-    return HttpPool(timeout, max_idle=connections)
+    return HttpClient(timeout, connections=connections)
 
 
 def load() -> str:
@@ -444,7 +443,7 @@ async def bench_stream(url: str, rate: int, seconds: float) -> dict[str, float]:
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    pool = HttpPool(10.0, max_idle=256)
+    pool = HttpClient(10.0, connections=256)
     acked: dict[int, float] = {}
     received: dict[int, float] = {}
     total = int(rate * seconds)

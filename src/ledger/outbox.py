@@ -31,7 +31,7 @@ from ledger.database import APP_ROLE
 from ledger.operator import append_in, operator_event
 from ledger.projection import Conn
 from ledger.queries import package_sql
-from ledger.senders import EmailSender, HttpPool, HttpSender, Result
+from ledger.senders import EmailSender, HttpClient, HttpSender, Result
 from ledger.store import UNAVAILABLE_ERRORS
 
 log = logging.getLogger("ledger.outbox")
@@ -120,7 +120,7 @@ class Dispatcher:
         self.lease = settings.outbox_lease
         self.batch = settings.outbox_batch
         self.rng = random.Random()  # noqa: S311 - jitter, not security
-        self._client: HttpPool | None = None
+        self._client: HttpClient | None = None
         self._senders = senders
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: list[asyncio.Event] = []
@@ -130,7 +130,7 @@ class Dispatcher:
     def _build_senders(self) -> dict[str, Sender]:
         s = self.settings
         n = max(1, s.outbox_workers) * max(1, s.outbox_batch)
-        self._client = HttpPool(s.outbox_timeout, max_idle=n)
+        self._client = HttpClient(s.outbox_timeout, connections=n)
         senders: dict[str, Sender] = {"revalidate": HttpSender(self._client)}
         if s.partner_sync_secret:
             senders["partner"] = HttpSender(self._client, secret=s.partner_sync_secret)

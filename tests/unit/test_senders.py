@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.senders import EXCERPT, HttpSender, Result
-from ledger.senders import HttpPool as HttpClient
+from ledger.senders import EXCERPT, HttpClient, HttpSender, Result
 
 SECRET = "partner-sync-secret-for-tests"
 BODY = b'{"event":"booking.paid","booking_id":"B-1","status":"LUNAS","paid_amount":32000}'
@@ -159,6 +158,16 @@ async def test_close_delimited_answer_is_read_until_the_server_closes() -> None:
     assert (r.outcome, r.status, r.excerpt) == ("delivered", 202, "queued for later")
 
 
+async def test_interim_100_continue_is_skipped_for_the_final_answer() -> None:
+    # Some servers and proxies send an unsolicited 100 Continue before the real answer.
+    async def interim(_: Seen) -> bytes:
+        return b"HTTP/1.1 100 Continue\r\n\r\n" + await fixed("200 OK", b"{}")(_)
+
+    async with loopback(interim) as srv:
+        r = await send(f"http://127.0.0.1:{srv.port}/")
+    assert (r.outcome, r.status, r.excerpt) == ("delivered", 200, "{}")
+
+
 async def test_truncated_answer_is_retried_not_delivered() -> None:
     async def truncated(_: Seen) -> bytes:
         return b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"success": tr'
@@ -206,6 +215,7 @@ async def test_oversized_answer_is_capped_and_the_next_send_is_not_confused() ->
     assert (first.outcome, first.excerpt) == ("delivered", "A" * EXCERPT)
     # The unread rest of the big answer must not be taken for the next answer.
     assert (second.outcome, second.excerpt) == ("delivered", "small")
+    assert srv.connections == 2  # the connection with unread bytes was closed, not reused
 
 
 # -- classification, headers, reuse ---------------------------------------------------------
