@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,17 +36,10 @@ from ledger.projection import Conn
 from ledger.providers import midtrans
 from ledger.store import StoredRecord
 from tests.e2e.test_admin_browser import CHROMIUM, chromium
-from tests.support import SECRETS, bearer, live_server, make_key, signed
+from tests.support import SECRETS, bearer, live_server, make_key, signed, until
 
-PATIENCE = 120.0  # a generous bound: the drill waits on conditions, never on the clock
+DRILL_PATIENCE = 120.0  # a generous bound: the drill waits on conditions, never on the clock
 CLEAN = 1000
-
-
-async def until(check: Callable[[], Awaitable[object]], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not await check():
-        assert time.monotonic() < deadline, f"not reached in time: {what}"
-        await asyncio.sleep(0.05)
 
 
 def midtrans_paid(order_id: str) -> bytes:
@@ -116,7 +109,11 @@ async def test_poisoned_event_drill(client, database_url):
             and status["audit_index"]["position"] >= head
         )
 
-    await until(everyone_at_head, "every projection and the audit index at the head")
+    await until(
+        everyone_at_head,
+        timeout=DRILL_PATIENCE,
+        what="every projection and the audit index at the head",
+    )
     elapsed = time.monotonic() - started
     print(  # the drill's figure (docs/reliability.md)
         f"\npoisoned-event drill: 1 poisoned + {CLEAN} clean events, all projections and the "
@@ -241,7 +238,7 @@ async def test_retry_over_http_resolves_after_a_fix(flaky_client, database_url):
         [item] = (await client.get("/v1/projections", headers=admin)).json()["items"]
         return item["position"] >= head and item["poisoned"] == 1
 
-    await until(listed, "the event set aside and the rest applied")
+    await until(listed, what="the event set aside and the rest applied")
     url = f"/v1/projections/{proj.name}/retry"
     r = await client.post(url, headers=admin)
     assert r.status_code == 400
@@ -301,7 +298,7 @@ async def test_cli_lists_and_retries_poisoned_events(client, database_url):
         r = await client.get("/v1/projections", headers=admin)
         return r.json()["audit_index"]["position"] >= last[0]
 
-    await until(indexed, "the audit index at the head")
+    await until(indexed, what="the audit index at the head")
     code, out, err = await asyncio.to_thread(_cli, database_url, "projections", "status")
     assert code == 0, err
     assert "audit_index: 1 poisoned event(s)" in out, out
@@ -333,9 +330,7 @@ async def test_admin_page_shows_poisoned_events_and_retries_them(database_url):
     await append(database_url, [midtrans_paid("ADMIN-CLEAN")])
     async with live_server(database_url) as http, chromium() as page:
         await page.call("Page.navigate", url=f"{http.base_url}/admin")
-        await page.until(
-            "document.readyState === 'complete' && !!document.getElementById('key')", 10
-        )
+        await page.until("document.readyState === 'complete' && !!document.getElementById('key')")
         await page.js(
             f"document.getElementById('key').value = {json.dumps(key)};"
             "document.getElementById('login-form').requestSubmit(); true"
@@ -345,11 +340,11 @@ async def test_admin_page_shows_poisoned_events_and_retries_them(database_url):
             f"!!document.querySelector('{row}[data-consumer=\"outbox\"]') && "
             f"!!document.querySelector('{row}[data-consumer=\"audit_index\"]')"
         )
-        deadline = time.monotonic() + PATIENCE
-        while not await page.js(both):
-            assert time.monotonic() < deadline, "the poisoned events were not shown"
-            await page.js("loadLag(); true")
-            await asyncio.sleep(0.2)
+
+        async def shown() -> bool:  # the page refreshes every 5 s; ask it sooner
+            return bool(await page.js(f"({both}) || (loadLag(), false)"))
+
+        await until(shown, what="the poisoned events shown on /admin")
         text = await page.js("document.getElementById('poisoned').textContent")
         assert "CharacterNotInRepertoireError" in text
         assert str(poisoned[1])[:8] in text
@@ -361,6 +356,5 @@ async def test_admin_page_shows_poisoned_events_and_retries_them(database_url):
         )
         await page.until(
             "document.getElementById('poison-error').textContent === "
-            "'audit_index: 0 resolved, 1 still poisoned'",
-            PATIENCE,
+            "'audit_index: 0 resolved, 1 still poisoned'"
         )

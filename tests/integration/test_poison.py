@@ -5,13 +5,11 @@ that are not the event's (the code, the deployment) are never set aside."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -27,16 +25,7 @@ from ledger.readmodels import ReadModels
 from ledger.runner import ProjectionRunner, retry_poisoned, start_rebuild
 from ledger.store import EventStore, StoredRecord
 from ledger.stream import StreamHub
-from tests.support import signed
-
-PATIENCE = 60.0  # a generous bound: these tests wait on conditions, never on the clock
-
-
-async def until(check: Callable[[], Awaitable[object]], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not await check():
-        assert time.monotonic() < deadline, f"not reached in time: {what}"
-        await asyncio.sleep(0.02)
+from tests.support import PATIENCE, signed, until
 
 
 class Fragile:
@@ -243,7 +232,7 @@ async def test_a_rebuild_meets_the_same_poison_and_the_digests_match(
         async def switched() -> bool:
             return (await read_models.live_schema(proj.name)).endswith("_g2")
 
-        await until(switched, "generation 2 live")
+        await until(switched, what="generation 2 live")
         assert await read_models.digest(proj) == live
         assert await read_models.digest(proj, 1) == live
     finally:
@@ -268,7 +257,7 @@ async def _no_poison_while_failing(database_url, read_models, proj: Fragile, sto
             [st] = await read_models.status()
             return st.state == "failed" and proj.calls >= 3 * poison.ATTEMPTS
 
-        await until(failed_often, "failed, retried past the attempts")
+        await until(failed_often, what="failed, retried past the attempts")
         assert await read_models.position(proj.name) == stops_at
         assert await poisoned_rows(database_url, proj.name) == []
     finally:
