@@ -24,6 +24,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
+from ledger.api.params import ACQUIRE_TIMEOUT
 from ledger.api.problems import problem
 from ledger.poison import PoisonedEvent
 from ledger.projection import Projection, schema_name
@@ -99,19 +100,19 @@ class ReadModels:
 
     async def position(self, name: str) -> int:
         """The position the live generation has applied (0 if it never ran)."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             value = await conn.fetchval(SQL["live_position"], name)
         return int(value or 0)
 
     async def head(self) -> int:
         """The log's head: the highest committed position (0 for an empty log)."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             value = await conn.fetchval(SQL["head"])
         return int(value or 0)
 
     async def live_schema(self, name: str) -> str:
         """The schema of the live generation (``p_<name>_g<N>``); 503 if not registered."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             generation = await conn.fetchval(SQL["live_generation"], name)
         if generation is None:
             raise _unavailable(name)
@@ -151,7 +152,7 @@ class ReadModels:
         """A pool connection in a read-only, repeatable-read transaction whose
         ``search_path`` is the live generation's schema (then ``public``)."""
         async with (
-            self.pool.acquire() as conn,
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             generation = await conn.fetchval(SQL["live_generation"], name)
@@ -163,7 +164,7 @@ class ReadModels:
     async def digest(self, proj: Projection, generation: int | None = None) -> str:
         """The content digest of the live (or the given) generation."""
         async with (
-            self.pool.acquire() as conn,
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             if generation is None:
@@ -177,7 +178,7 @@ class ReadModels:
 
     async def status(self) -> list[ProjectionStatus]:
         """Every registered projection with its position and lag behind the log's head."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await conn.fetch(SQL["status"])
             head = int(await conn.fetchval(SQL["head"]))
             now = datetime.now(UTC)

@@ -210,3 +210,48 @@ async def test_every_route_answers_503_not_500_while_postgres_is_down_then_recov
         assert r.status_code == 200, r.text
         r = await http.get(f"/v1/accounts/{PATH_VALUES['customer']}", headers=bearer(key))
         assert r.status_code == 200, r.text
+
+
+async def test_a_request_that_cannot_get_a_pooled_connection_is_503_not_a_wait(database_url):
+    """Every pooled connection is busy (20 key revocations wait on a row lock held outside
+    the service): a further request gives up waiting for a connection and answers 503
+    with Retry-After while they still wait, instead of waiting as long as they do."""
+    import asyncpg
+
+    from ledger.keys import create_key
+
+    async with live_server(database_url, LEDGER_RUN_OUTBOX="false") as http:
+        admin = await make_key(database_url, "ops:admin", "audit:read", name="admin")
+        headers = {**bearer(admin), "x-ledger-reason": "pool drill"}
+        assert (await http.get("/v1/audit/head", headers=headers)).status_code == 200
+        holder = await asyncpg.connect(database_url)
+        try:
+            victim = (await create_key(holder, "victim", ["audit:read"]))[0].key_id
+            lock = holder.transaction()
+            await lock.start()
+            await holder.execute("SELECT 1 FROM api_keys WHERE key_id = $1 FOR UPDATE", victim)
+            waiting = [
+                asyncio.create_task(http.post(f"/v1/keys/{victim}/revoke", headers=headers))
+                for _ in range(40)  # more than the pool holds (20)
+            ]
+
+            async def blocked() -> bool:
+                # Inside a transaction pg_stat_activity is a cached snapshot: refresh it.
+                await holder.execute("SELECT pg_stat_clear_snapshot()")
+                n = await holder.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                return bool(n >= 15)
+
+            await until(blocked, "the revocations wait on the lock")
+            r = await http.get("/v1/audit/head", headers=headers)
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) > 0
+            assert not all(t.done() for t in waiting)
+            await lock.rollback()
+        finally:
+            await holder.close()
+        statuses = Counter(r.status_code for r in await asyncio.gather(*waiting))
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses[200] >= 1

@@ -21,7 +21,14 @@ from litestar.response import Stream
 from ledger import asof, audit, chain
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER, CsvOrJsonLines
-from ledger.api.params import MAX_TEXT, Limit, OptionalPosition, Position, Text
+from ledger.api.params import (
+    ACQUIRE_TIMEOUT,
+    MAX_TEXT,
+    Limit,
+    OptionalPosition,
+    Position,
+    Text,
+)
 from ledger.api.problems import KEYED, problem, responses
 from ledger.api.times import AsOf, From, To, day_window, parse_time
 from ledger.keys import KeyRing, list_keys, revoke_key
@@ -150,7 +157,7 @@ class AuditController(Controller):
         responses=responses(*KEYED),
     )
     async def head(self, request: Request[Any, Any, Any]) -> Head:
-        async with request.app.state.services.pool.acquire() as conn:
+        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             position, digest = await chain.head(conn)
         return Head(position=position, hash=digest.hex() if digest else None)
 
@@ -184,7 +191,7 @@ class AuditController(Controller):
         )
         pool = request.app.state.services.pool
         await audit.catch_up(pool)
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await audit.search(conn, filters, after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
@@ -296,7 +303,10 @@ class AuditController(Controller):
         upto = parse_time("as_of", as_of)
         pool = request.app.state.services.pool
         await audit.catch_up(pool)
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        async with (
+            pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+            conn.transaction(isolation="repeatable_read"),
+        ):
             position = await asof.cutoff(conn, at_position, upto)
             return await asof.balance_as_of(conn, customer, position, PROJECTION.catalogue, upto)
 
@@ -317,7 +327,10 @@ class AuditController(Controller):
         upto = parse_time("as_of", as_of)
         pool = request.app.state.services.pool
         await audit.catch_up(pool)
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        async with (
+            pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+            conn.transaction(isolation="repeatable_read"),
+        ):
             position = await asof.cutoff(conn, at_position, upto)
             at = await asof.evaluation_time(conn, position, at_position, upto)
             return await asof.subscriptions_as_of(conn, customer, position, at)
@@ -338,7 +351,7 @@ class AuditController(Controller):
         day, since, until = day_window(date_, tz)
         pool = request.app.state.services.pool
         await audit.catch_up(pool)
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             days = await audit.summary(conn, since, until)
         return Summary(
             date=day.isoformat(),
@@ -384,7 +397,7 @@ async def _timeline(
     pool = request.app.state.services.pool
     await audit.catch_up(pool)
     credits = await _credits_schema(request)
-    async with pool.acquire() as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         rows = await conn.fetch(audit.SQL[query], *args, after, limit + 1, at_position, upto)
         has_more = len(rows) > limit
         rows = rows[:limit]
@@ -438,7 +451,7 @@ class KeysController(Controller):
         responses=responses(*KEYED),
     )
     async def list_keys(self, request: Request[Any, Any, Any]) -> list[KeyView]:
-        async with request.app.state.services.pool.acquire() as conn:
+        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             return [_key_view(k) for k in await list_keys(conn)]
 
     @post(
@@ -451,7 +464,7 @@ class KeysController(Controller):
         reason = reason_header(request)
         actor = current_key(request)
         services = request.app.state.services
-        async with services.pool.acquire() as conn, conn.transaction():
+        async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             info, now = await revoke_key(conn, key_id)
             position = None
             if now:

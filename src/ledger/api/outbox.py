@@ -16,7 +16,7 @@ from litestar.params import FromPath, QueryParameter
 
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import Limit
+from ledger.api.params import ACQUIRE_TIMEOUT, Limit
 from ledger.api.problems import KEYED, problem, responses
 from ledger.operator import ReasonRequired
 from ledger.outbox import NotRetryable, get_message, list_messages, retry_message
@@ -88,7 +88,7 @@ class OutboxController(Controller):
         ] = None,
         limit: Limit = 100,
     ) -> MessagePage:
-        async with request.app.state.services.pool.acquire() as conn:
+        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await list_messages(conn, message_state, q, limit)
         return MessagePage(items=[msgspec.convert(r, Message) for r in rows])
 
@@ -101,7 +101,7 @@ class OutboxController(Controller):
         self, request: Request[Any, Any, Any], message_id: FromPath[str]
     ) -> Message:
         mid = _id(message_id)
-        async with request.app.state.services.pool.acquire() as conn:
+        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             row = await get_message(conn, mid)
         if row is None:
             raise problem(404, "message-not-found", "No such message", f"no message {mid}")
@@ -119,7 +119,7 @@ class OutboxController(Controller):
         key = current_key(request)
         services = request.app.state.services
         try:
-            async with services.pool.acquire() as conn:
+            async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 position = await retry_message(
                     conn, mid, key_id=key.key_id, scope="ops:admin", reason=reason
                 )

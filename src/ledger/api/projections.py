@@ -12,6 +12,7 @@ from litestar.params import FromPath, QueryParameter
 from ledger import audit, poison, runner
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER
+from ledger.api.params import ACQUIRE_TIMEOUT
 from ledger.api.problems import KEYED, problem, responses
 from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
 from ledger.projection import Conn, Projection
@@ -131,7 +132,7 @@ class ProjectionsController(Controller):
         if digest:
             await _with_digests(rm, items, known(request))
         head = items[0].head if items else await request.app.state.services.store.head()
-        async with request.app.state.services.pool.acquire() as conn:
+        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             index = await _audit_status(conn, await poison.annotate(conn, items))
         return ProjectionList(items=items, head=head, audit_index=index)
 
@@ -155,7 +156,7 @@ class ProjectionsController(Controller):
             )
         if digest:
             await _with_digests(rm, found, known(request))
-        async with request.app.state.services.pool.acquire() as conn:
+        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             await poison.annotate(conn, found)
         return found[0]
 
@@ -174,7 +175,7 @@ class ProjectionsController(Controller):
         reason = _reason(request)
         key = current_key(request)
         services = request.app.state.services
-        async with services.pool.acquire() as conn, conn.transaction():
+        async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             # The rebuild and its operator event commit together (the trail never lies).
             generation, started = await runner.start_rebuild(conn, proj)
             await append_in(
@@ -204,7 +205,7 @@ class ProjectionsController(Controller):
         key = current_key(request)
         services = request.app.state.services
         try:
-            async with services.pool.acquire() as conn, conn.transaction():
+            async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
                 if proj is None:
                     outcomes = [await audit.retry_poisoned(conn)]
                 else:

@@ -24,7 +24,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import MAX_POSITION
+from ledger.api.params import ACQUIRE_TIMEOUT, MAX_POSITION
 from ledger.api.problems import KEYED, problem, responses
 from ledger.domain import DELIVERY_TOPICS
 from ledger.keys import KeyRing
@@ -90,7 +90,7 @@ async def start_position(request: Request[Any, Any, Any], after: int | None, bac
         return value
     if after is not None:
         return after
-    async with request.app.state.services.pool.acquire() as conn:
+    async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         if backlog > 0:
             pos = await conn.fetchval(NTH_LATEST, list(DELIVERY_TOPICS), backlog)
             return int(pos) if pos is not None else 0
