@@ -132,6 +132,9 @@ async def test_openapi_declares_bearer_auth_problems_and_bounds(client):
     # litestar writes the bound as a JSON number (2^63 - 1 rounds to 9.223372036854776e18)
     assert after["schema"]["maximum"] == pytest.approx(2**63 - 1)
     assert after["schema"]["minimum"] == 0
+    account = doc["paths"]["/v1/accounts/{customer}"]["get"]
+    customer = next(p for p in account["parameters"] if p["name"] == "customer")
+    assert customer["schema"]["maxLength"] == 400
     webhook = doc["paths"]["/webhooks/{provider}"]["post"]
     assert "security" not in webhook  # providers authenticate with their own signatures
     assert {"400", "401", "413", "503"} <= set(webhook["responses"])

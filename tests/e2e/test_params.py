@@ -62,6 +62,11 @@ OUT_OF_RANGE = [
     ("/v1/audit/summary?date=0001-01-01&tz=Asia/Tokyo", "date"),
     ("/v1/audit/summary?date=9999-12-31&tz=Etc/GMT%2B12", "date"),
     (f"/v1/audit/summary?date=2026-01-01&tz={'A' * 5000}", "tz"),
+    # Path parameters are bounded too.
+    (f"/v1/accounts/{'a' * 400}%40example.com", "customer"),
+    (f"/v1/orders/midtrans/{'X' * 300}", "order_id"),
+    (f"/v1/audit/orders/{'p' * 40}/X-1", "provider"),
+    (f"/v1/events/{'0' * 65}", "event_id"),
 ]
 
 # Characters PostgreSQL text cannot hold (NUL), control characters and unpaired surrogates

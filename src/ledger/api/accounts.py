@@ -10,12 +10,11 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath
 from litestar.response import Response
 
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import MinPosition
+from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, problem, responses
 from ledger.folding import normalize_customer
 from ledger.readmodels import ProjectionLagging, ReadModels, require_position
@@ -113,7 +112,7 @@ class AccountsController(Controller):
     async def get_account(
         self,
         request: Request[Any, Any, Any],
-        customer: FromPath[str],
+        customer: CustomerPath,
         min_position: MinPosition = None,
     ) -> Account:
         """Tokens (credited minus spent). A customer never seen has zero of everything."""
@@ -149,7 +148,7 @@ class AccountsController(Controller):
         responses=responses(*KEYED, 409, 413),
     )
     async def spend(
-        self, request: Request[Any, Any, Any], customer: FromPath[str]
+        self, request: Request[Any, Any, Any], customer: CustomerPath
     ) -> Response[SpendAnswer]:
         """Body ``{"amount": n > 0, "idempotency_key": "...", "reason": "..."}``.
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
@@ -24,9 +24,13 @@ from ledger.api.docs import BEARER, CsvOrJsonLines
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
     MAX_TEXT,
+    CustomerPath,
+    IdPath,
     Limit,
     OptionalPosition,
+    OrderIdPath,
     Position,
+    ProviderPath,
     Text,
 )
 from ledger.api.problems import KEYED, problem, responses
@@ -239,8 +243,8 @@ class AuditController(Controller):
     async def order_timeline(
         self,
         request: Request[Any, Any, Any],
-        provider: FromPath[str],
-        order_id: FromPath[str],
+        provider: ProviderPath,
+        order_id: OrderIdPath,
         after: Position = 0,
         limit: Limit = 500,
         at_position: OptionalPosition = None,
@@ -267,7 +271,7 @@ class AuditController(Controller):
     async def customer_timeline(
         self,
         request: Request[Any, Any, Any],
-        customer: FromPath[str],
+        customer: CustomerPath,
         after: Position = 0,
         limit: Limit = 200,
         at_position: OptionalPosition = None,
@@ -294,7 +298,7 @@ class AuditController(Controller):
     async def balance(
         self,
         request: Request[Any, Any, Any],
-        customer: FromPath[str],
+        customer: CustomerPath,
         at_position: OptionalPosition = None,
         as_of: AsOf = None,
     ) -> asof.BalanceAsOf:
@@ -318,7 +322,7 @@ class AuditController(Controller):
     async def subscriptions(
         self,
         request: Request[Any, Any, Any],
-        customer: FromPath[str],
+        customer: CustomerPath,
         at_position: OptionalPosition = None,
         as_of: AsOf = None,
     ) -> asof.SubscriptionsAsOf:
@@ -460,7 +464,7 @@ class KeysController(Controller):
         summary="Revoke a key (X-Ledger-Reason)",
         responses=responses(*KEYED, 404, 413),
     )
-    async def revoke(self, request: Request[Any, Any, Any], key_id: FromPath[str]) -> Revoked:
+    async def revoke(self, request: Request[Any, Any, Any], key_id: IdPath) -> Revoked:
         reason = reason_header(request)
         actor = current_key(request)
         services = request.app.state.services

@@ -9,12 +9,11 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import FromPath
 from litestar.response import Response
 
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import Limit, Position
+from ledger.api.params import IdPath, Limit, Position
 from ledger.api.problems import KEYED, problem, responses
 from ledger.domain import MsgspecTranscoder
 from ledger.store import EventStore, StoredRecord
@@ -101,9 +100,7 @@ class EventsController(Controller):
         summary="One event, with the raw body as received",
         responses=responses(*KEYED, 404),
     )
-    async def get_event(
-        self, request: Request[Any, Any, Any], event_id: FromPath[str]
-    ) -> EventDetail:
+    async def get_event(self, request: Request[Any, Any, Any], event_id: IdPath) -> EventDetail:
         rec = await self._find(request, event_id)
         body = raw_body(rec)
         text: str | None = None
@@ -124,9 +121,7 @@ class EventsController(Controller):
         summary="The exact bytes a provider sent (with the provider's content type)",
         responses=responses(*KEYED, 404),
     )
-    async def get_raw(
-        self, request: Request[Any, Any, Any], event_id: FromPath[str]
-    ) -> Response[bytes]:
+    async def get_raw(self, request: Request[Any, Any, Any], event_id: IdPath) -> Response[bytes]:
         rec = await self._find(request, event_id)
         body = raw_body(rec)
         if body is None:
@@ -136,7 +131,7 @@ class EventsController(Controller):
         ctype = _state(rec).get("headers", {}).get("content-type", "application/octet-stream")
         return Response(body, media_type=ctype)
 
-    async def _find(self, request: Request[Any, Any, Any], event_id: FromPath[str]) -> StoredRecord:
+    async def _find(self, request: Request[Any, Any, Any], event_id: IdPath) -> StoredRecord:
         try:
             eid = uuid.UUID(event_id)
         except ValueError:

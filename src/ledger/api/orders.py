@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
 from ledger import orderstatus, poison
 from ledger.api.accounts import LIVE_POSITION, customer_param
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import Limit, MinPosition, Position
+from ledger.api.params import CustomerPath, Limit, MinPosition, OrderIdPath, Position, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
 from ledger.folding import FOREVER, subscription_status
 from ledger.readmodels import ReadModels, require_position
@@ -103,8 +103,8 @@ class OrdersController(Controller):
     async def get_order(
         self,
         request: Request[Any, Any, Any],
-        provider: FromPath[str],
-        order_id: FromPath[str],
+        provider: ProviderPath,
+        order_id: OrderIdPath,
         min_position: MinPosition = None,
     ) -> Order:
         """Status by precedence (arrival order does not matter); history in log order, with
@@ -186,7 +186,7 @@ class SubscriptionsController(Controller):
     async def get_subscriptions(
         self,
         request: Request[Any, Any, Any],
-        customer: FromPath[str],
+        customer: CustomerPath,
         min_position: MinPosition = None,
     ) -> Subscriptions:
         """One item per license code. The status is decided now: a subscription whose

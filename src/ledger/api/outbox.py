@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import ACQUIRE_TIMEOUT, Limit
+from ledger.api.params import ACQUIRE_TIMEOUT, IdPath, Limit
 from ledger.api.problems import KEYED, problem, responses
 from ledger.operator import ReasonRequired
 from ledger.outbox import NotRetryable, get_message, list_messages, retry_message
@@ -97,9 +97,7 @@ class OutboxController(Controller):
         summary="One message with every attempt",
         responses=responses(*KEYED, 404),
     )
-    async def get_outbox(
-        self, request: Request[Any, Any, Any], message_id: FromPath[str]
-    ) -> Message:
+    async def get_outbox(self, request: Request[Any, Any, Any], message_id: IdPath) -> Message:
         mid = _id(message_id)
         async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             row = await get_message(conn, mid)
@@ -113,7 +111,7 @@ class OutboxController(Controller):
         summary="Deliver a message again now",
         responses=responses(*KEYED, 404, 409, 413),
     )
-    async def retry(self, request: Request[Any, Any, Any], message_id: FromPath[str]) -> Retried:
+    async def retry(self, request: Request[Any, Any, Any], message_id: IdPath) -> Retried:
         mid = _id(message_id)
         reason = request.headers.get("x-ledger-reason", "")
         key = current_key(request)

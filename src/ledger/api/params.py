@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import QueryParameter
+from litestar.params import PathParameter, QueryParameter
 
 from ledger.api.problems import problem
 
@@ -46,6 +46,13 @@ Time = Annotated[
     QueryParameter(max_length=MAX_TIME, description="ISO 8601 date or date-time (no offset: UTC)"),
 ]
 Text = Annotated[str | None, QueryParameter(min_length=1, max_length=MAX_TEXT)]
+# Path parameters: bounded too (an identifier longer than these is no identifier of ours).
+CustomerPath = Annotated[
+    str, PathParameter(min_length=1, max_length=400, description="a customer's e-mail address")
+]
+ProviderPath = Annotated[str, PathParameter(min_length=1, max_length=32)]
+OrderIdPath = Annotated[str, PathParameter(min_length=1, max_length=255)]
+IdPath = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 _UNSTORABLE = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, HttpMethod, Request, get, post, route
-from litestar.params import FromPath
 from litestar.response import Response
 
+from ledger.api.params import ProviderPath
 from ledger.api.problems import problem, responses
 from ledger.ingest import Ingest, UnknownProvider
 from ledger.providers import Unauthorized
@@ -36,7 +36,7 @@ class WebhookController(Controller):
         summary="Receive a provider's webhook",
         responses=responses(400, 401, 404, 413, 503),
     )
-    async def receive(self, request: Request[Any, Any, Any], provider: FromPath[str]) -> Ack:
+    async def receive(self, request: Request[Any, Any, Any], provider: ProviderPath) -> Ack:
         """Verified on raw bytes, recorded durably, acknowledged after commit.
 
         200 ``accepted`` or ``duplicate``; 401 bad credentials (nothing recorded); 400
