@@ -41,16 +41,17 @@ import httpx
 # would shadow the ``projections`` package the app imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from ledger import audit, chain  # noqa: E402
 from ledger.app import prepare_database  # noqa: E402
+from ledger.audit import chain  # noqa: E402
+from ledger.audit import index as audit  # noqa: E402
+from ledger.audit.keys import create_key  # noqa: E402
 from ledger.database import (  # noqa: E402
     create_database,
     create_pool,
     drop_database,
     start_embedded,
 )
-from ledger.keys import create_key  # noqa: E402
-from ledger.store import EventStore, NewEvent  # noqa: E402
+from ledger.store.eventstore import EventStore, NewEvent  # noqa: E402
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 SECRETS = {

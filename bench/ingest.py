@@ -92,7 +92,7 @@ def serve(port: int, database_url: str) -> None:
     # The logging ``ledger serve`` sets up (ledger.cli.main): one INFO line per webhook.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if os.environ.get("BENCH_NO_INGEST_LOG"):  # diagnosis only: what the log line costs
-        logging.getLogger("ledger.ingest").setLevel(logging.WARNING)
+        logging.getLogger("ledger.ingest.service").setLevel(logging.WARNING)
 
     @post("/noop", status_code=200, include_in_schema=False)
     async def noop(request: Request[Any, Any, Any]) -> Ack:
@@ -283,7 +283,7 @@ def free_port() -> int:
 def make_bodies(path: Path, n: int) -> list[bytes]:
     """``n`` distinct, correctly signed Midtrans settlements, one compact JSON per line."""
     from ledger.config import load_settings
-    from ledger.trigger import build
+    from ledger.ingest.samples import build
 
     settings = load_settings(SECRETS)
     bodies = [build(settings, "midtrans", "settlement").body for _ in range(n)]

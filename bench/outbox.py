@@ -3,7 +3,7 @@
 1. dispatch: signed partner deliveries per second from ``public.outbox`` to a loopback
    partner (a separate process that verifies every x-pwa-signature and answers 200), for
    each outbound HTTP client (``--client``): ``ledger`` is the service's own
-   ``ledger.senders.HttpClient`` (aiohttp, configured as the outbox needs it), ``aiohttp``
+   ``ledger.outbox.senders.HttpClient`` (aiohttp, configured as the outbox needs it), ``aiohttp``
    a ``ClientSession`` with the library's defaults, ``httpcore`` httpcore's connection
    pool. Rounds interleave the clients so a machine busy with other work weighs on each
    alike; every line carries the load average and the ratio to ``ledger`` in the same
@@ -54,8 +54,8 @@ sys.path.insert(0, str(ROOT))
 from ledger.app import prepare_database  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
 from ledger.database import create_pool, start_embedded, with_database  # noqa: E402
-from ledger.outbox import Dispatcher  # noqa: E402
-from ledger.senders import HttpClient, HttpSender  # noqa: E402
+from ledger.outbox.dispatcher import Dispatcher  # noqa: E402
+from ledger.outbox.senders import HttpClient, HttpSender  # noqa: E402
 from tests.support import SECRETS, signed  # noqa: E402
 
 SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]

@@ -5,11 +5,11 @@
     python bench/projections.py --database-url postgresql://user:pw@127.0.0.1/postgres
 
 1. Generates N realistic ``Delivery.Received`` events (the four providers' bodies shaped
-   like ``ledger.trigger.build`` makes them; dedup keys and kinds by the providers' rules,
+   like ``ledger.ingest.samples.build`` makes them; dedup keys and kinds by the providers' rules,
    checked on a sample with the real verifiers) and COPYs them into ``stored_events`` of a
    fresh database (as the owner; the log's triggers still run).
 2. Rebuilds every projection in ``projections/`` one at a time, blue/green, with the real
-   runner (``ledger.runner``): prints events/s per projection. The empty live generation is
+   runner (``ledger.readmodels.runner``): prints events/s per projection. The empty live generation is
    marked caught up first, so the timing is the rebuild alone.
 3. Times eventsourcing 9.5's own ``ProjectionRunner`` (a PostgreSQL-recorded application
    reading the same kind of log, one-table view: counts per provider, written with the
@@ -53,7 +53,7 @@ from ledger.database import (  # noqa: E402
     drop_database,
     start_embedded,
 )
-from ledger.domain import (  # noqa: E402
+from ledger.domain.events import (  # noqa: E402
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
     DeliveryState,
@@ -62,11 +62,11 @@ from ledger.domain import (  # noqa: E402
     delivery_id,
     encode_state,
 )
-from ledger.projection import Conn  # noqa: E402
-from ledger.providers import build_providers  # noqa: E402
-from ledger.providers.base import kept_headers  # noqa: E402
-from ledger.runner import ProjectionRunner, available, connect, register, start_rebuild  # noqa: E402
-from ledger.store import StoredRecord  # noqa: E402
+from ledger.ingest.providers import build_providers  # noqa: E402
+from ledger.ingest.providers.base import kept_headers  # noqa: E402
+from ledger.readmodels.contract import Conn  # noqa: E402
+from ledger.readmodels.runner import ProjectionRunner, available, connect, register, start_rebuild  # noqa: E402
+from ledger.store.eventstore import StoredRecord  # noqa: E402
 from tests.support import test_settings  # noqa: E402
 
 SETTINGS = test_settings()
@@ -488,7 +488,7 @@ async def main(args: argparse.Namespace, server: str) -> None:
         if [tuple(r) for r in ours_counts] != [tuple(r) for r in stock_counts]:
             raise SystemExit(f"views differ: {ours_counts} != {stock_counts}")
         print(f"one-table view, {n:,} events (same result in both):")
-        print(f"  ledger.runner             {ours:6.2f} s  {n / ours:9,.0f} ev/s")
+        print(f"  ledger.readmodels.runner             {ours:6.2f} s  {n / ours:9,.0f} ev/s")
         print(f"  eventsourcing stock       {stock:6.2f} s  {n / stock:9,.0f} ev/s")
         print(f"  ratio                     {stock / ours:6.1f}x")
         print("load average at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))

@@ -2,8 +2,8 @@
 ``booking_id``.
 
 Each notification becomes a history row with its provider status and the order status it
-maps to (``ledger.orderstatus``). The order is folded from its rows when read
-(``ledger.orderstatus.decide``: precedence, ties broken by event id), so any arrival order
+maps to (``ledger.payments.orderstatus``). The order is folded from its rows when read
+(``ledger.payments.orderstatus.decide``: precedence, ties broken by event id), so any arrival order
 gives the same answer, and a batch is one insert (rebuilds stay fast). A ``pending`` or
 ``expire`` that arrives after ``paid`` is kept in the history and reads as late (computed from
 positions); it never downgrades the order.
@@ -20,9 +20,9 @@ from typing import NamedTuple
 
 import msgspec
 
-from ledger import orderstatus
-from ledger.domain import RECEIVED_TOPIC
-from ledger.folding import (
+from ledger.domain.events import RECEIVED_TOPIC
+from ledger.payments import orderstatus
+from ledger.payments.rules import (
     DeliveryHead,
     columns,
     delivery_head,
@@ -31,9 +31,9 @@ from ledger.folding import (
     pg_text,
     table_digest,
 )
-from ledger.projection import Conn
-from ledger.queries import load
-from ledger.store import StoredRecord
+from ledger.readmodels.contract import Conn
+from ledger.sql import load
+from ledger.store.eventstore import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
 ORDER_PROVIDERS = frozenset({"midtrans", "xendit", "partner"})
@@ -59,7 +59,7 @@ def _text(value: object) -> str | None:
 
 
 # Slim views of the providers' bodies: only what an order needs. The full Structs in
-# ``ledger.providers`` validated every body at ingest; these decode the same bytes faster.
+# ``ledger.ingest.providers`` validated every body at ingest; these decode the same bytes faster.
 class _Midtrans(msgspec.Struct):
     order_id: str
     gross_amount: str

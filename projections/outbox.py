@@ -33,11 +33,11 @@ from urllib.parse import quote
 import msgspec
 
 from ledger.config import Settings, load_settings
-from ledger.domain import RECEIVED_TOPIC
-from ledger.projection import Conn
-from ledger.queries import load
-from ledger.store import StoredRecord
-from ledger.stream import PaymentFact, payment_fact
+from ledger.domain.events import RECEIVED_TOPIC
+from ledger.live.hub import PaymentFact, payment_fact
+from ledger.readmodels.contract import Conn
+from ledger.sql import load
+from ledger.store.eventstore import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
 OUTBOX_NAMESPACE = uuid.UUID("0b7e6a43-2f1d-5c7a-8e0b-5d6f4a3c2b10")

@@ -16,12 +16,13 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from ledger.domain import (
+from ledger.domain.events import (
     CONFLICTED_TOPIC,
     QUARANTINED_TOPIC,
     RECEIVED_TOPIC,
 )
-from ledger.folding import (
+from ledger.ingest.providers import mayar
+from ledger.payments.rules import (
     Catalogue,
     DeliveryHead,
     Flag,
@@ -34,10 +35,9 @@ from ledger.folding import (
     subscription_fact,
     table_digest,
 )
-from ledger.projection import Conn
-from ledger.providers import mayar
-from ledger.queries import load
-from ledger.store import StoredRecord
+from ledger.readmodels.contract import Conn
+from ledger.sql import load
+from ledger.store.eventstore import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
 
@@ -70,7 +70,7 @@ def flags_for(rec: StoredRecord, state: DeliveryHead, catalogue: Catalogue) -> l
 
 class Review:
     name = "review"
-    version = 2  # 2: customers normalised by ledger.customers (ADR 0009 addendum)
+    version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC, QUARANTINED_TOPIC, CONFLICTED_TOPIC)
     schema_sql = SQL["schema"]
 

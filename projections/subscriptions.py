@@ -1,9 +1,9 @@
 """Subscriptions: per customer and license code, the facts Mayar's ``subscription.*`` and
-``membership.*`` events state, folded order-independently (rule: ``ledger.folding``).
+``membership.*`` events state, folded order-independently (rule: ``ledger.payments.rules``).
 
 Only maxima are stored (latest grant expiry, latest cancelled-through, latest
 expired-through), so any arrival order or repetition of the same events gives the same
-rows; ``ledger.folding.subscription_status`` turns a row into active / cancelled / expired
+rows; ``ledger.payments.rules.subscription_status`` turns a row into active / cancelled / expired
 at query time, so a subscription whose expiry passed reads expired with no event at all.
 Events without a customer or with an unreadable expiry are listed by the ``review``
 projection.
@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from ledger.domain import RECEIVED_TOPIC
-from ledger.folding import (
+from ledger.domain.events import RECEIVED_TOPIC
+from ledger.ingest.providers import mayar
+from ledger.payments.rules import (
     SubscriptionFact,
     delivery_head,
     is_subscription_event,
@@ -24,10 +25,9 @@ from ledger.folding import (
     subscription_fact,
     table_digest,
 )
-from ledger.projection import Conn
-from ledger.providers import mayar
-from ledger.queries import load
-from ledger.store import StoredRecord
+from ledger.readmodels.contract import Conn
+from ledger.sql import load
+from ledger.store.eventstore import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
 
@@ -60,7 +60,7 @@ class Row:
 
 class Subscriptions:
     name = "subscriptions"
-    version = 2  # 2: customers normalised by ledger.customers (ADR 0009 addendum)
+    version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
 

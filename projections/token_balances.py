@@ -1,11 +1,11 @@
 """Token balances: credits from paid Mayar deliveries, debits from spends.
 
 Credits come from Mayar ``payment.success`` / ``payment.received`` through the package
-catalogue (``ledger.folding.classify_payment``): one credit per Mayar payment id, so a
+catalogue (``ledger.payments.rules.classify_payment``): one credit per Mayar payment id, so a
 payment announced by both events is credited once. Flagged deliveries (unknown package or
 customer, amount mismatch) credit nothing; the ``review`` projection lists them.
 
-Debits are ``TokenSpend.Spent`` events appended by ``ledger.spend`` under the customer's
+Debits are ``TokenSpend.Spent`` events appended by ``ledger.accounts.spend`` under the customer's
 lock; their ``balance_after`` is stored as recorded, so a repeated request can be answered
 from the log. The projection itself never refuses a spend (the log is the truth).
 
@@ -21,8 +21,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from ledger.domain import RECEIVED_TOPIC, SPENT_TOPIC, decode_spend
-from ledger.folding import (
+from ledger.domain.events import RECEIVED_TOPIC, SPENT_TOPIC, decode_spend
+from ledger.ingest.providers import mayar
+from ledger.payments.rules import (
     Catalogue,
     classify_payment,
     columns,
@@ -31,10 +32,9 @@ from ledger.folding import (
     raw_body,
     table_digest,
 )
-from ledger.projection import Conn
-from ledger.providers import mayar
-from ledger.queries import load
-from ledger.store import StoredRecord
+from ledger.readmodels.contract import Conn
+from ledger.sql import load
+from ledger.store.eventstore import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
 
@@ -43,7 +43,7 @@ CreditRow = tuple[str, uuid.UUID, str, str, int, int]
 
 class TokenBalances:
     name = "token_balances"
-    version = 2  # 2: customers normalised by ledger.customers (ADR 0009 addendum)
+    version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC, SPENT_TOPIC)
     schema_sql = SQL["schema"]
 

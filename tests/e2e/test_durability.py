@@ -39,7 +39,7 @@ import pytest
 
 from ledger.app import prepare_database
 from ledger.database import create_database
-from ledger.domain import DELIVERY_TOPICS, RECEIVED_TOPIC, delivery_id
+from ledger.domain.events import DELIVERY_TOPICS, RECEIVED_TOPIC, delivery_id
 from tests.support import SECRETS, signed, until
 
 LEDGER = str(Path(sys.executable).with_name("ledger"))  # the installed console script

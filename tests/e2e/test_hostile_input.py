@@ -12,9 +12,9 @@ import asyncpg
 import httpx
 import pytest
 
-from ledger.providers.base import hmac_sha256_hex
-from ledger.providers.midtrans import signature
-from ledger.trigger import build
+from ledger.ingest.providers.base import hmac_sha256_hex
+from ledger.ingest.providers.midtrans import signature
+from ledger.ingest.samples import build
 from tests import support
 from tests.support import SECRETS, bearer, live_server, make_key, signed
 

@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 from eventsourcing.persistence import Mapper, StoredEvent
 
+from ledger.audit.keys import CACHE_SECONDS
+from ledger.audit.trail import ReasonRequired, record_operator_action
 from ledger.config import Settings
 from ledger.database import create_pool
-from ledger.domain import OPERATOR_ACTION_TOPIC, MsgspecTranscoder, OperatorAction
-from ledger.keys import CACHE_SECONDS
-from ledger.operator import ReasonRequired, record_operator_action
-from ledger.store import EventStore, GroupCommitter
+from ledger.domain.events import OPERATOR_ACTION_TOPIC, MsgspecTranscoder, OperatorAction
+from ledger.store.eventstore import EventStore, GroupCommitter
 from tests.support import bearer, make_key
 from tests.support import test_settings as make_settings
 

@@ -218,7 +218,7 @@ async def test_a_request_that_cannot_get_a_pooled_connection_is_503_not_a_wait(d
     with Retry-After while they still wait, instead of waiting as long as they do."""
     import asyncpg
 
-    from ledger.keys import create_key
+    from ledger.audit.keys import create_key
 
     async with live_server(database_url, LEDGER_RUN_OUTBOX="false") as http:
         admin = await make_key(database_url, "ops:admin", "audit:read", name="admin")

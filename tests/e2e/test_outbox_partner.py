@@ -29,7 +29,7 @@ from litestar.testing import AsyncTestClient
 from ledger.app import create_app
 from ledger.config import Settings
 from ledger.database import create_pool
-from ledger.outbox import Dispatcher
+from ledger.outbox.dispatcher import Dispatcher
 from tests import support
 from tests.support import SECRETS, bearer, make_key, signed, until
 
@@ -239,7 +239,7 @@ def test_signature_matches_the_openssl_recipe():
         capture_output=True,
         check=True,
     ).stdout.decode()
-    from ledger.senders import HttpSender
+    from ledger.outbox.senders import HttpSender
 
     sig = HttpSender(None, secret=SECRET).headers(uuid.uuid4(), body, 1)["x-pwa-signature"]  # type: ignore[arg-type]
     assert out.strip().split()[-1] == sig
@@ -448,8 +448,8 @@ async def test_a_worker_killed_mid_send_loses_nothing(partner, database_url):
 
 async def test_a_rebuild_sends_nothing_twice(partner, database_url):
     """Re-deriving the outbox from the whole log (what a rebuild does) inserts nothing new."""
-    from ledger.store import EventStore
-    from projections.outbox import PROJECTION
+    from ledger.projections.outbox import PROJECTION
+    from ledger.store.eventstore import EventStore
 
     app = create_app(outbox_settings(partner.url), database_url=database_url)
     async with AsyncTestClient(app) as client:
@@ -538,8 +538,8 @@ async def test_cli_lists_dead_letters_and_retries_with_a_reason(partner, databas
 def test_retry_schedule_spans_about_a_day_with_jitter_and_retry_after():
     import random
 
-    from ledger.outbox import DEFAULT_SCHEDULE, next_delay, parse_schedule
-    from ledger.senders import classify_http, retry_after_seconds
+    from ledger.outbox.dispatcher import DEFAULT_SCHEDULE, next_delay, parse_schedule
+    from ledger.outbox.senders import classify_http, retry_after_seconds
 
     assert 23 * 3600 < sum(DEFAULT_SCHEDULE) < 25 * 3600
     rng = random.Random(7)

@@ -25,16 +25,16 @@ from litestar.testing import AsyncTestClient
 
 from ledger.app import create_app
 from ledger.config import Settings
-from ledger.domain import (
+from ledger.domain.events import (
     DELIVERY_TOPIC,
     OPERATOR_ACTION_TOPIC,
     RECEIVED_TOPIC,
     DeliveryState,
     encode_state,
 )
-from ledger.projection import Conn
-from ledger.providers import midtrans
-from ledger.store import StoredRecord
+from ledger.ingest.providers import midtrans
+from ledger.readmodels.contract import Conn
+from ledger.store.eventstore import StoredRecord
 from tests.e2e.test_admin_browser import CHROMIUM, chromium
 from tests.support import SECRETS, bearer, live_server, make_key, signed, until
 
@@ -219,7 +219,7 @@ async def flaky_client(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, database_url: str
 ) -> AsyncIterator[tuple[AsyncTestClient, Flaky]]:  # type: ignore[type-arg]
     proj = Flaky()
-    monkeypatch.setattr("ledger.runner.available", lambda: {proj.name: proj})
+    monkeypatch.setattr("ledger.readmodels.runner.available", lambda: {proj.name: proj})
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app) as c:
         yield c, proj

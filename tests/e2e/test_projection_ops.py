@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 from ledger.app import create_app
 from ledger.config import Settings
 from ledger.database import create_pool
-from ledger.readmodels import ReadModels
+from ledger.readmodels.access import ReadModels
 from tests.integration.test_runner import Counting, seed
 from tests.support import PATIENCE, SECRETS, bearer, live_server, make_key, signed, until
 
@@ -29,7 +29,7 @@ async def ops_client(
 ) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
     """The real app whose runner (and ops routes) know one test projection."""
     proj = Counting()
-    monkeypatch.setattr("ledger.runner.available", lambda: {proj.name: proj})
+    monkeypatch.setattr("ledger.readmodels.runner.available", lambda: {proj.name: proj})
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app) as c:
         yield c
@@ -304,7 +304,7 @@ async def test_every_real_projection_rebuilds_to_the_same_digest(client, databas
 
 
 def test_progress_line_shows_share_rate_and_eta():
-    from ledger.cli_projections import progress_line
+    from ledger.cli.projections import progress_line
 
     assert progress_line(250_000, 1_000_000, 25_000.0, width=10) == (
         "[##........]  25%  250,000/1,000,000 events  25,000 ev/s  ETA 00:30"

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from ledger.keys import hash_key
+from ledger.audit.keys import hash_key
 from tests.support import SECRETS, bearer, live_server, make_key
 
 LEDGER = str(Path(sys.executable).parent / "ledger")

@@ -21,8 +21,8 @@ import pytest
 from eventsourcing.persistence import Mapper
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-from ledger.domain import Delivery, MsgspecTranscoder, delivery_id
-from ledger.providers.base import hmac_sha256_hex
+from ledger.domain.events import Delivery, MsgspecTranscoder, delivery_id
+from ledger.ingest.providers.base import hmac_sha256_hex
 from tests.support import SECRETS, signed
 
 

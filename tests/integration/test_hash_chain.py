@@ -18,9 +18,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger import chain
+from ledger.audit import chain
 from ledger.database import create_pool
-from ledger.store import EventStore, NewEvent
+from ledger.store.eventstore import EventStore, NewEvent
 
 ZERO = bytes(32)
 
@@ -28,7 +28,7 @@ ZERO = bytes(32)
 def independent_hash(
     previous: bytes, pos: int, oid: uuid.UUID, ver: int, topic: str, state: bytes
 ) -> bytes:
-    """The ADR's definition written out again, without ledger.chain."""
+    """The ADR's definition written out again, without ledger.audit.chain."""
     t = topic.encode()
     msg = (
         struct.pack(">q", pos)

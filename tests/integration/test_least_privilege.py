@@ -26,8 +26,8 @@ import asyncpg
 import pytest
 
 from ledger.app import Services, running_services
+from ledger.audit.keys import KeyRing, create_key, revoke_key
 from ledger.database import APP_ROLE
-from ledger.keys import KeyRing, create_key, revoke_key
 from tests.support import SECRETS
 from tests.support import test_settings as make_settings
 

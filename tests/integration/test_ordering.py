@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 
 from ledger.database import APP_ROLE, create_pool
-from ledger.queries import package_sql
-from ledger.store import EventStore, NewEvent
+from ledger.sql import package_sql
+from ledger.store.eventstore import EventStore, NewEvent
 from tests.support import until
 
 APPEND = package_sql("store")["append"]

@@ -16,15 +16,16 @@ import asyncpg
 import msgspec
 import pytest
 
-from ledger import audit, poison
+from ledger.audit import index as audit
 from ledger.database import create_pool
-from ledger.domain import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
-from ledger.projection import Conn
-from ledger.providers import midtrans
-from ledger.readmodels import ReadModels
-from ledger.runner import ProjectionRunner, retry_poisoned, start_rebuild
-from ledger.store import EventStore, StoredRecord
-from ledger.stream import StreamHub
+from ledger.domain.events import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
+from ledger.ingest.providers import midtrans
+from ledger.live.hub import StreamHub
+from ledger.readmodels import poison
+from ledger.readmodels.access import ReadModels
+from ledger.readmodels.contract import Conn
+from ledger.readmodels.runner import ProjectionRunner, retry_poisoned, start_rebuild
+from ledger.store.eventstore import EventStore, StoredRecord
 from tests.support import PATIENCE, signed, until
 
 

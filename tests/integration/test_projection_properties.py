@@ -23,19 +23,19 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.domain import (
+from ledger.domain.events import (
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
     DeliveryState,
     encode_state,
 )
-from ledger.folding import Catalogue
-from ledger.projection import Projection
-from ledger.store import StoredRecord
-from projections.orders import Orders
-from projections.review import Review
-from projections.subscriptions import Subscriptions
-from projections.token_balances import TokenBalances
+from ledger.payments.rules import Catalogue
+from ledger.projections.orders import Orders
+from ledger.projections.review import Review
+from ledger.projections.subscriptions import Subscriptions
+from ledger.projections.token_balances import TokenBalances
+from ledger.readmodels.contract import Projection
+from ledger.store.eventstore import StoredRecord
 from tests.integration.test_projections import (
     digest,
     fold,
@@ -104,7 +104,7 @@ async def universe(client: Any, database_url: str) -> list[StoredRecord]:
     assert r.status_code == 400
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        from ledger.store import EventStore
+        from ledger.store.eventstore import EventStore
 
         await EventStore(pool).append_many(
             [spend_event("a@x.com", 7, "s1", 98), spend_event("b@x.com", 100, "s2", 0)]

@@ -17,8 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger import orderstatus
-from ledger.domain import (
+from ledger.domain.events import (
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
     SPEND_TOPIC,
@@ -30,13 +29,14 @@ from ledger.domain import (
     encode_state,
     spend_id,
 )
-from ledger.folding import Catalogue, subscription_status
-from ledger.projection import Projection
-from ledger.store import EventStore, NewEvent, StoredRecord
-from projections.orders import Orders
-from projections.review import Review
-from projections.subscriptions import Subscriptions
-from projections.token_balances import TokenBalances
+from ledger.payments import orderstatus
+from ledger.payments.rules import Catalogue, subscription_status
+from ledger.projections.orders import Orders
+from ledger.projections.review import Review
+from ledger.projections.subscriptions import Subscriptions
+from ledger.projections.token_balances import TokenBalances
+from ledger.readmodels.contract import Projection
+from ledger.store.eventstore import EventStore, NewEvent, StoredRecord
 from tests.support import signed
 
 MAYAR = {"content-type": "application/json", "x-callback-token": "test-mayar-token"}

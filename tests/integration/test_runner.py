@@ -19,17 +19,17 @@ import pytest
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from ledger.database import create_pool
-from ledger.domain import (
+from ledger.domain.events import (
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
     DeliveryState,
     decode_delivery,
     encode_state,
 )
-from ledger.projection import Conn, schema_name
-from ledger.readmodels import ReadModels, require_position
-from ledger.runner import ProjectionRunner, start_rebuild
-from ledger.store import StoredRecord
+from ledger.readmodels.access import ReadModels, require_position
+from ledger.readmodels.contract import Conn, schema_name
+from ledger.readmodels.runner import ProjectionRunner, start_rebuild
+from ledger.store.eventstore import StoredRecord
 from tests.support import PATIENCE, until
 
 PROVIDERS = ("mayar", "midtrans", "xendit", "partner")
@@ -368,7 +368,7 @@ async def test_split_brain_batch_backs_off_on_a_moved_position(database_url, rea
     r = runner(database_url, proj, batch_size=1000)
     await r.start()  # registers
     await r.stop()
-    from ledger.runner import Step, _Lane
+    from ledger.readmodels.runner import Step, _Lane
 
     lanes = [_Lane(), _Lane()]
     for lane in lanes:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from ledger.database import create_pool
-from ledger.store import EventStore, GroupCommitter, NewEvent, StoreUnavailable
+from ledger.store.eventstore import EventStore, GroupCommitter, NewEvent, StoreUnavailable
 
 
 @pytest.fixture

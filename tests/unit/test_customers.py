@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import stream
-from ledger.customers import MAX_EMAIL, NotAnAddress, customer_key, normalize_email
-from ledger.folding import Catalogue, classify_payment, normalize_customer
-from ledger.providers.mayar import DECODER, MayarData
-from ledger.safetext import unsafe_char
+from ledger.ingest.providers.mayar import DECODER, MayarData
+from ledger.ingest.safetext import unsafe_char
+from ledger.live import hub as stream
+from ledger.payments.customers import MAX_EMAIL, NotAnAddress, customer_key, normalize_email
+from ledger.payments.rules import Catalogue, classify_payment, normalize_customer
 
 CYRILLIC_A = "\u0430"
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.folding import (
+from ledger.ingest.providers.mayar import DECODER, MayarData
+from ledger.payments.rules import (
     FOREVER,
     Catalogue,
     classify_payment,
@@ -19,7 +20,6 @@ from ledger.folding import (
     subscription_fact,
     subscription_status,
 )
-from ledger.providers.mayar import DECODER, MayarData
 
 
 def data(**fields: object) -> MayarData:
@@ -177,7 +177,7 @@ def test_a_spend_event_is_an_eventsourcing_event():
     ``TokenSpend.Spent`` and the aggregate it creates carries the same values."""
     from eventsourcing.persistence import Mapper, StoredEvent
 
-    from ledger.domain import (
+    from ledger.domain.events import (
         SPEND_TOPIC,
         SPENT_TOPIC,
         MsgspecTranscoder,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.senders import EXCERPT, HttpClient, HttpSender, Result
+from ledger.outbox.senders import EXCERPT, HttpClient, HttpSender, Result
 
 SECRET = "partner-sync-secret-for-tests"
 BODY = b'{"event":"booking.paid","booking_id":"B-1","status":"LUNAS","paid_amount":32000}'

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import orderstatus
-from ledger.orderstatus import Entry, fold, late_flags, midtrans_status, partner_status, rank
+from ledger.payments import orderstatus
+from ledger.payments.orderstatus import (
+    Entry,
+    fold,
+    late_flags,
+    midtrans_status,
+    partner_status,
+    rank,
+)
 
 
 @pytest.mark.parametrize(

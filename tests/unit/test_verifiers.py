@@ -3,7 +3,7 @@
 Every provider's ``accept(headers, body)`` is fed random header dicts, random bytes, random
 JSON, correctly signed deliveries with a flipped byte, truncated deliveries and deep
 nesting. Anything other than the three outcomes would become a 500 at the edge, so it fails
-the test. Correctly signed deliveries from ``ledger.trigger.build`` must be accepted with the
+the test. Correctly signed deliveries from ``ledger.ingest.samples.build`` must be accepted with the
 dedup key documented in ``shared/reference/providers.md``.
 """
 
@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.providers import Accepted, Provider, Unauthorized, Unusable, build_providers
-from ledger.providers.base import check_depth, check_single, hmac_sha256_hex, secret_list
-from ledger.providers.mayar import EVENTS as MAYAR_EVENTS
-from ledger.providers.mayar import Mayar
-from ledger.providers.midtrans import Midtrans, StatusCode, signature
-from ledger.providers.partner import Partner
-from ledger.providers.xendit import Xendit
-from ledger.trigger import MIDTRANS_STATUS_CODES, build
+from ledger.ingest.providers import Accepted, Provider, Unauthorized, Unusable, build_providers
+from ledger.ingest.providers.base import check_depth, check_single, hmac_sha256_hex, secret_list
+from ledger.ingest.providers.mayar import EVENTS as MAYAR_EVENTS
+from ledger.ingest.providers.mayar import Mayar
+from ledger.ingest.providers.midtrans import Midtrans, StatusCode, signature
+from ledger.ingest.providers.partner import Partner
+from ledger.ingest.providers.xendit import Xendit
+from ledger.ingest.samples import MIDTRANS_STATUS_CODES, build
 from tests import support
 from tests.support import SECRETS
 

@@ -1,7 +1,7 @@
 """Token accounts: ``GET /v1/accounts/{customer}`` and ``POST .../spend``.
 
 Customers are identified by e-mail, compared trimmed and lowercased (as the projection
-stores them). Spends go through ``ledger.spend.Spender`` (why they never overdraw: there).
+stores them). Spends go through ``ledger.accounts.spend.Spender`` (why they never overdraw: there).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.response import Response
 
+from ledger.accounts.spend import IdempotencyConflict, InsufficientTokens, SpendBusy, Spender
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, problem, responses
-from ledger.folding import normalize_customer
-from ledger.readmodels import ProjectionLagging, ReadModels, require_position
-from ledger.spend import IdempotencyConflict, InsufficientTokens, SpendBusy, Spender
-from projections.token_balances import SQL as BALANCES_SQL
+from ledger.payments.rules import normalize_customer
+from ledger.projections.token_balances import SQL as BALANCES_SQL
+from ledger.readmodels.access import ProjectionLagging, ReadModels, require_position
 
 PROJECTION = "token_balances"
 MAX_CUSTOMER = 320

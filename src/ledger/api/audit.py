@@ -18,7 +18,6 @@ from litestar.params import QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
-from ledger import asof, audit, chain
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER, CsvOrJsonLines
 from ledger.api.params import (
@@ -35,8 +34,10 @@ from ledger.api.params import (
 )
 from ledger.api.problems import KEYED, problem, responses
 from ledger.api.times import AsOf, From, To, day_window, parse_time
-from ledger.keys import KeyRing, list_keys, revoke_key
-from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
+from ledger.audit import asof, chain
+from ledger.audit import index as audit
+from ledger.audit.keys import KeyRing, list_keys, revoke_key
+from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
 
 REASON_HEADER = "x-ledger-reason"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -302,7 +303,7 @@ class AuditController(Controller):
         at_position: OptionalPosition = None,
         as_of: AsOf = None,
     ) -> asof.BalanceAsOf:
-        from projections.token_balances import PROJECTION  # the live read model's catalogue
+        from ledger.projections.token_balances import PROJECTION  # the live read model's catalogue
 
         upto = parse_time("as_of", as_of)
         pool = request.app.state.services.pool

@@ -9,7 +9,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from ledger.api.problems import problem
-from ledger.keys import ApiKey, KeyRing
+from ledger.audit.keys import ApiKey, KeyRing
 
 
 async def require_key(

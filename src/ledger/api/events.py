@@ -15,8 +15,8 @@ from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import IdPath, Limit, Position
 from ledger.api.problems import KEYED, problem, responses
-from ledger.domain import MsgspecTranscoder
-from ledger.store import EventStore, StoredRecord
+from ledger.domain.events import MsgspecTranscoder
+from ledger.store.eventstore import EventStore, StoredRecord
 
 _transcoder = MsgspecTranscoder()
 _HIDDEN = ("body_b64", "originator_topic", "timestamp")

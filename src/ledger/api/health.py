@@ -10,7 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.response import Response
 
 from ledger import migrate
-from ledger.store import UNAVAILABLE_ERRORS
+from ledger.store.eventstore import UNAVAILABLE_ERRORS
 
 RETRY = {"Retry-After": "5"}
 

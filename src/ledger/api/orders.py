@@ -13,17 +13,18 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.params import QueryParameter
 
-from ledger import orderstatus, poison
 from ledger.api.accounts import LIVE_POSITION, customer_param
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import CustomerPath, Limit, MinPosition, OrderIdPath, Position, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
-from ledger.folding import FOREVER, subscription_status
-from ledger.readmodels import ReadModels, require_position
-from projections.orders import SQL as ORDERS_SQL
-from projections.review import SQL as REVIEW_SQL
-from projections.subscriptions import SQL as SUBSCRIPTIONS_SQL
+from ledger.payments import orderstatus
+from ledger.payments.rules import FOREVER, subscription_status
+from ledger.projections.orders import SQL as ORDERS_SQL
+from ledger.projections.review import SQL as REVIEW_SQL
+from ledger.projections.subscriptions import SQL as SUBSCRIPTIONS_SQL
+from ledger.readmodels import poison
+from ledger.readmodels.access import ReadModels, require_position
 
 ORDER_PROVIDERS = ("midtrans", "xendit", "partner")
 

@@ -18,8 +18,8 @@ from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath, Limit
 from ledger.api.problems import KEYED, problem, responses
-from ledger.operator import ReasonRequired
-from ledger.outbox import NotRetryable, get_message, list_messages, retry_message
+from ledger.audit.trail import ReasonRequired
+from ledger.outbox.dispatcher import NotRetryable, get_message, list_messages, retry_message
 
 State = Literal["pending", "dead", "delivered"]
 

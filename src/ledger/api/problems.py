@@ -13,7 +13,7 @@ from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
 from litestar.response import Response
 
-from ledger.store import UNAVAILABLE_ERRORS, StoreUnavailable
+from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
 MEDIA_TYPE = "application/problem+json"
 

@@ -9,14 +9,15 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, QueryParameter
 
-from ledger import audit, poison, runner
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import ACQUIRE_TIMEOUT
 from ledger.api.problems import KEYED, problem, responses
-from ledger.operator import ReasonRequired, append_in, check_reason, operator_event
-from ledger.projection import Conn, Projection
-from ledger.readmodels import ProjectionStatus, ReadModels
+from ledger.audit import index as audit
+from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
+from ledger.readmodels import poison, runner
+from ledger.readmodels.access import ProjectionStatus, ReadModels
+from ledger.readmodels.contract import Conn, Projection
 
 
 class ConsumerStatus(msgspec.Struct, kw_only=True):

@@ -26,9 +26,9 @@ from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import ACQUIRE_TIMEOUT, MAX_POSITION
 from ledger.api.problems import KEYED, problem, responses
-from ledger.domain import DELIVERY_TOPICS
-from ledger.keys import KeyRing
-from ledger.stream import StreamHub
+from ledger.audit.keys import KeyRing
+from ledger.domain.events import DELIVERY_TOPICS
+from ledger.live.hub import StreamHub
 
 SCOPES = ("audit:read", "ops:admin")
 # A stream ends after this long; EventSource reconnects (``retry: 1000``) with Last-Event-ID

@@ -11,9 +11,9 @@ from litestar.response import Response
 
 from ledger.api.params import ProviderPath
 from ledger.api.problems import problem, responses
-from ledger.ingest import Ingest, UnknownProvider
-from ledger.providers import Unauthorized
-from ledger.providers.partner import DESCRIPTION
+from ledger.ingest.providers import Unauthorized
+from ledger.ingest.providers.partner import DESCRIPTION
+from ledger.ingest.service import Ingest, UnknownProvider
 
 WEBHOOK_BODY_LIMIT = 64 * 1024
 

@@ -1,4 +1,4 @@
--- Hash chain (src/ledger/chain.py) ------------------------------------------------------
+-- Hash chain (src/ledger/audit/chain.py) ------------------------------------------------------
 
 -- name: chain_before
 SELECT notification_id, hash
@@ -22,7 +22,7 @@ FROM stored_events
 ORDER BY notification_id DESC
 LIMIT 1
 
--- Audit index (src/ledger/audit.py) ------------------------------------------------------
+-- Audit index (src/ledger/audit/index.py) ------------------------------------------------------
 
 -- name: index_lock
 -- One catch-up at a time (across processes): the tracking row is the lock.
@@ -175,7 +175,7 @@ LEFT JOIN LATERAL (
 ) a ON true
 WHERE o.customer = $1
 
--- As-of balances (src/ledger/asof.py) -----------------------------------------------------
+-- As-of balances (src/ledger/audit/asof.py) -----------------------------------------------------
 
 -- name: asof_cutoff
 -- The position of the last event received at or before $1 (an index walk backwards).

@@ -1,4 +1,4 @@
--- API keys (src/ledger/keys.py). Only hashes are stored; the key id is public.
+-- API keys (src/ledger/audit/keys.py). Only hashes are stored; the key id is public.
 
 -- name: create
 INSERT INTO api_keys (key_id, name, scopes, key_hash) VALUES ($1, $2, $3, $4)

@@ -1,4 +1,4 @@
--- Poisoned events (src/ledger/poison.py, ADR 0010). Every statement runs in the caller's
+-- Poisoned events (src/ledger/readmodels/poison.py, ADR 0010). Every statement runs in the caller's
 -- transaction: the consumer's tracking position and these rows commit together.
 
 -- name: record

@@ -1,0 +1,1 @@
+"""Token accounts: spending against the balances read model."""

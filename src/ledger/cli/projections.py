@@ -1,0 +1,309 @@
+"""``ledger projections status|rebuild|retry`` and ``ledger worker`` (the runner without
+HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import click
+
+from ledger.config import ConfigError, Settings, load_settings
+from ledger.database import create_pool, logins_for, resolve_database_url
+from ledger.readmodels.access import ProjectionStatus, ReadModels
+from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _url() -> str:
+    settings = _settings()
+    return resolve_database_url(settings.database_url, settings.home_path)
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def progress_line(done: int, total: int, rate: float, width: int = 30) -> str:
+    """``[#####.....]  45%  450,000/1,000,000 events  23,400 ev/s  ETA 00:23``"""
+    frac = 1.0 if total <= 0 else min(1.0, done / total)
+    filled = int(frac * width)
+    eta = "--:--" if rate <= 0 else _fmt_duration((total - done) / rate)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  "
+        f"{done:,}/{total:,} events  {rate:,.0f} ev/s  ETA {eta}"
+    )
+
+
+def status_table(items: list[ProjectionStatus]) -> str:
+    head = ("name", "ver", "live", "building", "position", "lag", "lag s", "state")
+    rows = [
+        (
+            s.name,
+            str(s.version),
+            f"g{s.live_generation}",
+            "-"
+            if s.building_generation is None
+            else f"g{s.building_generation} @ {s.building_position or 0:,}",
+            f"{s.position:,}",
+            f"{s.lag_events:,}",
+            f"{s.lag_seconds:.1f}",
+            s.state,
+        )
+        for s in items
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
+    for s in items:
+        if s.digest:
+            lines.append(f"{s.name}: digest {s.digest}")
+        if s.error:
+            lines.append(f"{s.name}: error {s.error}")
+        lines.extend(poisoned_lines(s.name, s.poisoned, s.poisoned_events))
+    return "\n".join(lines)
+
+
+def poisoned_lines(name: str, count: int, entries: list[PoisonedEvent]) -> list[str]:
+    """``NAME: N poisoned event(s) (retry: ...)`` and one line per listed entry."""
+    if not count:
+        return []
+    lines = [
+        f"{name}: {count} poisoned event(s); after a fix: "
+        f'ledger projections retry {name} --reason "..."'
+    ]
+    for e in entries:
+        lines.append(
+            f"  position {e.position} event {e.event_id} g{e.generation} "
+            f"attempts {e.attempts} last {e.last_seen:%Y-%m-%d %H:%M:%S}: {e.error}"
+        )
+    return lines
+
+
+@click.group()
+def projections() -> None:
+    """Projection status and blue/green rebuilds."""
+
+
+@projections.command("status")
+@click.option("--digest", is_flag=True, help="also compute each live content digest")
+def status(digest: bool) -> None:
+    """Every projection: version, generations, position, lag (events and seconds), state."""
+    from ledger.readmodels.poison import annotate
+    from ledger.readmodels.runner import available
+
+    url = _url()
+    extra: list[str] = []  # the audit index's poisoned events
+
+    async def go() -> list[ProjectionStatus]:
+        logins = await logins_for(url, _settings())
+        pool = await create_pool(logins.app, min_size=1, max_size=2)
+        try:
+            rm = ReadModels(pool)
+            items = await rm.status()
+            if digest:
+                code = available()
+                for st in items:
+                    if st.name in code:
+                        st.digest = await rm.digest(code[st.name])
+            async with pool.acquire() as conn:
+                index = await annotate(conn, items)
+            extra.extend(poisoned_lines(AUDIT_INDEX, index.count, index.entries))
+            return items
+        finally:
+            await pool.close()
+
+    items = asyncio.run(go())
+    click.echo(status_table(items) if items else "no projection has run on this database yet")
+    for line in extra:
+        click.echo(line)
+
+
+@projections.command("rebuild")
+@click.argument("name")
+@click.option(
+    "--run/--no-run",
+    default=True,
+    show_default=True,
+    help="also apply it here (if another runner holds the generation, it builds and we watch)",
+)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="follow until the switch")
+@click.option("--batch-size", default=2000, show_default=True, type=int)
+@click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
+def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> None:
+    """Rebuild NAME from position 0 beside the live generation, then switch atomically."""
+    from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
+    from ledger.cli.audit import CLI_SCOPE, cli_actor
+    from ledger.readmodels.runner import ProjectionRunner, available, start_rebuild
+
+    try:
+        reason = check_reason(reason)
+    except ReasonRequired as exc:
+        raise click.ClickException(str(exc)) from None
+
+    code = available()
+    if name not in code:
+        raise click.ClickException(f"no projection named {name!r}; known: {sorted(code)}")
+    proj = code[name]
+    url = _url()
+
+    async def go() -> None:
+        logins = await logins_for(url, _settings())
+        pool = await create_pool(logins.app, min_size=1, max_size=2)
+        worker: ProjectionRunner | None = None
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                generation, started = await start_rebuild(conn, proj)
+                event = operator_event(cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason)
+                await append_in(conn, event)
+            verb = "started" if started else "already in progress:"
+            click.echo(f"rebuild of {name} {verb} generation {generation}")
+            if not wait:
+                return
+            if run:
+                worker = ProjectionRunner(
+                    logins.app, {name: proj}, batch_size=batch_size, app_name="ledger-rebuild"
+                )
+                await worker.start()
+            await _follow(ReadModels(pool), name, generation)
+            digest = await ReadModels(pool).digest(proj)
+            click.echo(f"generation {generation} of {name} is live; digest {digest}")
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await pool.close()
+
+    asyncio.run(go())
+
+
+@projections.command("retry")
+@click.argument("name")
+@click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
+def retry(name: str, reason: str) -> None:
+    """Re-apply the events NAME (a projection, or audit_index) set aside as poisoned, after
+    a fix: each one that now applies is marked resolved; one that still fails stays."""
+    from ledger.audit.index import retry_poisoned as retry_index
+    from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
+    from ledger.cli.audit import CLI_SCOPE, cli_actor
+    from ledger.readmodels.runner import available, retry_poisoned
+
+    try:
+        reason = check_reason(reason)
+    except ReasonRequired as exc:
+        raise click.ClickException(str(exc)) from None
+    code = available()
+    if name != AUDIT_INDEX and name not in code:
+        known = sorted([*code, AUDIT_INDEX])
+        raise click.ClickException(f"no projection named {name!r}; known: {known}")
+    url = _url()
+
+    async def go() -> tuple[list[int], list[int]]:
+        logins = await logins_for(url, _settings())
+        pool = await create_pool(logins.app, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if name == AUDIT_INDEX:
+                    outcomes = [await retry_index(conn)]
+                else:
+                    outcomes = await retry_poisoned(conn, code[name])
+                event = operator_event(cli_actor(), CLI_SCOPE, "projection.retry", name, reason)
+                await append_in(conn, event)
+        finally:
+            await pool.close()
+        resolved = [p for o in outcomes for p in o.resolved]
+        still = [p for o in outcomes for p in o.still_poisoned]
+        return resolved, still
+
+    resolved, still = asyncio.run(go())
+    click.echo(f"{name}: {len(resolved)} resolved {resolved}, {len(still)} still poisoned {still}")
+    if still:
+        raise SystemExit(1)
+
+
+async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5) -> None:
+    """Print a progress line (rate over the last few seconds, ETA) until the switch."""
+    samples: deque[tuple[float, int]] = deque(maxlen=10)
+    tty = sys.stderr.isatty()
+    started = last_print = time.monotonic()
+    first = True
+    while True:
+        st = next((s for s in await rm.status() if s.name == name), None)
+        if st is None:
+            raise click.ClickException(f"projection {name} is not registered")
+        if st.building_generation != generation:
+            if st.live_generation != generation:
+                raise click.ClickException(
+                    f"generation {generation} is no longer being built (live: "
+                    f"g{st.live_generation}, building: {st.building_generation})"
+                )
+            # The last line: everything folded, at the overall rate.
+            elapsed = max(time.monotonic() - started, 1e-3)
+            line = progress_line(st.position, st.position, st.position / elapsed)
+            click.echo(("\r" if tty else "") + line + f"  in {elapsed:.1f} s", err=True)
+            return
+        now = time.monotonic()
+        done_events = st.building_position or 0
+        samples.append((now, done_events))
+        t0, d0 = samples[0]
+        rate = (done_events - d0) / (now - t0) if now > t0 else 0.0
+        line = progress_line(done_events, st.head, rate)
+        if st.state == "failed" and st.error:
+            line += f"  FAILED (retrying): {st.error[:120]}"
+        if tty:
+            click.echo("\r" + line, nl=False, err=True)
+        elif first or now - last_print >= 5:  # a log-friendly line every few seconds
+            click.echo(line, err=True)
+            last_print, first = now, False
+        await asyncio.sleep(every)
+
+
+@click.command()
+@click.option("--batch-size", default=2000, show_default=True, type=int)
+def worker(batch_size: int) -> None:
+    """Run the background components without HTTP until SIGTERM or SIGINT: the projection
+    runner, the audit index and the outbox dispatcher (unless LEDGER_RUN_OUTBOX=false).
+
+    Any number of workers (and ``serve`` processes) may run at once: each projection
+    generation is applied by exactly one of them; the others take over if it dies; outbox
+    messages are leased, so no two processes send one message at a time.
+    """
+    import msgspec
+
+    from ledger.app import running_services
+    from ledger.config import load_settings
+
+    settings = msgspec.structs.replace(load_settings(), run_projections=True)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # The pid in the application name lets an operator see who holds what.
+        options = {"batch_size": batch_size, "app_name": f"ledger-worker-{os.getpid()}"}
+        async with running_services(settings, runner_options=options) as services:
+            runner = services.runner
+            click.echo(f"worker running projections: {', '.join(sorted(runner.projections))}")
+            await stop.wait()
+        click.echo("worker stopped")
+
+    asyncio.run(go())
+
+
+def register(main: Any) -> None:
+    """Add these commands to the ``ledger`` group."""
+    main.add_command(projections)
+    main.add_command(worker)

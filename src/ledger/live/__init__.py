@@ -1,0 +1,1 @@
+"""The live feed: the stream hub behind server-sent events."""

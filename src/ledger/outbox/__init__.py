@@ -1,0 +1,1 @@
+"""The outbox: messages derived from payments, their dispatch and the senders."""

@@ -1,0 +1,2 @@
+"""Read models: the projection contract, generations, the runner, poison handling
+and read access."""

@@ -1,0 +1,248 @@
+"""Read-model access for request handlers: the live generation, positions, read-your-writes.
+
+``ReadModels`` works whether or not this process runs the projection runner: everything it
+knows comes from the ``projections`` and ``projection_tracking`` tables, so a web process
+and a separate ``ledger worker`` cooperate through the database alone.
+
+Routes use it like this::
+
+    rm: ReadModels = request.app.state.services.read_models
+    await require_position(rm, "token_balances", min_position)  # 503 if it lags
+    async with rm.reading("token_balances") as conn:  # search_path = live schema
+        row = await conn.fetchrow("SELECT ... FROM balances WHERE ...", customer)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from ledger.api.params import ACQUIRE_TIMEOUT
+from ledger.api.problems import problem
+from ledger.readmodels.contract import Projection, schema_name
+from ledger.readmodels.poison import PoisonedEvent
+from ledger.sql import package_sql
+
+SQL = package_sql("runner")
+
+
+class ProjectionLagging(Exception):
+    """A projection has not reached the position a reader asked for (yet)."""
+
+    def __init__(self, name: str, reached: int, wanted: int) -> None:
+        super().__init__(f"projection {name} is at position {reached}, wanted {wanted}")
+        self.name = name
+        self.reached = reached
+        self.wanted = wanted
+
+
+class ProjectionStatus(msgspec.Struct, kw_only=True):
+    """One row of ``GET /v1/projections`` and ``ledger projections status``."""
+
+    name: str
+    version: int
+    live_generation: int
+    building_generation: int | None
+    position: int
+    building_position: int | None
+    head: int
+    lag_events: int
+    lag_seconds: float
+    state: str
+    error: str | None
+    updated_at: datetime
+    digest: str | None = None
+    # Events set aside by the live and building generations, unresolved (ADR 0010).
+    poisoned: int = 0
+    poisoned_events: list[PoisonedEvent] = msgspec.field(default_factory=list)
+
+
+class _Stamp(msgspec.Struct):
+    timestamp: datetime | None = None
+
+
+_stamp = msgspec.json.Decoder(_Stamp)
+
+
+def _recorded_at(state: bytes | None) -> datetime | None:
+    if not state:
+        return None
+    try:
+        return _stamp.decode(state).timestamp
+    except msgspec.DecodeError:
+        return None
+
+
+def _unavailable(name: str) -> Exception:
+    return problem(
+        503,
+        "projection-unavailable",
+        "The projection is not available",
+        f"projection {name!r} has not been started on this database yet; retry shortly",
+        headers={"Retry-After": "1"},
+        projection=name,
+    )
+
+
+class ReadModels:
+    """Positions and read transactions on the live generation of each projection."""
+
+    def __init__(self, pool: asyncpg.Pool, *, poll: float = 0.015) -> None:
+        self.pool = pool
+        self.poll = poll
+
+    async def position(self, name: str) -> int:
+        """The position the live generation has applied (0 if it never ran)."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            value = await conn.fetchval(SQL["live_position"], name)
+        return int(value or 0)
+
+    async def head(self) -> int:
+        """The log's head: the highest committed position (0 for an empty log)."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            value = await conn.fetchval(SQL["head"])
+        return int(value or 0)
+
+    async def live_schema(self, name: str) -> str:
+        """The schema of the live generation (``p_<name>_g<N>``); 503 if not registered."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            generation = await conn.fetchval(SQL["live_generation"], name)
+        if generation is None:
+            raise _unavailable(name)
+        return schema_name(name, generation)
+
+    async def wait_for(
+        self,
+        name: str,
+        position: int,
+        timeout: float = 2.0,  # noqa: ASYNC109 -- a polling deadline, part of the contract
+    ) -> bool:
+        """True once the live generation has applied ``position`` (polls the tracking row,
+        which works across processes); False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = self.poll / 2
+        while True:
+            if await self.position(name) >= position:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay * 2, self.poll)
+            await asyncio.sleep(min(delay, remaining))
+
+    async def require(
+        self,
+        name: str,
+        position: int,
+        timeout: float = 2.0,  # noqa: ASYNC109 -- see wait_for
+    ) -> None:
+        """Raise ``ProjectionLagging`` unless ``position`` is reached within ``timeout``."""
+        if not await self.wait_for(name, position, timeout):
+            raise ProjectionLagging(name, await self.position(name), position)
+
+    @asynccontextmanager
+    async def reading(self, name: str) -> AsyncIterator[asyncpg.Connection | PoolConnectionProxy]:
+        """A pool connection in a read-only, repeatable-read transaction whose
+        ``search_path`` is the live generation's schema (then ``public``)."""
+        async with (
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            generation = await conn.fetchval(SQL["live_generation"], name)
+            if generation is None:
+                raise _unavailable(name)
+            await conn.execute(f"SET LOCAL search_path TO {schema_name(name, generation)}, public")
+            yield conn
+
+    async def digest(self, proj: Projection, generation: int | None = None) -> str:
+        """The content digest of the live (or the given) generation."""
+        async with (
+            self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            if generation is None:
+                generation = await conn.fetchval(SQL["live_generation"], proj.name)
+                if generation is None:
+                    raise _unavailable(proj.name)
+            await conn.execute(
+                f"SET LOCAL search_path TO {schema_name(proj.name, generation)}, public"
+            )
+            return await proj.digest(conn)
+
+    async def status(self) -> list[ProjectionStatus]:
+        """Every registered projection with its position and lag behind the log's head."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            rows = await conn.fetch(SQL["status"])
+            head = int(await conn.fetchval(SQL["head"]))
+            now = datetime.now(UTC)
+            found: list[ProjectionStatus] = []
+            for r in rows:
+                position = int(r["position"] or 0)
+                lag_seconds = 0.0
+                if position < head:
+                    stamp = _recorded_at(await conn.fetchval(SQL["first_after"], position))
+                    if stamp is not None:
+                        lag_seconds = max(0.0, (now - stamp).total_seconds())
+                found.append(
+                    ProjectionStatus(
+                        name=r["name"],
+                        version=r["version"],
+                        live_generation=r["live_generation"],
+                        building_generation=r["building_generation"],
+                        position=position,
+                        building_position=r["building_position"],
+                        head=head,
+                        lag_events=max(0, head - position),
+                        lag_seconds=round(lag_seconds, 3),
+                        state=r["state"],
+                        error=r["error"],
+                        updated_at=r["updated_at"],
+                    )
+                )
+        return found
+
+
+async def require_position(
+    read_models: ReadModels,
+    name: str,
+    min_position: int | None,
+    timeout: float = 2.0,  # noqa: ASYNC109 -- see ReadModels.wait_for
+) -> None:
+    """For query routes' ``?min_position=N``: wait (bounded) until the projection has
+    applied N, else raise a 503 problem naming how far it got. A position beyond the log's
+    head cannot be a write the client saw: 400, at once (no wait)."""
+    if min_position is None or min_position <= 0:
+        return
+    head = await read_models.head()
+    if min_position > head:
+        raise problem(
+            400,
+            "min-position-beyond-head",
+            "min_position is beyond the log's head",
+            f"query parameter 'min_position' is {min_position} but the log's head is {head}; "
+            "pass a position this service returned",
+            parameter="min_position",
+            head=head,
+        )
+    try:
+        await read_models.require(name, min_position, timeout)
+    except ProjectionLagging as exc:
+        raise problem(
+            503,
+            "projection-lagging",
+            "The projection has not caught up yet",
+            f"projection {name!r} has applied up to position {exc.reached}; "
+            f"position {exc.wanted} was asked for. Retry shortly.",
+            headers={"Retry-After": "1"},
+            projection=name,
+            reached=exc.reached,
+            wanted=exc.wanted,
+            lag=exc.wanted - exc.reached,
+        ) from None
