@@ -32,6 +32,7 @@ import msgspec
 from ledger.audit.trail import decode_operator_action
 from ledger.domain.events import OPERATOR_ACTION_TOPIC
 from ledger.live.hub import payment_fact
+from ledger.payments.amounts import plain, plain_or_none
 from ledger.payments.orderstatus import RANK
 from ledger.readmodels import poison
 from ledger.readmodels.contract import Conn
@@ -382,7 +383,7 @@ async def summary(conn: Conn, since: datetime, until: datetime) -> list[Provider
                 conflicted=c["conflicted"],
                 paid_notifications=c["paid_notifications"],
                 paid_orders=p["paid_orders"] if p else 0,
-                paid_amount=str(p["paid_amount"]) if p else "0",
+                paid_amount=plain(p["paid_amount"]) if p else "0",
                 failures=c["failures"],
                 refunds=c["refunds"],
                 chargebacks=c["chargebacks"],
@@ -478,7 +479,7 @@ async def timeline(
             order_id=r["order_id"],
             customer=r["customer"],
             status=r["status"],
-            amount=None if r["amount"] is None else str(r["amount"]),
+            amount=plain_or_none(r["amount"]),
             body_sha256=r["body_sha256"],
             hash=None if r["hash"] is None else bytes(r["hash"]).hex(),
             raw=f"/v1/events/{r['event_id']}/raw",
