@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.test_durability import LEDGER, ServerProcess, free_port, ledger_env
 from tests.support import bearer, signed
+from tests.support.servers import LEDGER, ServerProcess, free_port, ledger_env
 
 # ``--reason`` is required: key creation is recorded in the operator trail.
 KEYS_CREATE = ("keys", "create", "--name", "x", "--reason", "e2e test")

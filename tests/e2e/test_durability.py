@@ -21,11 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,101 +35,8 @@ import pytest
 from ledger.app import prepare_database
 from ledger.database import create_database
 from ledger.domain.events import DELIVERY_TOPICS, RECEIVED_TOPIC, delivery_id
-from tests.support import SECRETS, signed, until
-
-LEDGER = str(Path(sys.executable).with_name("ledger"))  # the installed console script
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def ledger_env(database_url: str, home: Path, **extra: str) -> dict[str, str]:
-    """A clean environment for a ``ledger`` subprocess: the test database, known secrets."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env |= SECRETS
-    env |= {
-        "LEDGER_DATABASE_URL": database_url,
-        "LEDGER_HOME": str(home),
-        # Only ingest is under test: keep background workers from competing for 2 cores.
-        "LEDGER_RUN_PROJECTIONS": "false",
-        "LEDGER_RUN_OUTBOX": "false",
-    }
-    return env | extra
-
-
-@dataclass
-class ServerProcess:
-    """``ledger serve`` as a subprocess in its own process group; always killed by ``stop``."""
-
-    database_url: str
-    home: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    extra_args: tuple[str, ...] = ()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.home / "server.log"
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    async def start(self, timeout: float = 60.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    LEDGER,
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    *self.extra_args,
-                ],
-                env=ledger_env(self.database_url, self.home),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"server exited early:\n{self.log_tail()}")
-                try:
-                    if (await client.get(f"{self.url}/ready")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no shutdown code runs."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        self.kill()
-        self.proc = None
+from tests.support import signed, until
+from tests.support.servers import ServerProcess
 
 
 @dataclass

@@ -5,20 +5,13 @@ resets, "applied but the answer was lost", 4xx)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import hmac
 import json
 import os
-import socket
-import struct
 import subprocess
 import sys
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,135 +24,9 @@ from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.outbox.dispatcher import Dispatcher
 from tests import support
-from tests.support import SECRETS, bearer, make_key, signed, until
-
-SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]
-
-
-@dataclass
-class Seen:
-    """What the partner saw for one idempotency id."""
-
-    bodies: list[bytes] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)  # monotonic, for gaps
-    stamps: list[datetime] = field(default_factory=list)  # wall clock, to compare with leases
-    applied: int = 0
-    in_flight: int = 0
-    max_in_flight: int = 0
-
-
-class Partner:
-    """A loopback partner: verifies x-pwa-signature like the openssl recipe, applies each
-    idempotency id once, and follows a script of misbehaviours per booking id."""
-
-    def __init__(self) -> None:
-        self.scripts: dict[str, list[str]] = {}
-        self.seen: dict[str, Seen] = defaultdict(Seen)
-        self.bad_signatures = 0
-        self.server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/api/webhooks/pwa-sync"
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self._writers):
-            w.close()
-        await self.server.wait_closed()
-
-    _writers: set[asyncio.StreamWriter] = set()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
-                }
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                if not await self._respond(headers, body, reader, writer):
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    async def _respond(
-        self,
-        headers: dict[str, str],
-        body: bytes,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
-        expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(headers.get("x-pwa-signature", ""), expected):
-            self.bad_signatures += 1
-            await _send(writer, 401, {"error": "Invalid webhook signature"})
-            return True
-        idem = headers["idempotency-key"]
-        seen = self.seen[idem]
-        seen.bodies.append(body)
-        seen.times.append(time.monotonic())
-        seen.stamps.append(datetime.now(UTC))
-        seen.in_flight += 1
-        seen.max_in_flight = max(seen.max_in_flight, seen.in_flight)
-        try:
-            booking = json.loads(body)["booking_id"]
-            script = self.scripts.get(booking, [])
-            step = script[len(seen.bodies) - 1] if len(seen.bodies) <= len(script) else "ok"
-            if step == "hang":  # until the client gives up and closes (or 3 s)
-                with contextlib.suppress(TimeoutError, ConnectionError):
-                    await asyncio.wait_for(reader.read(1), 3)
-                return False
-            if step == "reset":
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()
-                return False
-            if step == "chunked":  # a chunked 200, then the connection is reused
-                seen.applied += 1
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-                    b'7\r\n{"succe\r\n9\r\nss": true\r\n1\r\n}\r\n0\r\n\r\n'
-                )
-                await writer.drain()
-                return True
-            if step in ("ok", "lost"):
-                if seen.applied == 0:
-                    seen.applied = 1  # a repeat of an applied id is acknowledged, not re-applied
-                if step == "lost":
-                    writer.transport.abort()
-                    return False
-                await _send(writer, 200, {"success": True, "booking_id": booking})
-                return True
-            if step == "503":
-                await _send(writer, 503, {"error": "busy"}, {"retry-after": "1"})
-                return True
-            await _send(writer, int(step), {"error": f"scripted {step}"})
-            return True
-        finally:
-            seen.in_flight -= 1
-
-
-async def _send(
-    writer: asyncio.StreamWriter, status: int, obj: object, extra: dict[str, str] | None = None
-) -> None:
-    data = json.dumps(obj).encode()
-    head = (
-        f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
-    )
-    for k, v in (extra or {}).items():
-        head += f"{k}: {v}\r\n"
-    writer.write(head.encode() + b"\r\n" + data)
-    await writer.drain()
+from tests.support import bearer, make_key, signed, until
+from tests.support.servers import PARTNER_SYNC_SECRET as SECRET
+from tests.support.servers import Partner
 
 
 @pytest.fixture

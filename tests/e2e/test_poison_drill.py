@@ -35,8 +35,8 @@ from ledger.domain.events import (
 from ledger.ingest.providers import midtrans
 from ledger.readmodels.contract import Conn
 from ledger.store.eventstore import StoredRecord
-from tests.e2e.test_admin_browser import CHROMIUM, chromium
 from tests.support import SECRETS, bearer, live_server, make_key, signed, until
+from tests.support.servers import CHROMIUM, chromium
 
 DRILL_PATIENCE = 120.0  # a generous bound: the drill waits on conditions, never on the clock
 CLEAN = 1000

@@ -19,8 +19,8 @@ from ledger.app import create_app
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.readmodels.access import ReadModels
-from tests.integration.test_runner import Counting, seed
 from tests.support import PATIENCE, SECRETS, bearer, live_server, make_key, signed, until
+from tests.support.readmodels import Counting, seed
 
 
 @pytest.fixture

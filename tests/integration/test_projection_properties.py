@@ -36,7 +36,7 @@ from ledger.projections.subscriptions import Subscriptions
 from ledger.projections.token_balances import TokenBalances
 from ledger.readmodels.contract import Projection
 from ledger.store.eventstore import StoredRecord
-from tests.integration.test_projections import (
+from tests.support.readmodels import (
     digest,
     fold,
     post,

@@ -11,23 +11,16 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 
 from ledger.domain.events import (
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
-    SPEND_TOPIC,
-    SPENT_TOPIC,
     DeliveryState,
-    SpendState,
     delivery_id,
-    encode_spend,
     encode_state,
-    spend_id,
 )
 from ledger.payments import orderstatus
 from ledger.payments.rules import Catalogue, subscription_status
@@ -35,97 +28,18 @@ from ledger.projections.orders import Orders
 from ledger.projections.review import Review
 from ledger.projections.subscriptions import Subscriptions
 from ledger.projections.token_balances import TokenBalances
-from ledger.readmodels.contract import Projection
-from ledger.store.eventstore import EventStore, NewEvent, StoredRecord
+from ledger.store.eventstore import EventStore, NewEvent
 from tests.support import signed
-
-MAYAR = {"content-type": "application/json", "x-callback-token": "test-mayar-token"}
-
-
-def mayar_body(event: str, **data: Any) -> bytes:
-    return json.dumps({"event": event, "data": data}).encode()
-
-
-async def post_mayar(client: Any, event: str, **data: Any) -> dict[str, Any]:
-    r = await client.post("/webhooks/mayar", content=mayar_body(event, **data), headers=MAYAR)
-    assert r.status_code in (200, 400), r.text
-    ack: dict[str, Any] = r.json()
-    return ack
-
-
-async def post(client: Any, provider: str, event: str, **kw: str) -> dict[str, Any]:
-    d = signed(provider, event, **kw)
-    r = await client.post(d.path, content=d.body, headers=d.headers)
-    assert r.status_code == 200, r.text
-    ack: dict[str, Any] = r.json()
-    return ack
-
-
-async def read_log(url: str) -> list[StoredRecord]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT notification_id, originator_id, originator_version, topic, state"
-            " FROM stored_events ORDER BY notification_id"
-        )
-    finally:
-        await conn.close()
-    return [
-        StoredRecord(
-            r["notification_id"],
-            r["originator_id"],
-            r["originator_version"],
-            r["topic"],
-            bytes(r["state"]),
-        )
-        for r in rows
-    ]
-
-
-async def fold(
-    conn: asyncpg.Connection,
-    proj: Projection,
-    records: Sequence[StoredRecord],
-    schema: str,
-    *,
-    batch: int = 100,
-) -> None:
-    """Create ``schema``, run the DDL and apply ``records`` (its topics only) in batches."""
-    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-        await conn.execute(proj.schema_sql)
-    mine = [r for r in records if r.topic in proj.topics]
-    for i in range(0, len(mine), batch):
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-            await proj.apply(conn, mine[i : i + batch])
-
-
-async def digest(conn: asyncpg.Connection, proj: Projection, schema: str) -> str:
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-        return await proj.digest(conn)
-
-
-async def query(conn: asyncpg.Connection, schema: str, sql: str, *args: Any) -> list[Any]:
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-        return list(await conn.fetch(sql, *args))
-
-
-def spend_event(customer: str, amount: int, key: str, balance_after: int) -> NewEvent:
-    state = SpendState(
-        originator_topic=SPEND_TOPIC,
-        timestamp=datetime.now(UTC),
-        customer=customer,
-        amount=amount,
-        idempotency_key=key,
-        reason="test",
-        balance_after=balance_after,
-    )
-    return NewEvent(spend_id(customer, key), SPENT_TOPIC, encode_spend(state))
+from tests.support.readmodels import (
+    digest,
+    fold,
+    mayar_body,
+    post,
+    post_mayar,
+    query,
+    read_log,
+    spend_event,
+)
 
 
 async def test_token_balances_credit_catalogue_and_spends(client, database_url):

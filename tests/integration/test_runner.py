@@ -7,72 +7,20 @@ No test here depends on the machine's speed: a runner is stopped mid-way by bloc
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from ledger.database import create_pool
-from ledger.domain.events import (
-    DELIVERY_TOPIC,
-    RECEIVED_TOPIC,
-    DeliveryState,
-    decode_delivery,
-    encode_state,
-)
 from ledger.readmodels.access import ReadModels, require_position
 from ledger.readmodels.contract import Conn, schema_name
 from ledger.readmodels.runner import ProjectionRunner, start_rebuild
 from ledger.store.eventstore import StoredRecord
 from tests.support import PATIENCE, until
-
-PROVIDERS = ("mayar", "midtrans", "xendit", "partner")
-
-
-class Counting:
-    """A test projection that detects double application: ``seen`` has the position as
-    primary key (a replayed event raises) and ``counts`` adds up (a replay would show)."""
-
-    topics = (RECEIVED_TOPIC,)
-    schema_sql = """
-        CREATE TABLE seen (position bigint PRIMARY KEY, provider text NOT NULL);
-        CREATE TABLE counts (provider text PRIMARY KEY, n bigint NOT NULL);
-    """
-
-    def __init__(self, name: str = "test_counts", version: int = 1) -> None:
-        self.name = name
-        self.version = version
-        self.poison: int | None = None  # position whose batch raises while set
-        self.failures = 0  # batches refused because of ``poison``
-
-    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        if self.poison is not None and any(r.position == self.poison for r in records):
-            self.failures += 1
-            raise ValueError(f"cannot fold event at position {self.poison}")
-        positions = [r.position for r in records]
-        providers = [decode_delivery(r.state).provider for r in records]
-        await conn.execute(
-            "INSERT INTO seen SELECT * FROM unnest($1::bigint[], $2::text[])", positions, providers
-        )
-        await conn.execute(
-            "INSERT INTO counts SELECT p, count(*) FROM unnest($1::text[]) AS p GROUP BY p "
-            "ON CONFLICT (provider) DO UPDATE SET n = counts.n + excluded.n",
-            providers,
-        )
-
-    async def digest(self, conn: Conn) -> str:
-        h = hashlib.sha256()
-        for r in await conn.fetch("SELECT provider, n FROM counts ORDER BY provider"):
-            h.update(f"{r['provider']}={r['n']};".encode())
-        row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(position), 0) AS s FROM seen")
-        h.update(f"{row['n']}:{row['s']}".encode())
-        return h.hexdigest()
+from tests.support.readmodels import PROVIDERS, Counting, seed
 
 
 class Gated(Counting):
@@ -96,46 +44,6 @@ class Gated(Counting):
             self.entered.set()
             await self.release.wait()
         await super().apply(conn, records)
-
-
-def _state(i: int) -> bytes:
-    provider = PROVIDERS[i % 4]
-    body = f'{{"n":{i},"provider":"{provider}"}}'.encode()
-    return encode_state(
-        DeliveryState(
-            originator_topic=DELIVERY_TOPIC,
-            timestamp=datetime.now(UTC),
-            provider=provider,
-            dedup_key=f"{provider}:{i}",
-            kind="payment",
-            source=None,
-            scheme="test",
-            headers={"content-type": "application/json"},
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            body_b64=base64.b64encode(body).decode(),
-        )
-    )
-
-
-async def seed(url: str, n: int, *, start: int = 0, other_every: int = 7) -> int:
-    """Append ``n`` events (every ``other_every``-th of another topic); return the head."""
-    topics = [
-        "test:Other" if (i % other_every == 0) else RECEIVED_TOPIC for i in range(start, start + n)
-    ]
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(
-            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])",
-            [uuid.uuid4() for _ in range(n)],
-            [1] * n,
-            topics,
-            [_state(i) for i in range(start, start + n)],
-        )
-        head: int = await conn.fetchval("SELECT max(notification_id) FROM stored_events")
-    finally:
-        await conn.close()
-    return head
 
 
 def expected_counts(n: int, other_every: int = 7) -> dict[str, int]:

@@ -1,0 +1,195 @@
+"""Helpers for read-model tests: a counting test projection, a seeded log, posting real
+deliveries, and folding records into a scratch schema as the runner does."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.domain.events import (
+    DELIVERY_TOPIC,
+    RECEIVED_TOPIC,
+    SPEND_TOPIC,
+    SPENT_TOPIC,
+    DeliveryState,
+    SpendState,
+    decode_delivery,
+    encode_spend,
+    encode_state,
+    spend_id,
+)
+from ledger.readmodels.contract import Conn, Projection
+from ledger.store.eventstore import NewEvent, StoredRecord
+from tests.support.db import connection, signed
+
+PROVIDERS = ("mayar", "midtrans", "xendit", "partner")
+
+
+class Counting:
+    """A test projection that detects double application: ``seen`` has the position as
+    primary key (a replayed event raises) and ``counts`` adds up (a replay would show)."""
+
+    topics = (RECEIVED_TOPIC,)
+    schema_sql = """
+        CREATE TABLE seen (position bigint PRIMARY KEY, provider text NOT NULL);
+        CREATE TABLE counts (provider text PRIMARY KEY, n bigint NOT NULL);
+    """
+
+    def __init__(self, name: str = "test_counts", version: int = 1) -> None:
+        self.name = name
+        self.version = version
+        self.poison: int | None = None  # position whose batch raises while set
+        self.failures = 0  # batches refused because of ``poison``
+
+    async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        if self.poison is not None and any(r.position == self.poison for r in records):
+            self.failures += 1
+            raise ValueError(f"cannot fold event at position {self.poison}")
+        positions = [r.position for r in records]
+        providers = [decode_delivery(r.state).provider for r in records]
+        await conn.execute(
+            "INSERT INTO seen SELECT * FROM unnest($1::bigint[], $2::text[])", positions, providers
+        )
+        await conn.execute(
+            "INSERT INTO counts SELECT p, count(*) FROM unnest($1::text[]) AS p GROUP BY p "
+            "ON CONFLICT (provider) DO UPDATE SET n = counts.n + excluded.n",
+            providers,
+        )
+
+    async def digest(self, conn: Conn) -> str:
+        h = hashlib.sha256()
+        for r in await conn.fetch("SELECT provider, n FROM counts ORDER BY provider"):
+            h.update(f"{r['provider']}={r['n']};".encode())
+        row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(position), 0) AS s FROM seen")
+        h.update(f"{row['n']}:{row['s']}".encode())
+        return h.hexdigest()
+
+
+def _state(i: int) -> bytes:
+    provider = PROVIDERS[i % 4]
+    body = f'{{"n":{i},"provider":"{provider}"}}'.encode()
+    return encode_state(
+        DeliveryState(
+            originator_topic=DELIVERY_TOPIC,
+            timestamp=datetime.now(UTC),
+            provider=provider,
+            dedup_key=f"{provider}:{i}",
+            kind="payment",
+            source=None,
+            scheme="test",
+            headers={"content-type": "application/json"},
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            body_b64=base64.b64encode(body).decode(),
+        )
+    )
+
+
+async def seed(url: str, n: int, *, start: int = 0, other_every: int = 7) -> int:
+    """Append ``n`` events (every ``other_every``-th of another topic); return the head."""
+    topics = [
+        "test:Other" if (i % other_every == 0) else RECEIVED_TOPIC for i in range(start, start + n)
+    ]
+    async with connection(url) as conn:
+        await conn.execute(
+            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])",
+            [uuid.uuid4() for _ in range(n)],
+            [1] * n,
+            topics,
+            [_state(i) for i in range(start, start + n)],
+        )
+        head: int = await conn.fetchval("SELECT max(notification_id) FROM stored_events")
+    return head
+
+
+MAYAR = {"content-type": "application/json", "x-callback-token": "test-mayar-token"}
+
+
+def mayar_body(event: str, **data: Any) -> bytes:
+    return json.dumps({"event": event, "data": data}).encode()
+
+
+async def post_mayar(client: Any, event: str, **data: Any) -> dict[str, Any]:
+    r = await client.post("/webhooks/mayar", content=mayar_body(event, **data), headers=MAYAR)
+    assert r.status_code in (200, 400), r.text
+    ack: dict[str, Any] = r.json()
+    return ack
+
+
+async def post(client: Any, provider: str, event: str, **kw: str) -> dict[str, Any]:
+    d = signed(provider, event, **kw)
+    r = await client.post(d.path, content=d.body, headers=d.headers)
+    assert r.status_code == 200, r.text
+    ack: dict[str, Any] = r.json()
+    return ack
+
+
+async def read_log(url: str) -> list[StoredRecord]:
+    async with connection(url) as conn:
+        rows = await conn.fetch(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM stored_events ORDER BY notification_id"
+        )
+    return [
+        StoredRecord(
+            r["notification_id"],
+            r["originator_id"],
+            r["originator_version"],
+            r["topic"],
+            bytes(r["state"]),
+        )
+        for r in rows
+    ]
+
+
+async def fold(
+    conn: asyncpg.Connection,
+    proj: Projection,
+    records: Sequence[StoredRecord],
+    schema: str,
+    *,
+    batch: int = 100,
+) -> None:
+    """Create ``schema``, run the DDL and apply ``records`` (its topics only) in batches."""
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        await conn.execute(proj.schema_sql)
+    mine = [r for r in records if r.topic in proj.topics]
+    for i in range(0, len(mine), batch):
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+            await proj.apply(conn, mine[i : i + batch])
+
+
+async def digest(conn: asyncpg.Connection, proj: Projection, schema: str) -> str:
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        return await proj.digest(conn)
+
+
+async def query(conn: asyncpg.Connection, schema: str, sql: str, *args: Any) -> list[Any]:
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        return list(await conn.fetch(sql, *args))
+
+
+def spend_event(customer: str, amount: int, key: str, balance_after: int) -> NewEvent:
+    state = SpendState(
+        originator_topic=SPEND_TOPIC,
+        timestamp=datetime.now(UTC),
+        customer=customer,
+        amount=amount,
+        idempotency_key=key,
+        reason="test",
+        balance_after=balance_after,
+    )
+    return NewEvent(spend_id(customer, key), SPENT_TOPIC, encode_spend(state))
