@@ -11,11 +11,14 @@ from typing import Any, Protocol
 
 import asyncpg
 from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.plugins.prometheus import PrometheusConfig
 
 from ledger import __version__
+from ledger.accounts.spend import Spender
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
 from ledger.api.admin import admin_page
@@ -37,8 +40,11 @@ from ledger.config import Settings, load_settings
 from ledger.database import Logins, prepare_logins, resolve_database_url, service_pool
 from ledger.ingest.providers import build_providers
 from ledger.ingest.service import Ingest
+from ledger.live.hub import StreamHub
 from ledger.metrics import Metrics
+from ledger.outbox.dispatcher import Dispatcher
 from ledger.readmodels.access import ReadModels
+from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import EventStore, GroupCommitter
 
 log = logging.getLogger("ledger")
@@ -54,6 +60,7 @@ class Services:
     committer: GroupCommitter
     ingest: Ingest
     keyring: KeyRing
+    spender: Spender  # one per process: it holds the per-customer locks
     metrics: Metrics = field(default_factory=Metrics)
     database_url: str = ""
     # Filled by components (see ``components()``); None when not running in this process.
@@ -62,6 +69,7 @@ class Services:
     )
     read_models: Any = None  # ledger.readmodels.access.ReadModels (always present once built)
     dispatcher: Any = None  # the outbox dispatcher when this process delivers messages
+    hub: StreamHub | None = None  # the live stream (started by the outbox components)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +129,7 @@ async def running_services(
     store = EventStore(pool)
     committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
     await committer.start()
+    read_models = ReadModels(pool)
     services = Services(
         settings=cfg,
         pool=pool,
@@ -129,7 +138,8 @@ async def running_services(
         ingest=Ingest(build_providers(cfg), committer),
         keyring=KeyRing(pool, listen_url=url, ttl=cfg.key_cache_seconds),
         database_url=url,
-        read_models=ReadModels(pool),
+        read_models=read_models,
+        spender=Spender(store, committer, read_models),
         extras={"runner_options": runner_options or {}},
     )
     started: list[Component] = []
@@ -167,6 +177,88 @@ def route_handlers() -> list[Any]:
     ]
 
 
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+# Typed providers: handlers declare ``store: EventStore`` (etc.) and litestar hands them the
+# running component; nothing below the composition root reaches into ``app.state``.
+def _settings(state: State) -> Settings:
+    return _services(state).settings
+
+
+def _pool(state: State) -> asyncpg.Pool:
+    return _services(state).pool
+
+
+def _store(state: State) -> EventStore:
+    return _services(state).store
+
+
+def _committer(state: State) -> GroupCommitter:
+    return _services(state).committer
+
+
+def _ingest(state: State) -> Ingest:
+    return _services(state).ingest
+
+
+def _keyring(state: State) -> KeyRing:
+    return _services(state).keyring
+
+
+def _read_models(state: State) -> ReadModels:
+    read_models: ReadModels = _services(state).read_models
+    return read_models
+
+
+def _spender(state: State) -> Spender:
+    return _services(state).spender
+
+
+def _metrics(state: State) -> Metrics:
+    return _services(state).metrics
+
+
+def _hub(state: State) -> StreamHub:
+    hub = _services(state).hub
+    if hub is None:  # components() always starts one; a bug if not
+        raise RuntimeError("the stream hub is not running")
+    return hub
+
+
+def _runner(state: State) -> ProjectionRunner | None:
+    runner: ProjectionRunner | None = _services(state).runner
+    return runner
+
+
+def _dispatcher(state: State) -> Dispatcher | None:
+    dispatcher: Dispatcher | None = _services(state).dispatcher
+    return dispatcher
+
+
+def dependencies() -> dict[str, Provide]:
+    """What a handler may declare as a parameter, by name (litestar dependency injection).
+    Guards do not take dependencies in litestar, so ``api.auth`` reads the keyring from
+    ``app.state`` (the one other place that does)."""
+    providers = {
+        "settings": _settings,
+        "pool": _pool,
+        "store": _store,
+        "committer": _committer,
+        "ingest": _ingest,
+        "keyring": _keyring,
+        "read_models": _read_models,
+        "spender": _spender,
+        "metrics": _metrics,
+        "hub": _hub,
+        "runner": _runner,
+        "dispatcher": _dispatcher,
+    }
+    return {name: Provide(fn, sync_to_thread=False) for name, fn in providers.items()}
+
+
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Litestar:
     cfg: Settings = settings or load_settings()
 
@@ -185,6 +277,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             prometheus.middleware,
             DefineMiddleware(BodyReadDeadline, timeout=cfg.request_read_timeout),
         ],
+        dependencies=dependencies(),
         guards=[reject_unstorable],  # NUL and controls in path or query: 400, on every route
         openapi_config=openapi_config(__version__),
         debug=False,

@@ -334,7 +334,7 @@ def outbox_components(services: Any) -> list[Any]:
     settings: Settings = services.settings
     PROJECTION.configure(Targets.from_settings(settings))
     hub = StreamHub(services.database_url, services.store)
-    services.extras["stream"] = hub
+    services.hub = hub
     found: list[Any] = [hub]
     if settings.run_outbox:
         services.dispatcher = Dispatcher(
