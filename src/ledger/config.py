@@ -90,6 +90,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # streams) get after SIGTERM/SIGINT before they are cancelled.
     request_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 8.0
+    # Log lines: key=value for a terminal ("console") or one JSON object each ("json").
+    log_format: Literal["console", "json"] = "console"
 
     def __repr__(self) -> str:
         shown = {
@@ -202,5 +204,39 @@ def ensure_dev_secrets(settings: Settings) -> tuple[Settings, DevSecrets | None]
         with os.fdopen(fd, "wb") as fh:
             fh.write(msgspec.json.format(msgspec.json.encode(stored)))
         created = stored
+    return _fill(settings, stored), created
+
+
+def _fill(settings: Settings, stored: DevSecrets) -> Settings:
+    """``settings`` with each unset secret taken from ``stored`` (a set one always wins)."""
     filled = {f: getattr(settings, f) or getattr(stored, f) for f in DevSecrets.__struct_fields__}
-    return msgspec.structs.replace(settings, **filled), created
+    return msgspec.structs.replace(settings, **filled)
+
+
+def secrets_in_effect(settings: Settings) -> dict[str, str | None]:
+    """The secrets this configuration uses: each enabled provider's, and the partner sync
+    secret when partner sync is on (``LEDGER_`` names to values; None when unset)."""
+    names = [PROVIDER_SECRETS[p] for p in settings.providers]
+    if settings.partner_sync_url:
+        names.append("partner_sync_secret")
+    return {f"LEDGER_{n.upper()}": getattr(settings, n) for n in names}
+
+
+def from_dev_file(supplied: Settings, filled: Settings) -> dict[str, str]:
+    """What ``ensure_dev_secrets`` filled in that the service uses: the secrets in effect that
+    the environment did not supply. Never one the operator set (it may not be shown)."""
+    given = secrets_in_effect(supplied)
+    return {
+        name: value
+        for name, value in secrets_in_effect(filled).items()
+        if value and not given.get(name)
+    }
+
+
+def read_dev_secrets(settings: Settings) -> Settings:
+    """Like ``ensure_dev_secrets`` but never creates the file: a command other than ``serve``
+    signs or sends with the secrets the server uses, or with none."""
+    path = settings.home_path / "dev-secrets.json"
+    if settings.env != "development" or not path.exists():
+        return settings
+    return _fill(settings, msgspec.json.decode(path.read_bytes(), type=DevSecrets))

