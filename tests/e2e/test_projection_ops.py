@@ -303,17 +303,6 @@ async def test_every_real_projection_rebuilds_to_the_same_digest(client, databas
     assert all(i["state"] == "running" for i in after.values())
 
 
-def test_progress_line_shows_share_rate_and_eta():
-    from ledger.cli.projections import progress_line
-
-    assert progress_line(250_000, 1_000_000, 25_000.0, width=10) == (
-        "[##........]  25%  250,000/1,000,000 events  25,000 ev/s  ETA 00:30"
-    )
-    assert progress_line(0, 0, 0.0, width=4).startswith("[####] 100%")
-    assert "ETA --:--" in progress_line(5, 10, 0.0)
-    assert "ETA 1:00:00" in progress_line(0, 3600, 1.0)
-
-
 async def test_a_worker_alone_derives_and_delivers_outbox_messages(database_url):
     """``serve`` with no background components (ingest only) plus one ``ledger worker``: the
     worker's outbox projection knows its targets, so a paid booking reaches the partner."""
