@@ -1,14 +1,19 @@
 """Migrations: applied to an empty database they build exactly the expected schema.
 
 The foundation migrations (0001, 0002) are compared object by object with the schema written
-below; later migrations (other features) are applied on top and must leave the log's
-contract intact. Re-running is a no-op, concurrent runs apply each version once, an edited
+below; every migration applied in order must build exactly the schema recorded in
+``expected_schema.txt`` beside this file (tables, columns and types, constraints, indexes,
+triggers, functions, sequences, grants down to columns, default privileges, the service
+role's attributes), so a schema change updates that snapshot on purpose
+(``LEDGER_WRITE_SCHEMA_SNAPSHOT=1`` rewrites it from the migrations; review the diff). Re-running is a no-op, concurrent runs apply each version once, an edited
 migration is refused, and a failing one leaves nothing behind (ADR 0004).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -118,6 +123,112 @@ SCHEMA_QUERIES = {
 }
 
 
+# The final schema, one line per object (section, then its fields separated by " | ").
+# Grants to an object's owner and to other roles than ledger_app and PUBLIC are left out:
+# the owner is whoever migrates, and roles are cluster-wide (other tests create some).
+SNAPSHOT = Path(__file__).with_name("expected_schema.txt")
+APP_ROLE = "(SELECT oid FROM pg_roles WHERE rolname = 'ledger_app')"
+GRANTEE = "CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END"
+GRANTEES = f"(x.grantee = 0 OR x.grantee = {APP_ROLE})"
+FINAL_SCHEMA_QUERIES = {
+    "relation": """
+        SELECT c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity
+        FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r','p','v','m','S','c','f')""",
+    "column": """
+        SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+               CASE WHEN a.attnotnull THEN 'NOT NULL' ELSE 'NULL' END,
+               coalesce(pg_get_expr(d.adbin, d.adrelid), '-'), a.attidentity, a.attgenerated
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r','p','v','m','c','f')
+          AND a.attnum > 0 AND NOT a.attisdropped""",
+    # NOT NULL is a pg_constraint row only from PostgreSQL 18 on; the columns say it for all.
+    "constraint": """
+        SELECT coalesce(nullif(c.conrelid, 0)::regclass::text, '-'), c.conname, c.contype,
+               pg_get_constraintdef(c.oid)
+        FROM pg_constraint c
+        WHERE c.connamespace = 'public'::regnamespace AND c.contype <> 'n'""",
+    "index": "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'",
+    "trigger": """
+        SELECT c.relname, t.tgname, t.tgenabled, pg_get_triggerdef(t.oid)
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE NOT t.tgisinternal AND c.relnamespace = 'public'::regnamespace""",
+    "function": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid),
+               pg_get_function_result(p.oid), l.lanname, p.provolatile,
+               CASE WHEN p.prosecdef THEN 'SECURITY DEFINER' ELSE 'SECURITY INVOKER' END,
+               coalesce(array_to_string(p.proconfig, ','), '-'), md5(p.prosrc)
+        FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+        WHERE p.pronamespace = 'public'::regnamespace""",
+    "type": """
+        SELECT t.typname, t.typtype,
+               coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                         FROM pg_enum e WHERE e.enumtypid = t.oid), '-')
+        FROM pg_type t
+        WHERE t.typnamespace = 'public'::regnamespace AND t.typrelid = 0
+          AND t.typcategory <> 'A'""",
+    "sequence": """
+        SELECT sequencename, data_type::text, start_value, increment_by, min_value, max_value,
+               cycle
+        FROM pg_sequences WHERE schemaname = 'public'""",
+    "policy": """
+        SELECT tablename, policyname, permissive, array_to_string(roles, ','), cmd,
+               coalesce(qual, '-'), coalesce(with_check, '-')
+        FROM pg_policies WHERE schemaname = 'public'""",
+    "grant on relation": f"""
+        SELECT c.relname, {GRANTEE}, x.privilege_type, x.is_grantable
+        FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault(
+                 (CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))) x
+        WHERE c.relnamespace = 'public'::regnamespace AND {GRANTEES}""",
+    "grant on column": f"""
+        SELECT c.relname, a.attname, {GRANTEE}, x.privilege_type, x.is_grantable
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid, aclexplode(a.attacl) x
+        WHERE c.relnamespace = 'public'::regnamespace AND a.attacl IS NOT NULL
+          AND {GRANTEES}""",
+    "grant on function": f"""
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid), {GRANTEE},
+               x.privilege_type, x.is_grantable
+        FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f'::"char", p.proowner))) x
+        WHERE p.pronamespace = 'public'::regnamespace AND {GRANTEES}""",
+    "grant on schema": f"""
+        SELECT n.nspname, {GRANTEE}, x.privilege_type, x.is_grantable
+        FROM pg_namespace n, aclexplode(n.nspacl) x
+        WHERE n.nspname = 'public' AND x.grantee = {APP_ROLE}""",
+    "default privilege": f"""
+        SELECT coalesce(d.defaclnamespace::regnamespace::text, '-'), d.defaclobjtype,
+               {GRANTEE}, x.privilege_type, x.is_grantable
+        FROM pg_default_acl d, aclexplode(d.defaclacl) x
+        WHERE {GRANTEES}""",
+    "role": """
+        SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin,
+               rolreplication, rolbypassrls, rolconnlimit, coalesce(rolvaliduntil::text, '-')
+        FROM pg_roles WHERE rolname = 'ledger_app'""",
+    "role membership": f"""
+        SELECT pg_get_userbyid(m.member), pg_get_userbyid(m.roleid), m.admin_option
+        FROM pg_auth_members m WHERE m.member = {APP_ROLE}""",
+}
+
+
+def _field(value: object) -> str:
+    if isinstance(value, bytes):  # "char" columns (relkind, contype, ...); NUL means unset
+        value = value.decode().replace("\x00", "") or "-"
+    return str(value)
+
+
+def _order(row: asyncpg.Record) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, v) if isinstance(v, int) else (1, _field(v)) for v in row)
+
+
+async def final_schema(conn: asyncpg.Connection) -> list[str]:
+    """The schema as lines ``section | field | field ...``, in a stable order."""
+    lines = []
+    for section, sql in FINAL_SCHEMA_QUERIES.items():
+        for row in sorted(await conn.fetch(sql), key=_order):
+            lines.append(" | ".join([section, *(_field(v) for v in row)]))
+    return lines
+
+
 async def schema(conn: asyncpg.Connection) -> dict[str, set[tuple[Any, ...]]]:
     out: dict[str, set[tuple[Any, ...]]] = {}
     for name, sql in SCHEMA_QUERIES.items():
@@ -180,6 +291,20 @@ async def test_every_migration_applies_and_keeps_the_log_contract(conn):
     }
     assert got["types"] >= EXPECTED_TYPES
     assert not any(g[1] == "TRUNCATE" for g in got["grants"] if g[0] == "stored_events")
+
+
+async def test_every_migration_builds_exactly_the_expected_final_schema(conn):
+    before = [line for line in await final_schema(conn) if not line.startswith("role")]
+    assert before == [], "the database should start empty (roles are cluster-wide)"
+    await migrate.migrate(conn)
+    got = await final_schema(conn)
+    if os.environ.get("LEDGER_WRITE_SCHEMA_SNAPSHOT") == "1":
+        SNAPSHOT.write_text("\n".join(got) + "\n")
+    expected = SNAPSHOT.read_text().splitlines()
+    diff = "\n".join(
+        difflib.unified_diff(expected, got, "expected_schema.txt", "migrated", n=0, lineterm="")
+    )
+    assert got == expected, f"the migrated schema differs from the snapshot:\n{diff}"
 
 
 async def test_applying_twice_is_a_no_op(conn):
