@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -26,16 +25,14 @@ from litestar.testing import AsyncTestClient
 from ledger.app import create_app
 from ledger.config import Settings
 from ledger.domain.events import (
-    DELIVERY_TOPIC,
     OPERATOR_ACTION_TOPIC,
     RECEIVED_TOPIC,
-    DeliveryState,
-    encode_state,
 )
-from ledger.ingest.providers import midtrans
 from ledger.readmodels.contract import Conn
 from ledger.store.eventstore import StoredRecord
-from tests.support import SECRETS, bearer, live_server, make_key, signed, until
+from tests.support import SECRETS, bearer, live_server, make_key, until
+from tests.support.readmodels import append
+from tests.support.readmodels import midtrans_paid as stored_midtrans_paid
 from tests.support.servers import CHROMIUM, chromium
 
 DRILL_PATIENCE = 120.0  # a generous bound: the drill waits on conditions, never on the clock
@@ -44,40 +41,7 @@ CLEAN = 1000
 
 def midtrans_paid(order_id: str) -> bytes:
     """A Midtrans settlement as ingest stored it before it refused unsafe text."""
-    body = signed("midtrans", "settlement", order_id=order_id).body
-    n = midtrans.DECODER.decode(body)
-    return encode_state(
-        DeliveryState(
-            originator_topic=DELIVERY_TOPIC,
-            timestamp=datetime.now(UTC),
-            provider="midtrans",
-            dedup_key=midtrans.dedup_key(n),
-            kind=n.transaction_status,
-            source=None,
-            scheme="midtrans-sha512",
-            headers={"content-type": "application/json"},
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            body_b64=base64.b64encode(body).decode(),
-        )
-    )
-
-
-async def append(url: str, states: Sequence[bytes]) -> list[asyncpg.Record]:
-    """Straight into the log, bypassing ingest (one statement, log order kept)."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[]) "
-            "RETURNING notification_id, originator_id",
-            [uuid.uuid4() for _ in states],
-            [1] * len(states),
-            [RECEIVED_TOPIC] * len(states),
-            list(states),
-        )
-    finally:
-        await conn.close()
-    return sorted(rows, key=lambda r: r[0])
+    return stored_midtrans_paid(order_id, scheme="midtrans-sha512")
 
 
 async def scalar(url: str, sql: str, *args: object) -> Any:
@@ -219,7 +183,7 @@ async def flaky_client(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, database_url: str
 ) -> AsyncIterator[tuple[AsyncTestClient, Flaky]]:  # type: ignore[type-arg]
     proj = Flaky()
-    monkeypatch.setattr("ledger.readmodels.runner.available", lambda: {proj.name: proj})
+    monkeypatch.setattr("ledger.app.installed_projections", lambda *_: {proj.name: proj})
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app) as c:
         yield c, proj

@@ -5,12 +5,10 @@ that are not the event's (the code, the deployment) are never set aside."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -18,15 +16,17 @@ import pytest
 
 from ledger.audit import index as audit
 from ledger.database import create_pool
-from ledger.domain.events import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
-from ledger.ingest.providers import midtrans
+from ledger.domain.events import RECEIVED_TOPIC
 from ledger.live.hub import StreamHub
 from ledger.readmodels import poison
 from ledger.readmodels.access import ReadModels
 from ledger.readmodels.contract import Conn
 from ledger.readmodels.runner import ProjectionRunner, retry_poisoned, start_rebuild
 from ledger.store.eventstore import EventStore, StoredRecord
-from tests.support import PATIENCE, signed, until
+from tests.support import PATIENCE, until
+from tests.support.readmodels import append as append_events
+from tests.support.readmodels import midtrans_paid, run_until, running
+from tests.support.readmodels import runner as make_runner
 
 
 class Fragile:
@@ -66,47 +66,9 @@ class Fragile:
         return hashlib.sha256(f"{row['n']}:{row['s']}".encode()).hexdigest()
 
 
-def delivery(provider: str, dedup_key: str, kind: str, body: bytes) -> bytes:
-    return encode_state(
-        DeliveryState(
-            originator_topic=DELIVERY_TOPIC,
-            timestamp=datetime.now(UTC),
-            provider=provider,
-            dedup_key=dedup_key,
-            kind=kind,
-            source=None,
-            scheme="test",
-            headers={"content-type": "application/json"},
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            body_b64=base64.b64encode(body).decode(),
-        )
-    )
-
-
-def midtrans_paid(order_id: str) -> bytes:
-    """A Midtrans settlement as ingest would have stored it, for any order id (even one
-    ingest refuses today, as events already in the log may hold)."""
-    body = signed("midtrans", "settlement", order_id=order_id).body
-    n = midtrans.DECODER.decode(body)
-    return delivery("midtrans", midtrans.dedup_key(n), n.transaction_status, body)
-
-
-async def append(url: str, states: Sequence[bytes], topic: str = RECEIVED_TOPIC) -> list[int]:
+async def append(url: str, states: Sequence[bytes]) -> list[int]:
     """Append events straight to the log (bypassing ingest); their positions."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[]) "
-            "RETURNING notification_id",
-            [uuid.uuid4() for _ in states],
-            [1] * len(states),
-            [topic] * len(states),
-            list(states),
-        )
-    finally:
-        await conn.close()
-    return sorted(r[0] for r in rows)
+    return [r[0] for r in await append_events(url, states)]
 
 
 async def clean(url: str, n: int) -> list[int]:
@@ -137,14 +99,7 @@ def read_models(pool: asyncpg.Pool) -> ReadModels:
 
 
 def runner(url: str, proj: Fragile, **kw: object) -> ProjectionRunner:
-    opts: dict[str, object] = {
-        "batch_size": 100,
-        "poll_interval": 0.2,
-        "lock_retry": 0.1,
-        "backoff_max": 0.2,
-    }
-    opts.update(kw)
-    return ProjectionRunner(url, {proj.name: proj}, **opts)  # type: ignore[arg-type]
+    return make_runner(url, proj, **{"backoff_max": 0.2, **kw})
 
 
 async def seen(rm: ReadModels, name: str) -> set[int]:
@@ -160,11 +115,7 @@ async def test_an_event_that_cannot_be_applied_is_set_aside_and_the_rest_flows(
     proj = Fragile()
     proj.bad = {positions[149], positions[160]}  # two in one batch of 100
     r = runner(database_url, proj)
-    await r.start()
-    try:
-        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-    finally:
-        await r.stop()
+    await run_until(r, read_models, proj.name, head)
     # Every other event applied once (``seen`` would raise on a replay), batch-mates too.
     assert await seen(read_models, proj.name) == set(positions) - proj.bad
     rows = await poisoned_rows(database_url, proj.name)
@@ -186,8 +137,7 @@ async def test_retry_after_a_fix_applies_late_and_resolves(database_url, read_mo
     bad = positions[50]
     proj.bad = {bad}
     r = runner(database_url, proj)
-    await r.start()
-    try:
+    async with running(r):
         assert await read_models.wait_for(proj.name, positions[-1], timeout=PATIENCE)
         # Not fixed yet: the retry fails again, the event stays set aside.
         async with pool.acquire() as conn, conn.transaction():
@@ -203,8 +153,6 @@ async def test_retry_after_a_fix_applies_late_and_resolves(database_url, read_mo
         assert (outcome.resolved, outcome.still_poisoned) == ([bad], [])
         more = await clean(database_url, 10)
         assert await read_models.wait_for(proj.name, more[-1], timeout=PATIENCE)
-    finally:
-        await r.stop()
     assert await seen(read_models, proj.name) == set(positions) | set(more)
     [row] = await poisoned_rows(database_url, proj.name)
     assert row["resolved_at"] is not None
@@ -222,8 +170,7 @@ async def test_a_rebuild_meets_the_same_poison_and_the_digests_match(
     proj = Fragile()
     proj.bad = {positions[10], positions[200]}
     r = runner(database_url, proj, retire_grace=3600.0)
-    await r.start()
-    try:
+    async with running(r):
         assert await read_models.wait_for(proj.name, positions[-1], timeout=PATIENCE)
         live = await read_models.digest(proj)
         async with pool.acquire() as conn:
@@ -236,8 +183,6 @@ async def test_a_rebuild_meets_the_same_poison_and_the_digests_match(
         await until(switched, what="generation 2 live")
         assert await read_models.digest(proj) == live
         assert await read_models.digest(proj, 1) == live
-    finally:
-        await r.stop()
     rows = await poisoned_rows(database_url, proj.name)
     assert [(x["generation"], x["position"]) for x in rows] == [
         (g, p) for g in (1, 2) for p in sorted(proj.bad)
@@ -251,8 +196,7 @@ async def test_a_rebuild_meets_the_same_poison_and_the_digests_match(
 
 async def _no_poison_while_failing(database_url, read_models, proj: Fragile, stops_at: int):  # type: ignore[no-untyped-def]
     r = runner(database_url, proj)
-    await r.start()
-    try:
+    async with running(r):
 
         async def failed_often() -> bool:
             [st] = await read_models.status()
@@ -261,17 +205,11 @@ async def _no_poison_while_failing(database_url, read_models, proj: Fragile, sto
         await until(failed_often, what="failed, retried past the attempts")
         assert await read_models.position(proj.name) == stops_at
         assert await poisoned_rows(database_url, proj.name) == []
-    finally:
-        await r.stop()
     # Fixed (a new release: the runner restarts with it), it flows again.
     proj.broken, proj.missing_table_at = False, None
     head = await read_models.pool.fetchval("SELECT max(notification_id) FROM stored_events")
     r = runner(database_url, proj)
-    await r.start()
-    try:
-        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-    finally:
-        await r.stop()
+    await run_until(r, read_models, proj.name, head)
     assert await poisoned_rows(database_url, proj.name) == []
 
 

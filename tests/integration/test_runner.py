@@ -12,15 +12,16 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
-from litestar.plugins.problem_details import ProblemDetailsException
 
+from ledger.api import problems
 from ledger.database import create_pool
+from ledger.errors import ProjectionLagging
 from ledger.readmodels.access import ReadModels, require_position
 from ledger.readmodels.contract import Conn, schema_name
-from ledger.readmodels.runner import ProjectionRunner, start_rebuild
+from ledger.readmodels.runner import start_rebuild
 from ledger.store.eventstore import StoredRecord
 from tests.support import PATIENCE, until
-from tests.support.readmodels import PROVIDERS, Counting, seed
+from tests.support.readmodels import PROVIDERS, Counting, run_until, runner, running, seed
 
 
 class Gated(Counting):
@@ -66,31 +67,17 @@ async def counts_of(rm: ReadModels, name: str) -> dict[str, int]:
         return {r["provider"]: r["n"] for r in await conn.fetch("SELECT provider, n FROM counts")}
 
 
-def runner(url: str, *projs: Counting, **kw: object) -> ProjectionRunner:
-    opts: dict[str, object] = {"batch_size": 100, "poll_interval": 0.2, "lock_retry": 0.1}
-    opts.update(kw)
-    return ProjectionRunner(url, {p.name: p for p in projs}, **opts)  # type: ignore[arg-type]
-
-
 async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url, read_models):
     proj = Counting()
     head = await seed(database_url, 750)
     r = runner(database_url, proj)
-    await r.start()
-    try:
-        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-    finally:
-        await r.stop()
+    await run_until(r, read_models, proj.name, head)
     assert await counts_of(read_models, proj.name) == expected_counts(750)
     # Events appended while no runner runs are applied after a restart, none twice
     # (``seen`` would raise on a replayed position).
     head = await seed(database_url, 250, start=750)
     r2 = runner(database_url, proj)
-    await r2.start()
-    try:
-        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-    finally:
-        await r2.stop()
+    await run_until(r2, read_models, proj.name, head)
     assert await counts_of(read_models, proj.name) == expected_counts(1000)
     assert await read_models.position(proj.name) == head  # other topics advance it too
     [st] = await read_models.status()
@@ -100,31 +87,25 @@ async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url
 async def test_notification_wakes_the_runner_before_the_poll(database_url, read_models):
     proj = Counting()
     r = runner(database_url, proj, poll_interval=3600.0)  # the poll never comes in this test
-    await r.start()
-    try:
+    async with running(r):
         first = await seed(database_url, 5)
         assert await read_models.wait_for(proj.name, first, timeout=PATIENCE)
         # The worker applied ``first`` and went idle (one batch short of ``batch_size``):
         # only a notification can make it read again before the hour is up.
         head = await seed(database_url, 5, start=5)
         assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-    finally:
-        await r.stop()
 
 
 async def test_poll_catches_up_when_notifications_are_lost(database_url, read_models):
     proj = Counting()
     r = runner(database_url, proj, poll_interval=0.2)
     r._wake_all = lambda *_: None  # type: ignore[method-assign]  # every notification lost
-    await r.start()
-    try:
+    async with running(r):
         first = await seed(database_url, 5)
         assert await read_models.wait_for(proj.name, first, timeout=PATIENCE)
         # Idle at ``first`` with no notification ever delivered: only the poll reads again.
         head = await seed(database_url, 40, start=5)
         assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-    finally:
-        await r.stop()
 
 
 async def test_failing_apply_stops_at_its_position_then_recovers(database_url, read_models):
@@ -132,8 +113,7 @@ async def test_failing_apply_stops_at_its_position_then_recovers(database_url, r
     head = await seed(database_url, 300)
     proj.poison = 150
     r = runner(database_url, proj, backoff_max=0.2, poison_after=None)  # never set aside
-    await r.start()
-    try:
+    async with running(r):
 
         async def failed() -> bool:
             [st] = await read_models.status()
@@ -157,8 +137,6 @@ async def test_failing_apply_stops_at_its_position_then_recovers(database_url, r
         proj.poison = None
         assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
         await until(lambda: _state_is(read_models, "running"), what="state running")
-    finally:
-        await r.stop()
     assert await counts_of(read_models, proj.name) == expected_counts(300)
 
 
@@ -216,11 +194,8 @@ async def test_two_runners_apply_each_generation_once_and_take_over(database_url
     async with read_models.pool.acquire() as conn:
         generation, started = await start_rebuild(conn, fast)
     assert (generation, started) == (2, True)
-    await solo.start()
-    try:
+    async with running(solo):
         await until(lambda: _live_is(read_models, fast.name, 2), what="generation 2 live")
-    finally:
-        await solo.stop()
     assert await read_models.digest(fast) == live
 
 
@@ -335,17 +310,11 @@ async def test_rebuild_is_blue_green_and_matches_the_live_digest(database_url, r
 async def test_a_new_code_version_rebuilds_automatically(database_url, read_models):
     head = await seed(database_url, 200)
     r1 = runner(database_url, Counting(version=1))
-    await r1.start()
-    try:
+    async with running(r1):
         assert await read_models.wait_for("test_counts", head, timeout=PATIENCE)
-    finally:
-        await r1.stop()
     r2 = runner(database_url, Counting(version=2))
-    await r2.start()
-    try:
+    async with running(r2):
         await until(lambda: _live_is(read_models, "test_counts", 2), what="generation 2 live")
-    finally:
-        await r2.stop()
     [st] = await read_models.status()
     assert (st.version, st.live_generation, st.position) == (2, 2, head)
     assert await counts_of(read_models, "test_counts") == expected_counts(200)
@@ -360,11 +329,13 @@ async def test_require_position_answers_503_with_the_lag(database_url, read_mode
     await require_position(read_models, proj.name, None)
     await require_position(read_models, proj.name, 0)
     t0 = time.monotonic()
-    with pytest.raises(ProblemDetailsException) as info:
+    with pytest.raises(ProjectionLagging) as info:
         await require_position(read_models, proj.name, head, timeout=0.3)
     assert time.monotonic() - t0 >= 0.3  # it waited its bound first (no upper bound: speed)
-    exc = info.value
+    # The read side raises a typed error; ledger.api.problems (the one mapping) answers 503.
+    exc = problems.CONFIG.exception_to_problem_detail_map[ProjectionLagging](info.value)
     assert exc.status_code == 503
+    assert exc.headers == {"Retry-After": "1"}
     assert exc.extra == {
         "projection": proj.name,
         "reached": 0,
@@ -374,8 +345,5 @@ async def test_require_position_answers_503_with_the_lag(database_url, read_mode
     # Waiting, it lets the call through as soon as a runner applies the events.
     waiting = asyncio.create_task(require_position(read_models, proj.name, head, PATIENCE))
     r = runner(database_url, proj)
-    await r.start()
-    try:
+    async with running(r):
         await waiting
-    finally:
-        await r.stop()

@@ -4,10 +4,11 @@ deliveries, and folding records into a scratch schema as the runner does."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,9 +26,13 @@ from ledger.domain.events import (
     encode_state,
     spend_id,
 )
+from ledger.ingest.providers import midtrans
+from ledger.readmodels.access import ReadModels
 from ledger.readmodels.contract import Conn, Projection
+from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import NewEvent, StoredRecord
 from tests.support.db import connection, signed
+from tests.support.polling import PATIENCE
 
 PROVIDERS = ("mayar", "midtrans", "xendit", "partner")
 
@@ -72,18 +77,19 @@ class Counting:
         return h.hexdigest()
 
 
-def _state(i: int) -> bytes:
-    provider = PROVIDERS[i % 4]
-    body = f'{{"n":{i},"provider":"{provider}"}}'.encode()
+def delivery_state(
+    provider: str, dedup_key: str, kind: str, body: bytes, *, scheme: str = "test"
+) -> bytes:
+    """A delivery's stored state, as ingest would have written it for ``body``."""
     return encode_state(
         DeliveryState(
             originator_topic=DELIVERY_TOPIC,
             timestamp=datetime.now(UTC),
             provider=provider,
-            dedup_key=f"{provider}:{i}",
-            kind="payment",
+            dedup_key=dedup_key,
+            kind=kind,
             source=None,
-            scheme="test",
+            scheme=scheme,
             headers={"content-type": "application/json"},
             body_sha256=hashlib.sha256(body).hexdigest(),
             body_b64=base64.b64encode(body).decode(),
@@ -91,22 +97,74 @@ def _state(i: int) -> bytes:
     )
 
 
+def midtrans_paid(order_id: str, *, scheme: str = "test") -> bytes:
+    """A Midtrans settlement as ingest would have stored it, for any order id (even one
+    ingest refuses today, as events already in the log may hold)."""
+    body = signed("midtrans", "settlement", order_id=order_id).body
+    n = midtrans.DECODER.decode(body)
+    return delivery_state(
+        "midtrans", midtrans.dedup_key(n), n.transaction_status, body, scheme=scheme
+    )
+
+
+async def append(
+    url: str, states: Sequence[bytes], topics: str | Sequence[str] = RECEIVED_TOPIC
+) -> list[asyncpg.Record]:
+    """Append events straight to the log (bypassing ingest, one statement, log order
+    kept); their ``(notification_id, originator_id)`` in log order."""
+    if isinstance(topics, str):
+        topics = [topics] * len(states)
+    async with connection(url) as conn:
+        rows = await conn.fetch(
+            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[]) "
+            "RETURNING notification_id, originator_id",
+            [uuid.uuid4() for _ in states],
+            [1] * len(states),
+            list(topics),
+            list(states),
+        )
+    return sorted(rows, key=lambda r: r[0])
+
+
+def _state(i: int) -> bytes:
+    provider = PROVIDERS[i % 4]
+    body = f'{{"n":{i},"provider":"{provider}"}}'.encode()
+    return delivery_state(provider, f"{provider}:{i}", "payment", body)
+
+
 async def seed(url: str, n: int, *, start: int = 0, other_every: int = 7) -> int:
     """Append ``n`` events (every ``other_every``-th of another topic); return the head."""
     topics = [
         "test:Other" if (i % other_every == 0) else RECEIVED_TOPIC for i in range(start, start + n)
     ]
+    await append(url, [_state(i) for i in range(start, start + n)], topics)
     async with connection(url) as conn:
-        await conn.execute(
-            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bytea[])",
-            [uuid.uuid4() for _ in range(n)],
-            [1] * n,
-            topics,
-            [_state(i) for i in range(start, start + n)],
-        )
         head: int = await conn.fetchval("SELECT max(notification_id) FROM stored_events")
     return head
+
+
+def runner(url: str, *projs: Any, **kw: object) -> ProjectionRunner:
+    """A runner over ``projs`` with the tests' short intervals (``kw`` overrides them)."""
+    opts: dict[str, object] = {"batch_size": 100, "poll_interval": 0.2, "lock_retry": 0.1}
+    opts.update(kw)
+    return ProjectionRunner(url, {p.name: p for p in projs}, **opts)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(runner: ProjectionRunner) -> AsyncIterator[ProjectionRunner]:
+    """``runner`` started, and stopped afterwards whatever happens."""
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+async def run_until(runner: ProjectionRunner, rm: ReadModels, name: str, position: int) -> None:
+    """Start ``runner``, wait until ``name`` has applied up to ``position``, stop it."""
+    async with running(runner):
+        assert await rm.wait_for(name, position, timeout=PATIENCE)
 
 
 MAYAR = {"content-type": "application/json", "x-callback-token": "test-mayar-token"}
