@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,11 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import SECRETS, bearer, signed
+from tests.support import SECRETS, bearer, signed, until
+from tests.support.servers import free_port, wait_ready
 
 READ_BOUND = "2"  # seconds, LEDGER_REQUEST_READ_TIMEOUT for these servers
 ANSWER_WAIT = 30.0  # generous: the server's bound is 2 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def ledger_env(home: Path, **extra: str) -> dict[str, str]:
@@ -87,18 +80,9 @@ class Serve:
     async def start(self, timeout: float = 180.0) -> None:
         assert self.proc is None or self.proc.poll() is not None
         self.proc = self.spawn()
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"serve exited early:\n{self.log_tail()}")
-                try:
-                    if (await client.get(f"{self.url}/ready")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"serve not ready after {timeout}s:\n{self.log_tail()}")
+        await wait_ready(
+            self.proc, self.url, self.log_tail, timeout=timeout, who="serve", probe_timeout=2.0
+        )
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
         """Send ``sig`` to the serve process alone (as docker or ``kill`` do); its exit code."""
@@ -127,13 +111,6 @@ async def serving(server: Serve) -> AsyncIterator[Serve]:
         yield server
     finally:
         server.close()
-
-
-async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def event_count(database_url: str) -> int:
@@ -374,7 +351,9 @@ async def test_a_signal_under_load_keeps_every_ack_and_stops_the_embedded_server
         pg_pid = postmaster_pid(pgdata)
         clients = [asyncio.create_task(load.client(server, w)) for w in range(6)]
         try:
-            await wait_until(lambda: len(load.acked) >= 30, 120, "30 acknowledged deliveries")
+            await until(
+                lambda: len(load.acked) >= 30, timeout=120, what="30 acknowledged deliveries"
+            )
             code = await server.stop(sig)
         finally:
             load.stop.set()
@@ -437,10 +416,10 @@ async def run_worker_briefly(home: Path) -> None:
             start_new_session=True,
         )
     try:
-        await wait_until(
+        await until(
             lambda: b"worker running" in log.read_bytes() or proc.poll() is not None,
-            120,
-            "the worker to start",
+            timeout=120,
+            what="the worker to start",
         )
         assert proc.poll() is None, log.read_text(errors="replace")
         proc.send_signal(signal.SIGTERM)
