@@ -34,7 +34,7 @@ import msgspec
 
 from ledger.config import Settings, load_settings
 from ledger.domain.events import RECEIVED_TOPIC
-from ledger.live.hub import PaymentFact, payment_fact
+from ledger.payments.facts import PaymentFact, payment_fact
 from ledger.readmodels.contract import Conn
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord

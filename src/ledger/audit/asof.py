@@ -19,6 +19,7 @@ import msgspec
 from ledger.audit.index import SQL
 from ledger.domain.events import RECEIVED_TOPIC, SPENT_TOPIC, decode_delivery, decode_spend
 from ledger.ingest.providers import mayar
+from ledger.payments.customers import normalize_email
 from ledger.payments.rules import (
     FOREVER,
     Catalogue,
@@ -65,7 +66,8 @@ async def cutoff(conn: Conn, at_position: int | None, as_of: datetime | None) ->
 async def balance_as_of(
     conn: Conn, customer: str, position: int, catalogue: Catalogue, as_of: datetime | None
 ) -> BalanceAsOf:
-    who = pg_text(customer.strip().lower())
+    """``customer`` must be an address (``customers.normalize_email``: NotAnAddress if not)."""
+    who = normalize_email(customer)
     rows = await conn.fetch(SQL["asof_balance_records"], who, position, SPENT_TOPIC)
     credits: dict[str, tuple[uuid.UUID, int, str | None, str, int]] = {}
     spent = 0
@@ -132,7 +134,7 @@ async def subscriptions_as_of(
     ``at``: the log prefix folded with the subscriptions projection's own ``Row.add``."""
     from ledger.projections.subscriptions import Row
 
-    who = pg_text(customer.strip().lower())
+    who = normalize_email(customer)  # NotAnAddress if it is not an address
     rows: dict[str, Row] = {}
     for r in await conn.fetch(SQL["asof_subscription_records"], who, position):
         delivery = decode_delivery(bytes(r[4]))

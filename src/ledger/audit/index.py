@@ -1,7 +1,7 @@
 """Finance's view of the log: the audit index, search, streaming export, daily summary.
 
 The index (``audit_index``, migration 0008) holds one row per event with the interpreted
-fields finance filters by. Deliveries are interpreted with ``ledger.live.hub.payment_fact``
+fields finance filters by. Deliveries are interpreted with ``ledger.payments.facts.payment_fact``
 (the providers' own decoders and the status mapping of providers.md); operator actions
 carry their actor, action and target; other events keep their ``customer`` when they have
 one. ``catch_up`` folds new log events into it page by page, each page and the tracking
@@ -31,8 +31,9 @@ import msgspec
 
 from ledger.audit.trail import decode_operator_action
 from ledger.domain.events import OPERATOR_ACTION_TOPIC
-from ledger.live.hub import payment_fact
 from ledger.payments.amounts import plain, plain_or_none
+from ledger.payments.customers import customer_key
+from ledger.payments.facts import payment_fact
 from ledger.payments.orderstatus import RANK
 from ledger.readmodels import poison
 from ledger.readmodels.contract import Conn
@@ -155,7 +156,7 @@ def interpret(rec: StoredRecord) -> IndexRow:
         received_at=_timestamp(data.get("timestamp")) or datetime.fromtimestamp(0, UTC),
         category="other",
         kind=rec.topic.rpartition(":")[2] or None,
-        customer=customer.strip().lower() if isinstance(customer, str) else None,
+        customer=customer_key(customer) if isinstance(customer, str) else None,
     )
 
 
@@ -310,7 +311,9 @@ class Filters:
 
 async def search(conn: Conn, filters: Filters, after: int, limit: int) -> list[asyncpg.Record]:
     """Index rows (with the chain hash) after ``after`` matching every given filter."""
-    customer = filters.customer.strip().lower() if filters.customer else None
+    customer = customer_key(filters.customer) if filters.customer else None
+    if filters.customer and customer is None:
+        return []  # not an address: no indexed customer can match (every one is a key)
     result: list[asyncpg.Record] = await conn.fetch(
         SQL["search"],
         after,

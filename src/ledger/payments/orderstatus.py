@@ -1,6 +1,7 @@
 """Order status: each provider's notification mapped to one order status, and precedence.
 
-Pure logic (no I/O), shared by the ``orders`` projection and the orders API.
+Pure logic (no I/O), used by ``ledger.payments.facts`` (the one reading of a provider body),
+the ``orders`` projection and the orders API.
 
 The mapping follows ``shared/reference/providers.md``. Precedence makes the folded status
 independent of arrival order: an order's status is the highest-ranked status among all its
@@ -62,6 +63,18 @@ _XENDIT: dict[str, OrderStatus] = {
 }
 
 
+# Mayar's payment events, for the feed and the audit index (Mayar orders are not folded:
+# its payments are token credits, ``ledger.payments.rules``).
+_MAYAR: dict[str, OrderStatus] = {
+    "payment.success": "paid",
+    "payment.received": "paid",
+    "payment.created": "pending",
+    "payment.pending": "pending",
+    "payment.failed": "failed",
+    "payment.expired": "failed",
+}
+
+
 class UnknownStatus(ValueError):
     """A provider status this module cannot map (the caller decides: review or raise)."""
 
@@ -89,6 +102,12 @@ def xendit_status(status: str) -> OrderStatus:
         return _XENDIT[status]
     except KeyError:
         raise UnknownStatus(f"Xendit status {status!r}") from None
+
+
+def mayar_status(event: str) -> OrderStatus | None:
+    """The status a Mayar payment event reports; None for its other events (subscriptions,
+    reminders, tests), which say nothing about a payment's state."""
+    return _MAYAR.get(event)
 
 
 def partner_status(event: str, status: str | None) -> OrderStatus:
