@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ledger.database import Conn
 from ledger.domain.events import RECEIVED_TOPIC
 from ledger.payments import orderstatus
 from ledger.payments.facts import ORDER_PROVIDERS, read_payment
@@ -28,7 +29,6 @@ from ledger.payments.rules import (
     pg_text,
     table_digest,
 )
-from ledger.readmodels.contract import Conn
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
@@ -83,6 +83,7 @@ class Orders:
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
         notes = [n for rec in records if (n := note(rec, delivery_head(rec.state)))]
         if notes:
+    queries = SQL
             await conn.execute(SQL["insert_history"], *columns(notes))
 
     async def digest(self, conn: Conn) -> str:

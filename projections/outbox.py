@@ -32,10 +32,11 @@ from urllib.parse import quote
 
 import msgspec
 
-from ledger.config import Settings, load_settings
+from ledger.config import Settings
+from ledger.database import Conn
 from ledger.domain.events import RECEIVED_TOPIC
+from ledger.errors import NotConfigured
 from ledger.payments.facts import PaymentFact, payment_fact
-from ledger.readmodels.contract import Conn
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
@@ -168,18 +169,21 @@ class OutboxProjection:
     version = 1
     topics = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
+    queries = SQL
 
-    def __init__(self) -> None:
-        self._targets: Targets | None = None
+    def __init__(self, targets: Targets | None = None) -> None:
+        self._targets = targets
 
     def configure(self, targets: Targets) -> None:
-        """Called by the composition root with this process's settings."""
+        """Called by the composition root (``ledger.app``) with this process's settings."""
         self._targets = targets
 
     @property
     def targets(self) -> Targets:
-        if self._targets is None:  # e.g. a worker process that only runs projections
-            self._targets = Targets.from_settings(load_settings())
+        """Never read from the environment here: an unconfigured projection is a fault of
+        the deployment (retried, never the events' fault), not a reason to guess."""
+        if self._targets is None:
+            raise NotConfigured("the outbox projection's targets were not configured")
         return self._targets
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:

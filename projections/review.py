@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from ledger.database import Conn
 from ledger.domain.events import (
     CONFLICTED_TOPIC,
     QUARANTINED_TOPIC,
@@ -35,7 +36,6 @@ from ledger.payments.rules import (
     subscription_fact,
     table_digest,
 )
-from ledger.readmodels.contract import Conn
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
@@ -73,6 +73,7 @@ class Review:
     version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC, QUARANTINED_TOPIC, CONFLICTED_TOPIC)
     schema_sql = SQL["schema"]
+    queries = SQL
 
     def __init__(self, catalogue: Catalogue | None = None) -> None:
         self.catalogue = catalogue or Catalogue()

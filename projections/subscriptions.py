@@ -12,50 +12,23 @@ projection.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
+from ledger.database import Conn
 from ledger.domain.events import RECEIVED_TOPIC
 from ledger.ingest.providers import mayar
 from ledger.payments.rules import (
-    SubscriptionFact,
+    SubscriptionRow,
     delivery_head,
     is_subscription_event,
     raw_body,
     subscription_fact,
     table_digest,
 )
-from ledger.readmodels.contract import Conn
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
 SQL = load(Path(__file__).with_suffix(".sql"))
-
-
-def _max(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None:
-        return b
-    return a if b is None or a >= b else b
-
-
-class Row:
-    __slots__ = ("cancelled", "expired", "expiry", "position")
-
-    def __init__(self) -> None:
-        self.expiry: datetime | None = None
-        self.cancelled: datetime | None = None
-        self.expired: datetime | None = None
-        self.position = 0
-
-    def add(self, fact: SubscriptionFact, position: int) -> None:
-        """Fold one fact (the only place the rule lives: the projection and as-of use it)."""
-        if fact.kind == "grant":
-            self.expiry = _max(self.expiry, fact.until)
-        elif fact.kind == "cancel":
-            self.cancelled = _max(self.cancelled, fact.until)
-        else:
-            self.expired = _max(self.expired, fact.until)
-        self.position = max(self.position, position)
 
 
 class Subscriptions:
@@ -63,9 +36,10 @@ class Subscriptions:
     version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
+    queries = SQL
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        rows: dict[tuple[str, str], Row] = {}
+        rows: dict[tuple[str, str], SubscriptionRow] = {}
         for rec in records:
             state = delivery_head(rec.state)
             if state.provider != "mayar" or not is_subscription_event(state.kind):
@@ -74,7 +48,9 @@ class Subscriptions:
             fact = subscription_fact(hook.event, hook.data)
             if fact.kind is None or fact.customer is None:
                 continue
-            rows.setdefault((fact.customer, fact.license_code), Row()).add(fact, rec.position)
+            rows.setdefault((fact.customer, fact.license_code), SubscriptionRow()).add(
+                fact, rec.position
+            )
         if not rows:
             return
         keys = sorted(rows)

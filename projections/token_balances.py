@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from ledger.database import Conn
 from ledger.domain.events import RECEIVED_TOPIC, SPENT_TOPIC, decode_spend
 from ledger.ingest.providers import mayar
 from ledger.payments.rules import (
@@ -32,7 +33,6 @@ from ledger.payments.rules import (
     raw_body,
     table_digest,
 )
-from ledger.readmodels.contract import Conn
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
@@ -46,6 +46,7 @@ class TokenBalances:
     version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
     topics: tuple[str, ...] = (RECEIVED_TOPIC, SPENT_TOPIC)
     schema_sql = SQL["schema"]
+    queries = SQL
 
     def __init__(self, catalogue: Catalogue | None = None) -> None:
         self.catalogue = catalogue or Catalogue()

@@ -48,6 +48,7 @@ from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import EventStore, GroupCommitter
 
 log = logging.getLogger("ledger")
+from ledger.readmodels.contract import Projection, discover
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Services:
 
 class Component(Protocol):
     """A background part of the service, started after Services and stopped in reverse."""
+    # The read models of this code base, configured (see ``installed_projections``).
+    projections: dict[str, Projection] = field(default_factory=dict)
 
     async def start(self) -> None: ...
 
@@ -85,10 +88,22 @@ def components(services: Services) -> list[Component]:
     """The background components this process runs (add one line per component)."""
     found: list[Component] = []
     if services.settings.run_projections:
+def installed_projections(settings: Settings | None = None) -> dict[str, Projection]:
+    """Every read model in ``projections/``, by name, configured from ``settings`` (the
+    environment's when None). The one place that names the concrete projections: the rest
+    of the service depends on ``ledger.readmodels.contract``."""
+    import ledger.projections
+    from ledger.projections.outbox import PROJECTION as OUTBOX
+    from ledger.projections.outbox import Targets
+
+    OUTBOX.configure(Targets.from_settings(settings or load_settings()))
+    return discover(ledger.projections)
+
+
         from ledger.readmodels.runner import ProjectionRunner
 
         options = services.extras.get("runner_options", {})
-        services.runner = ProjectionRunner(services.database_url, **options)
+        services.runner = ProjectionRunner(services.database_url, services.projections, **options)
         found.append(services.runner)
     from ledger.outbox.dispatcher import outbox_components
 
@@ -129,7 +144,8 @@ async def running_services(
     store = EventStore(pool)
     committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
     await committer.start()
-    read_models = ReadModels(pool)
+    projections = installed_projections(cfg)
+    read_models = ReadModels(pool, projections=projections)
     services = Services(
         settings=cfg,
         pool=pool,
@@ -143,6 +159,7 @@ async def running_services(
         extras={"runner_options": runner_options or {}},
     )
     started: list[Component] = []
+        projections=projections,
     try:
         for comp in [services.keyring, *components(services)]:
             await comp.start()

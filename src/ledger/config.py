@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ledger.errors import LedgerError
+
 Environment = Literal["development", "production"]
 
 SECRET_FIELDS = (
@@ -40,7 +42,7 @@ PROVIDER_SECRETS = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(LedgerError):
     """The environment does not describe a runnable service; the message names what is missing."""
 
 

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
+from ledger.errors import LedgerError
 from ledger.sql import package_sql
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ SQL = package_sql("roles")
 # ADR 0011 the service also LOGS IN as it (or as a login role granted it), never as a
 # superuser or the log's owner.
 APP_ROLE = "ledger_app"
+
+# A session: a dedicated connection or one lent by the pool (the one definition).
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def start_embedded(pgdata: Path, *, cleanup: str | None = "stop") -> str:
@@ -125,7 +130,7 @@ _ROLE_LOCK = 7_372_003  # advisory lock key for "setting ledger_app's password"
 _warned: set[str] = set()
 
 
-class PrivilegeError(Exception):
+class PrivilegeError(LedgerError):
     """The service would log in with rights that lift the log's guards; the message says
     which and names the fix."""
 

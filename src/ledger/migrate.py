@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+
+from ledger.database import Conn
+from ledger.errors import LedgerError
 
 MIGRATION_LOCK = 7_372_001  # advisory lock key for "migrating this database"
-Conn = asyncpg.Connection | PoolConnectionProxy
 NAME_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-class MigrationError(Exception):
+class MigrationError(LedgerError):
     """A migration file is malformed, changed after being applied, or failed."""
 
 

@@ -29,7 +29,7 @@ async def ops_client(
 ) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
     """The real app whose runner (and ops routes) know one test projection."""
     proj = Counting()
-    monkeypatch.setattr("ledger.readmodels.runner.available", lambda: {proj.name: proj})
+    monkeypatch.setattr("ledger.app.installed_projections", lambda *_: {proj.name: proj})
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app) as c:
         yield c

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import zipfile
@@ -61,3 +62,57 @@ def test_stored_topics_still_resolve() -> None:
 
     assert resolve_topic("ledger.domain:Delivery.Received") is Delivery.Received
     assert Delivery.Received.__module__ == "ledger.domain.events"
+
+
+def _modules() -> list[Path]:
+    """Every module of the service and of the read models (the symlink that installs
+    ``projections/`` as ``ledger.projections`` is skipped: its files are listed once)."""
+    link = ROOT / "src" / "ledger" / "projections"
+    found = [p for p in (ROOT / "src" / "ledger").rglob("*.py") if link not in p.parents]
+    return sorted([*found, *(ROOT / "projections").glob("*.py")])
+
+
+def _imports_projections(tree: ast.AST) -> list[str]:
+    """The imports in ``tree`` that name the concrete read models, as written."""
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [
+                a.name for a in node.names if a.name.split(".")[:2] == ["ledger", "projections"]
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            parts = node.module.split(".")
+            if parts[:2] == ["ledger", "projections"] or (
+                parts == ["ledger"] and any(a.name == "projections" for a in node.names)
+            ):
+                found.append(f"from {node.module} import {', '.join(a.name for a in node.names)}")
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names]
+            found += [n for n in names if n == "projections" or n.startswith("projections.")]
+    return found
+
+
+def test_only_the_composition_root_imports_the_concrete_projections() -> None:
+    # The core depends on ledger.readmodels.contract; app.py alone wires the read models
+    # (issue 9, ADR 0014). Lazy imports inside functions count too (ast.walk).
+    root = ROOT / "src" / "ledger" / "app.py"
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for path in _modules()
+        if path != root and (names := _imports_projections(ast.parse(path.read_text(), str(path))))
+    }
+    assert offenders == {}
+
+
+# Over 400 lines today, in files other parts of issue 9 are reshaping; the lead turns this
+# on (strict) once they are split.
+OVER_400_ELSEWHERE = {"src/ledger/audit/index.py"}
+
+
+@pytest.mark.xfail(
+    strict=False, reason=f"not yet split by their owners: {sorted(OVER_400_ELSEWHERE)}"
+)
+def test_no_module_is_over_400_lines() -> None:
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules()}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

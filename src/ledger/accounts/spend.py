@@ -41,7 +41,7 @@ from ledger.domain.events import (
     encode_spend,
     spend_id,
 )
-from ledger.projections.token_balances import SQL as BALANCES_SQL
+from ledger.errors import LedgerError
 from ledger.store.eventstore import (
     UNAVAILABLE_ERRORS,
     EventStore,
@@ -53,14 +53,16 @@ from ledger.store.eventstore import (
 PROJECTION = "token_balances"
 
 
-class InsufficientTokens(Exception):
+class InsufficientTokens(LedgerError):
+    """The customer's balance is lower than the amount asked for."""
+
     def __init__(self, customer: str, balance: int, amount: int) -> None:
         super().__init__(f"{customer} has {balance} tokens; {amount} were asked for")
         self.balance = balance
         self.amount = amount
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(LedgerError):
     """The idempotency key was used before for a different spend."""
 
     def __init__(self, first: SpendState) -> None:
@@ -68,7 +70,7 @@ class IdempotencyConflict(Exception):
         self.first = first
 
 
-class SpendBusy(Exception):
+class SpendBusy(LedgerError):
     """The customer's lock could not be taken in time (another spend holds it)."""
 
 
@@ -124,7 +126,9 @@ class Spender:
             head = await self.store.head()
             await self.read_models.require(PROJECTION, head, self.wait_timeout)
             async with self.read_models.reading(PROJECTION) as conn:
-                balance = int(await conn.fetchval(BALANCES_SQL["balance"], customer))
+                balance = int(
+                    await conn.fetchval(self.read_models.query(PROJECTION, "balance"), customer)
+                )
             if balance < amount:
                 raise InsufficientTokens(customer, balance, amount)
             state = SpendState(

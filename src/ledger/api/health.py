@@ -11,6 +11,7 @@ from litestar.response import Response
 
 from ledger import migrate
 from ledger.store.eventstore import UNAVAILABLE_ERRORS
+from ledger.store.eventstore import SQL as STORE_SQL
 
 RETRY = {"Retry-After": "5"}
 
@@ -37,9 +38,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     try:
         async with pool.acquire(timeout=2) as conn:
             todo = await migrate.pending(conn)
-            head = await conn.fetchval(
-                "SELECT coalesce(max(notification_id), 0) FROM stored_events"
-            )
+            head = await conn.fetchval(STORE_SQL["head"])
     except UNAVAILABLE_ERRORS as exc:
         return Response(
             {"status": "unavailable", "database": type(exc).__name__},

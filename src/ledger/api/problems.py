@@ -13,6 +13,16 @@ from litestar.openapi import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException
 from litestar.response import Response
 
+from ledger.accounts.spend import IdempotencyConflict, InsufficientTokens, SpendBusy
+from ledger.audit.trail import ReasonRequired
+from ledger.errors import (
+    LedgerError,
+    PositionBeyondHead,
+    ProjectionLagging,
+    ProjectionUnavailable,
+    UnknownProjection,
+)
+from ledger.outbox.dispatcher import NotRetryable
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
 MEDIA_TYPE = "application/problem+json"
@@ -132,6 +142,99 @@ def _from_unexpected(exc: Exception) -> ProblemDetailsException:
     return problem(500, "internal", "Internal error", "an unexpected error occurred; it was logged")
 
 
+# -- the typed errors of ledger.errors and each concept's package: the one mapping --------
+
+
+def _from_lagging(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, ProjectionLagging)
+    return problem(
+        503,
+        "projection-lagging",
+        "The projection has not caught up yet",
+        f"projection {exc.name!r} has applied up to position {exc.reached}; "
+        f"position {exc.wanted} was asked for. Retry shortly.",
+        headers={"Retry-After": "1"},
+        projection=exc.name,
+        reached=exc.reached,
+        wanted=exc.wanted,
+        lag=exc.wanted - exc.reached,
+    )
+
+
+def _from_projection_unavailable(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, ProjectionUnavailable)
+    return problem(
+        503,
+        "projection-unavailable",
+        "The projection is not available",
+        f"projection {exc.name!r} has not been started on this database yet; retry shortly",
+        headers={"Retry-After": "1"},
+        projection=exc.name,
+    )
+
+
+def _from_beyond_head(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, PositionBeyondHead)
+    return problem(
+        400,
+        "min-position-beyond-head",
+        "min_position is beyond the log's head",
+        f"query parameter 'min_position' is {exc.wanted} but the log's head is {exc.head}; "
+        "pass a position this service returned",
+        parameter="min_position",
+        head=exc.head,
+    )
+
+
+def _from_unknown_projection(exc: Exception) -> ProblemDetailsException:
+    return problem(404, "projection-not-found", "No such projection", str(exc))
+
+
+def _from_insufficient(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, InsufficientTokens)
+    return problem(
+        409,
+        "insufficient-tokens",
+        "Not enough tokens",
+        f"the balance is {exc.balance} tokens; {exc.amount} were asked for",
+        balance=exc.balance,
+        amount=exc.amount,
+    )
+
+
+def _from_idempotency(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, IdempotencyConflict)
+    return problem(
+        409,
+        "idempotency-key-reused",
+        "The idempotency key was used for a different spend",
+        f"idempotency_key was first used to spend {exc.first.amount} tokens; "
+        "use a new key for a new spend",
+    )
+
+
+def _from_spend_busy(exc: Exception) -> ProblemDetailsException:
+    return problem(503, "spend-busy", "Try again", str(exc), headers={"Retry-After": "1"})
+
+
+def _from_not_retryable(exc: Exception) -> ProblemDetailsException:
+    return problem(409, "not-retryable", "The message cannot be retried", str(exc))
+
+
+def _from_reason_required(exc: Exception) -> ProblemDetailsException:
+    return problem(
+        400,
+        "reason-required",
+        "A reason is required",
+        f"send why in the X-Ledger-Reason header ({exc})",
+    )
+
+
+def _from_ledger_error(exc: Exception) -> ProblemDetailsException:
+    # A typed error with no mapping above reached the edge: a bug, like any other.
+    return _from_unexpected(exc)
+
+
 def problem_handler(request: Request[Any, Any, Any], exc: ProblemDetailsException) -> Response[Any]:
     return exc.to_response(request)
 
@@ -141,6 +244,16 @@ CONFIG = ProblemDetailsConfig(
     exception_to_problem_detail_map={
         HTTPException: _from_http,
         StoreUnavailable: _from_unavailable,
+        ProjectionLagging: _from_lagging,
+        ProjectionUnavailable: _from_projection_unavailable,
+        PositionBeyondHead: _from_beyond_head,
+        UnknownProjection: _from_unknown_projection,
+        InsufficientTokens: _from_insufficient,
+        IdempotencyConflict: _from_idempotency,
+        SpendBusy: _from_spend_busy,
+        NotRetryable: _from_not_retryable,
+        ReasonRequired: _from_reason_required,
+        LedgerError: _from_ledger_error,
         **dict.fromkeys(UNAVAILABLE_ERRORS, _from_unavailable),
         asyncpg.PostgresConnectionError: _from_unavailable,
         asyncpg.DataError: _from_data_error,

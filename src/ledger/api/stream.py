@@ -31,10 +31,11 @@ from ledger.domain.events import DELIVERY_TOPICS
 from ledger.live.hub import StreamHub
 
 SCOPES = ("audit:read", "ops:admin")
+from ledger.store.eventstore import SQL as STORE_SQL
 # A stream ends after this long; EventSource reconnects (``retry: 1000``) with Last-Event-ID
 # and misses nothing. Bounds how long a server shutdown waits for open streams.
 MAX_STREAM_SECONDS = 300.0
-HEAD = "SELECT coalesce(max(notification_id), 0) FROM stored_events"
+HEAD = STORE_SQL["head"]
 NTH_LATEST = """
 SELECT notification_id FROM stored_events
 WHERE topic = ANY($1::text[])

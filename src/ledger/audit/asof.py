@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 import msgspec
 
 from ledger.audit.index import SQL
+from ledger.database import Conn
 from ledger.domain.events import RECEIVED_TOPIC, SPENT_TOPIC, decode_delivery, decode_spend
 from ledger.ingest.providers import mayar
 from ledger.payments.customers import normalize_email
 from ledger.payments.rules import (
     FOREVER,
     Catalogue,
+    SubscriptionRow,
     classify_payment,
     is_subscription_event,
     pg_text,
@@ -30,7 +32,6 @@ from ledger.payments.rules import (
     subscription_fact,
     subscription_status,
 )
-from ledger.readmodels.contract import Conn
 
 
 class CreditAsOf(msgspec.Struct, kw_only=True):
@@ -131,11 +132,10 @@ async def subscriptions_as_of(
     conn: Conn, customer: str, position: int, at: datetime
 ) -> SubscriptionsAsOf:
     """The customer's subscriptions right after ``position``, their status evaluated at
-    ``at``: the log prefix folded with the subscriptions projection's own ``Row.add``."""
-    from ledger.projections.subscriptions import Row
-
+    ``at``: the log prefix folded with the subscriptions projection's own rule
+    (``ledger.payments.rules.SubscriptionRow``)."""
     who = normalize_email(customer)  # NotAnAddress if it is not an address
-    rows: dict[str, Row] = {}
+    rows: dict[str, SubscriptionRow] = {}
     for r in await conn.fetch(SQL["asof_subscription_records"], who, position):
         delivery = decode_delivery(bytes(r[4]))
         if not is_subscription_event(delivery.kind):
@@ -144,7 +144,7 @@ async def subscriptions_as_of(
         fact = subscription_fact(hook.event, hook.data)
         if fact.kind is None or fact.customer != who:
             continue
-        rows.setdefault(fact.license_code, Row()).add(fact, int(r[0]))
+        rows.setdefault(fact.license_code, SubscriptionRow()).add(fact, int(r[0]))
     items = [
         SubscriptionAsOf(
             license_code=code,

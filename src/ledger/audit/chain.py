@@ -25,11 +25,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
+from ledger.database import Conn
 from ledger.sql import package_sql
 
-Conn = asyncpg.Connection | PoolConnectionProxy
 SQL = package_sql("audit")
 GENESIS = bytes(32)
 _HEAD = struct.Struct(">q16sqi")

@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-from ledger.database import APP_ROLE
+from ledger.database import APP_ROLE, Conn
+from ledger.errors import LedgerError
 from ledger.sql import package_sql
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
@@ -37,11 +37,10 @@ LISTEN_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InternalClientError,  # e.g. a session killed mid-query
 )
-Conn = asyncpg.Connection | PoolConnectionProxy
 
 
-class InvalidScope(ValueError):
-    pass
+class InvalidScope(LedgerError, ValueError):
+    """An API key was asked for with a scope this service does not know."""
 
 
 @dataclass(frozen=True, slots=True)

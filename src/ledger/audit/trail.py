@@ -20,6 +20,7 @@ from ledger.domain.events import (
     OPERATOR_TOPIC,
     OperatorActionState,
 )
+from ledger.errors import LedgerError
 from ledger.readmodels.contract import Conn
 from ledger.store.eventstore import SQL as STORE_SQL
 from ledger.store.eventstore import Appended, NewEvent
@@ -29,7 +30,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(OperatorActionState)
 
 
-class ReasonRequired(ValueError):
+class ReasonRequired(LedgerError, ValueError):
     """An operator action was attempted without a usable reason."""
 
 

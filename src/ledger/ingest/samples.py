@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ledger.config import Settings
+from ledger.errors import LedgerError
 from ledger.ingest.providers.base import hmac_sha256_hex, secret_list
 from ledger.ingest.providers.midtrans import signature
 
@@ -37,7 +38,7 @@ class Delivery:
     body: bytes
 
 
-class TriggerError(ValueError):
+class TriggerError(LedgerError, ValueError):
     pass
 
 

@@ -32,6 +32,7 @@ from ledger.domain.events import (
     delivery_id,
     encode_state,
 )
+from ledger.errors import LedgerError
 from ledger.ingest.providers import Provider, Unusable
 from ledger.ingest.providers.base import check_single, kept_headers
 from ledger.ingest.safetext import escape
@@ -52,7 +53,7 @@ class Outcome:
     flag: str | None = None
 
 
-class UnknownProvider(Exception):
+class UnknownProvider(LedgerError):
     pass
 
 

@@ -28,9 +28,9 @@ from prometheus_client import Counter, Histogram
 
 from ledger.audit.trail import append_in, operator_event
 from ledger.config import Settings
-from ledger.database import APP_ROLE
+from ledger.database import APP_ROLE, Conn
+from ledger.errors import LedgerError
 from ledger.outbox.senders import EmailSender, HttpClient, HttpSender, Result
-from ledger.readmodels.contract import Conn
 from ledger.sql import package_sql
 from ledger.store.eventstore import UNAVAILABLE_ERRORS
 
@@ -302,7 +302,7 @@ async def get_message(conn: Conn, message_id: uuid.UUID) -> dict[str, Any] | Non
     return found
 
 
-class NotRetryable(Exception):
+class NotRetryable(LedgerError):
     """The message is delivered, or a worker holds it right now; the message says which."""
 
 
@@ -326,13 +326,11 @@ async def retry_message(
 
 def outbox_components(services: Any) -> list[Any]:
     """What ``app.components()`` starts for this area: the live-stream hub (always) and the
-    dispatcher (unless ``LEDGER_RUN_OUTBOX=false``). Also hands the outbox projection this
-    process's targets, so a runner in this process derives messages for them."""
+    dispatcher (unless ``LEDGER_RUN_OUTBOX=false``). The outbox projection's targets are
+    configured by the composition root (``ledger.app.installed_projections``)."""
     from ledger.live.hub import StreamHub
-    from ledger.projections.outbox import PROJECTION, Targets
 
     settings: Settings = services.settings
-    PROJECTION.configure(Targets.from_settings(settings))
     hub = StreamHub(services.database_url, services.store)
     services.hub = hub
     found: list[Any] = [hub]

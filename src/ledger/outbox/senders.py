@@ -30,6 +30,7 @@ import aiohttp
 import aiosmtplib
 import msgspec
 
+from ledger.errors import LedgerError
 from ledger.ingest.providers.base import hmac_sha256_hex
 
 Outcome = Literal["delivered", "retry", "dead"]
@@ -86,7 +87,7 @@ def classify_http(status: int, text: str, retry_after: str | None, ms: int) -> R
     return Result("dead", status, ms, f"HTTP {status}: {_excerpt(text)}"[:EXCERPT])
 
 
-class HttpError(Exception):
+class HttpError(LedgerError):
     """No usable answer: connection refused or reset, TLS refused, malformed or cut answer."""
 
 

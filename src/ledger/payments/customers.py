@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ledger.errors import LedgerError
 from ledger.ingest.safetext import WHAT, unsafe_char
 
 MAX_EMAIL = 254
@@ -29,7 +30,7 @@ _SHAPE = re.compile(r"[^@\s]{1,64}@[^@\s.]+(?:\.[^@\s.]+)+")
 _SAME_SCRIPT = {"CJK": "HAN", "HIRAGANA": "HAN", "KATAKANA": "HAN"}
 
 
-class NotAnAddress(ValueError):
+class NotAnAddress(LedgerError, ValueError):
     """The text is not an e-mail address the ledger can keep apart from every other one."""
 
 

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ledger.errors import LedgerError
+
 OrderStatus = Literal[
     "pending",
     "failed",
@@ -75,7 +77,7 @@ _MAYAR: dict[str, OrderStatus] = {
 }
 
 
-class UnknownStatus(ValueError):
+class UnknownStatus(LedgerError, ValueError):
     """A provider status this module cannot map (the caller decides: review or raise)."""
 
 

@@ -248,6 +248,36 @@ def subscription_status(
     return "active"
 
 
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+class SubscriptionRow:
+    """One subscription folded from its facts: only maxima are kept, so any arrival order
+    or repetition gives the same row. The one fold rule: the ``subscriptions`` projection
+    and the audit's as-of answers both use it."""
+
+    __slots__ = ("cancelled", "expired", "expiry", "position")
+
+    def __init__(self) -> None:
+        self.expiry: datetime | None = None
+        self.cancelled: datetime | None = None
+        self.expired: datetime | None = None
+        self.position = 0
+
+    def add(self, fact: SubscriptionFact, position: int) -> None:
+        """Fold one fact (logged at ``position``)."""
+        if fact.kind == "grant":
+            self.expiry = _later(self.expiry, fact.until)
+        elif fact.kind == "cancel":
+            self.cancelled = _later(self.cancelled, fact.until)
+        else:
+            self.expired = _later(self.expired, fact.until)
+        self.position = max(self.position, position)
+
+
 def raw_body(state: DeliveryState | DeliveryHead) -> bytes:
     return base64.b64decode(state.body_b64)
 

@@ -7,40 +7,44 @@ and a separate ``ledger worker`` cooperate through the database alone.
 Routes use it like this::
 
     rm: ReadModels = request.app.state.services.read_models
-    await require_position(rm, "token_balances", min_position)  # 503 if it lags
+    await require_position(rm, "token_balances", min_position)  # ProjectionLagging if it lags
     async with rm.reading("token_balances") as conn:  # search_path = live schema
-        row = await conn.fetchrow("SELECT ... FROM balances WHERE ...", customer)
+        row = await conn.fetchrow(rm.query("token_balances", "account"), customer)
+
+Nothing here speaks HTTP: failures are the typed errors of ``ledger.errors``
+(``ProjectionLagging``, ``ProjectionUnavailable``, ``PositionBeyondHead``,
+``UnknownProjection``), which ``ledger.api.problems`` maps to problem+json.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 
 from ledger.api.params import ACQUIRE_TIMEOUT
-from ledger.api.problems import problem
+from ledger.database import Conn
+from ledger.errors import (
+    PositionBeyondHead,
+    ProjectionLagging,
+    ProjectionUnavailable,
+    UnknownProjection,
+)
+from ledger.payments.rules import Catalogue
 from ledger.readmodels.contract import Projection, schema_name
 from ledger.readmodels.poison import PoisonedEvent
 from ledger.sql import package_sql
+from ledger.store.eventstore import SQL as STORE_SQL
 
 SQL = package_sql("runner")
 
 
-class ProjectionLagging(Exception):
-    """A projection has not reached the position a reader asked for (yet)."""
-
-    def __init__(self, name: str, reached: int, wanted: int) -> None:
-        super().__init__(f"projection {name} is at position {reached}, wanted {wanted}")
-        self.name = name
-        self.reached = reached
-        self.wanted = wanted
+__all__ = ["ProjectionLagging", "ProjectionStatus", "ReadModels", "require_position"]
 
 
 class ProjectionStatus(msgspec.Struct, kw_only=True):
@@ -80,23 +84,35 @@ def _recorded_at(state: bytes | None) -> datetime | None:
         return None
 
 
-def _unavailable(name: str) -> Exception:
-    return problem(
-        503,
-        "projection-unavailable",
-        "The projection is not available",
-        f"projection {name!r} has not been started on this database yet; retry shortly",
-        headers={"Retry-After": "1"},
-        projection=name,
-    )
-
-
 class ReadModels:
     """Positions and read transactions on the live generation of each projection."""
 
-    def __init__(self, pool: asyncpg.Pool, *, poll: float = 0.015) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        poll: float = 0.015,
+        projections: Mapping[str, Projection] | None = None,
+    ) -> None:
         self.pool = pool
         self.poll = poll
+        # The read models of this code base, handed in by the composition root.
+        self.projections: dict[str, Projection] = dict(projections or {})
+
+    def query(self, projection: str, name: str) -> str:
+        """The named read query of a projection (its ``queries``), to run on a connection
+        from ``reading(projection)``; ``UnknownProjection`` if either name is unknown."""
+        proj = self.projections.get(projection)
+        if proj is None or name not in proj.queries:
+            raise UnknownProjection(f"no query {name!r} in projection {projection!r}")
+        return proj.queries[name]
+
+    def catalogue(self, projection: str) -> Catalogue:
+        """The token catalogue ``projection`` folds with, so an answer computed outside the
+        read model (the audit's as-of balance) credits exactly as it does. The
+        environment's catalogue when the projection keeps none."""
+        found = getattr(self.projections.get(projection), "catalogue", None)
+        return found if isinstance(found, Catalogue) else Catalogue.from_env()
 
     async def position(self, name: str) -> int:
         """The position the live generation has applied (0 if it never ran)."""
@@ -107,15 +123,16 @@ class ReadModels:
     async def head(self) -> int:
         """The log's head: the highest committed position (0 for an empty log)."""
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            value = await conn.fetchval(SQL["head"])
+            value = await conn.fetchval(STORE_SQL["head"])
         return int(value or 0)
 
     async def live_schema(self, name: str) -> str:
-        """The schema of the live generation (``p_<name>_g<N>``); 503 if not registered."""
+        """The schema of the live generation (``p_<name>_g<N>``); ``ProjectionUnavailable`` if
+        not registered."""
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             generation = await conn.fetchval(SQL["live_generation"], name)
         if generation is None:
-            raise _unavailable(name)
+            raise ProjectionUnavailable(name)
         return schema_name(name, generation)
 
     async def wait_for(
@@ -148,7 +165,7 @@ class ReadModels:
             raise ProjectionLagging(name, await self.position(name), position)
 
     @asynccontextmanager
-    async def reading(self, name: str) -> AsyncIterator[asyncpg.Connection | PoolConnectionProxy]:
+    async def reading(self, name: str) -> AsyncIterator[Conn]:
         """A pool connection in a read-only, repeatable-read transaction whose
         ``search_path`` is the live generation's schema (then ``public``)."""
         async with (
@@ -157,7 +174,7 @@ class ReadModels:
         ):
             generation = await conn.fetchval(SQL["live_generation"], name)
             if generation is None:
-                raise _unavailable(name)
+                raise ProjectionUnavailable(name)
             await conn.execute(f"SET LOCAL search_path TO {schema_name(name, generation)}, public")
             yield conn
 
@@ -170,7 +187,7 @@ class ReadModels:
             if generation is None:
                 generation = await conn.fetchval(SQL["live_generation"], proj.name)
                 if generation is None:
-                    raise _unavailable(proj.name)
+                    raise ProjectionUnavailable(proj.name)
             await conn.execute(
                 f"SET LOCAL search_path TO {schema_name(proj.name, generation)}, public"
             )
@@ -180,7 +197,7 @@ class ReadModels:
         """Every registered projection with its position and lag behind the log's head."""
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await conn.fetch(SQL["status"])
-            head = int(await conn.fetchval(SQL["head"]))
+            head = int(await conn.fetchval(STORE_SQL["head"]))
             now = datetime.now(UTC)
             found: list[ProjectionStatus] = []
             for r in rows:
@@ -216,33 +233,11 @@ async def require_position(
     timeout: float = 2.0,  # noqa: ASYNC109 -- see ReadModels.wait_for
 ) -> None:
     """For query routes' ``?min_position=N``: wait (bounded) until the projection has
-    applied N, else raise a 503 problem naming how far it got. A position beyond the log's
-    head cannot be a write the client saw: 400, at once (no wait)."""
+    applied N, else raise ``ProjectionLagging`` naming how far it got. A position beyond the
+    log's head cannot be a write the client saw: ``PositionBeyondHead``, at once (no wait)."""
     if min_position is None or min_position <= 0:
         return
     head = await read_models.head()
     if min_position > head:
-        raise problem(
-            400,
-            "min-position-beyond-head",
-            "min_position is beyond the log's head",
-            f"query parameter 'min_position' is {min_position} but the log's head is {head}; "
-            "pass a position this service returned",
-            parameter="min_position",
-            head=head,
-        )
-    try:
-        await read_models.require(name, min_position, timeout)
-    except ProjectionLagging as exc:
-        raise problem(
-            503,
-            "projection-lagging",
-            "The projection has not caught up yet",
-            f"projection {name!r} has applied up to position {exc.reached}; "
-            f"position {exc.wanted} was asked for. Retry shortly.",
-            headers={"Retry-After": "1"},
-            projection=name,
-            reached=exc.reached,
-            wanted=exc.wanted,
-            lag=exc.wanted - exc.reached,
-        ) from None
+        raise PositionBeyondHead(min_position, head)
+    await read_models.require(name, min_position, timeout)

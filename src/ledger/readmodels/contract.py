@@ -12,7 +12,10 @@ A projection is a module in ``projections/`` exposing ``PROJECTION``, an object 
   the runner's transaction with ``search_path`` set to the generation being built, and
   the runner writes the tracking position in that same transaction (exactly-once);
 - ``async digest(conn) -> str``: a deterministic content digest of its tables (same
-  events, same digest, whatever the arrival order or batching).
+  events, same digest, whatever the arrival order or batching);
+- ``queries``: its named SQL statements (its ``.sql`` file, loaded by name). Readers run
+  the read ones on the live generation through ``ReadModels.query(projection, name)``,
+  so the core reads a read model without importing it.
 
 Handlers must be idempotent under replay of the same records (they are, because a batch
 and its position commit together) and must raise on data they cannot fold, never log and
@@ -27,15 +30,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Protocol, runtime_checkable
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
+from ledger.database import Conn as Conn  # re-exported: what projections annotate with
 from ledger.store.eventstore import StoredRecord
 
-Conn = asyncpg.Connection | PoolConnectionProxy
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 
@@ -45,6 +46,7 @@ class Projection(Protocol):
     version: int
     topics: tuple[str, ...]
     schema_sql: str
+    queries: Mapping[str, str]
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None: ...
 
@@ -58,18 +60,17 @@ def schema_name(name: str, generation: int) -> str:
     return f"p_{name}_g{int(generation)}"
 
 
-def discover() -> dict[str, Projection]:
-    """Every ``PROJECTION`` in the ``projections`` package, by name."""
-    import ledger.projections as projections
-
+def discover(package: ModuleType) -> dict[str, Projection]:
+    """Every ``PROJECTION`` in ``package`` (the composition root passes the read models'
+    package; the core never names it), by name."""
     found: dict[str, Projection] = {}
-    for info in pkgutil.iter_modules(projections.__path__):
-        module = importlib.import_module(f"ledger.projections.{info.name}")
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
         proj = getattr(module, "PROJECTION", None)
         if proj is None:
             continue
         if not isinstance(proj, Projection) or not NAME.match(proj.name):
-            raise TypeError(f"ledger.projections.{info.name}.PROJECTION does not fit the contract")
+            raise TypeError(f"{module.__name__}.PROJECTION does not fit the contract")
         if proj.name in found:
             raise ValueError(f"two projections named {proj.name!r}")
         found[proj.name] = proj

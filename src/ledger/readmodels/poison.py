@@ -32,8 +32,9 @@ from typing import Any, Protocol
 import asyncpg
 import msgspec
 
+from ledger.database import Conn
 from ledger.domain.events import DELIVERY_TOPICS, decode_delivery
-from ledger.readmodels.contract import Conn
+from ledger.errors import LedgerError, NotConfigured
 from ledger.sql import package_sql
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoredRecord, StoreUnavailable
 
@@ -57,12 +58,13 @@ ENVIRONMENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresSystemError,  # 58: I/O error
     asyncpg.exceptions.InternalServerError,  # XX
     asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # 55: lock not available
+    NotConfigured,  # the composition root did not configure a projection
 )
 
 Apply = Callable[[Sequence[StoredRecord]], Awaitable[None]]
 
 
-class NotTheEvents(Exception):
+class NotTheEvents(LedgerError):
     """Every event of a batch failed on its own: the fault is the consumer's, not theirs."""
 
     def __init__(self, cause: BaseException) -> None:

@@ -111,8 +111,5 @@ WHERE p.name = $1
 -- name: live_generation
 SELECT live_generation FROM projections WHERE name = $1
 
--- name: head
-SELECT coalesce(max(notification_id), 0) FROM stored_events
-
 -- name: first_after
 SELECT state FROM stored_events WHERE notification_id > $1 ORDER BY notification_id LIMIT 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ledger.errors import LedgerError
 from ledger.sql import package_sql
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(LedgerError):
     """The event store cannot be reached now; nothing was written. Retry later."""
 
 

@@ -18,15 +18,16 @@ from typing import Annotated, Protocol
 import msgspec
 from msgspec import Meta
 
+from ledger.errors import LedgerError
 from ledger.ingest.safetext import IDENTIFIER_PATTERN, TEXT_PATTERN, WHAT, escape, unsafe_char
 from ledger.payments.customers import NotAnAddress, normalize_email
 
 
-class Unauthorized(Exception):
+class Unauthorized(LedgerError):
     """Missing or wrong credentials; the message names the header or field, never a value."""
 
 
-class Unusable(Exception):
+class Unusable(LedgerError):
     """Authenticated, but the payload cannot be used; the message names the fault."""
 
     def __init__(self, detail: str, *, kind: str = "unknown") -> None:
