@@ -18,6 +18,7 @@ from litestar.params import QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
+from ledger.api.accounts import customer_param
 from ledger.api.auth import current_key, require_key
 from ledger.api.docs import BEARER, CsvOrJsonLines
 from ledger.api.params import (
@@ -278,7 +279,7 @@ class AuditController(Controller):
         at_position: OptionalPosition = None,
         as_of: AsOf = None,
     ) -> Timeline:
-        who = customer.strip().lower()
+        who = customer_param(customer)
         return await _timeline(
             request,
             who,
@@ -313,7 +314,9 @@ class AuditController(Controller):
             conn.transaction(isolation="repeatable_read"),
         ):
             position = await asof.cutoff(conn, at_position, upto)
-            return await asof.balance_as_of(conn, customer, position, PROJECTION.catalogue, upto)
+            return await asof.balance_as_of(
+                conn, customer_param(customer), position, PROJECTION.catalogue, upto
+            )
 
     @get(
         "/customers/{customer:str}/subscriptions",
@@ -338,7 +341,7 @@ class AuditController(Controller):
         ):
             position = await asof.cutoff(conn, at_position, upto)
             at = await asof.evaluation_time(conn, position, at_position, upto)
-            return await asof.subscriptions_as_of(conn, customer, position, at)
+            return await asof.subscriptions_as_of(conn, customer_param(customer), position, at)
 
     @get(
         "/summary",
