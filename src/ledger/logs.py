@@ -20,6 +20,7 @@ import logging
 import logging.config
 import queue
 import sys
+import threading
 from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
@@ -114,6 +115,22 @@ def formatter(fmt: LogFormat = "console") -> structlog.stdlib.ProcessorFormatter
     )
 
 
+class _Written(logging.LogRecord):
+    """A marker: the listener has written every record queued before it."""
+
+    def __init__(self) -> None:
+        super().__init__("ledger.logs", logging.DEBUG, __file__, 0, "", None, None)
+        self.done = threading.Event()
+
+
+class _Listener(QueueListener):
+    def handle(self, record: logging.LogRecord) -> None:
+        if isinstance(record, _Written):
+            record.done.set()
+            return
+        super().handle(record)
+
+
 class BackgroundHandler(QueueHandler):
     """Queues records; a listener thread formats and writes them to stderr."""
 
@@ -121,8 +138,15 @@ class BackgroundHandler(QueueHandler):
         super().__init__(queue.SimpleQueue())
         target = logging.StreamHandler(sys.stderr)
         target.setFormatter(formatter)
-        self.listener: QueueListener | None = QueueListener(self.queue, target)
+        self.listener: QueueListener | None = _Listener(self.queue, target)
         self.listener.start()
+
+    def flush(self) -> None:
+        """Wait (a little at most) until what was logged so far is written."""
+        if self.listener is not None:
+            marker = _Written()
+            self.queue.put_nowait(marker)
+            marker.done.wait(timeout=2.0)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # QueueHandler would render the message here (for another process); the listener is
@@ -157,6 +181,12 @@ def dict_config(fmt: LogFormat = "console", level: int = logging.WARNING) -> dic
         # uvicorn writes use_colors into these when told to; they are otherwise unused.
         "formatters": {"default": {}, "access": {}},
     }
+
+
+def flush() -> None:
+    """Write out what was logged so far (before printing to the same terminal)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 def configure(fmt: LogFormat = "console", level: int = logging.WARNING) -> dict[str, Any]:

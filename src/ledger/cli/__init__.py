@@ -101,7 +101,9 @@ def main(ctx: click.Context, verbose: int) -> None:
     elif verbose == 1 or ctx.invoked_subcommand == "serve":
         level = logging.INFO
     else:
-        level = logging.WARNING  # a command's output is its answer; warnings still show
+        # A command's output and exit status are its answer; a failure is a ClickException.
+        # (Warnings such as the development login notice would repeat on every command.)
+        level = logging.ERROR
     ctx.obj = logs.configure(_log_format(), level)
 
 
@@ -199,6 +201,7 @@ def _banner(
     if generated and created:
         log.info("development secrets generated", file=secrets_file, names=",".join(generated))
         if settings.log_format == "console":
+            logs.flush()  # the values follow their heading
             for name, value in generated.items():
                 click.echo(f"  {name}={value}", err=True)
     elif generated:

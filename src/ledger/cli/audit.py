@@ -83,6 +83,22 @@ def verify(start: int, page: int) -> None:
         f"intact: {report.checked} events, positions {report.first_position or '-'}.."
         f"{report.last_position or '-'}, head hash {head} ({took:.2f} s, {rate:,.0f} events/s)"
     )
+    if report.first_position is not None and report.last_position is not None:
+        unused = report.last_position - report.first_position + 1 - report.checked
+        if unused > 0:
+            click.echo(gaps_explained(unused))
+
+
+def gaps_explained(unused: int) -> str:
+    """Why ``verify`` may report fewer events than its position range spans."""
+    values = "value was" if unused == 1 else "values were"
+    return (
+        f"positions are not contiguous: {unused} sequence {values} taken by duplicate "
+        "deliveries and rolled-back appends, which store no event. Nothing in between is "
+        "missing: each event's hash covers the one stored before it, so removing one breaks "
+        "the chain (that none were removed after the head shows only against a head kept "
+        "elsewhere: GET /v1/audit/head)."
+    )
 
 
 def _show(k: KeyInfo) -> str:
