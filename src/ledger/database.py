@@ -33,6 +33,10 @@ SQL = package_sql("roles")
 # superuser or the log's owner.
 APP_ROLE = "ledger_app"
 
+# Waiting for a pooled connection gives up after this long (TimeoutError: a 503), so a busy
+# or unreachable database answers within 5 s instead of holding the request.
+ACQUIRE_TIMEOUT = 3.0
+
 # A session: a dedicated connection or one lent by the pool (the one definition).
 Conn = asyncpg.Connection | PoolConnectionProxy
 

@@ -16,14 +16,13 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
+from ledger import database
 from ledger.api.problems import problem
 
 MAX_POSITION = 2**63 - 1  # PostgreSQL bigint
 MAX_TEXT = 320  # an e-mail address may be this long; identifiers are shorter
 MAX_TIME = 64  # an ISO 8601 date-time with offset fits easily
-# Waiting for a pooled connection gives up after this long (TimeoutError: a 503), so a busy
-# or unreachable database answers within 5 s instead of holding the request.
-ACQUIRE_TIMEOUT = 3.0
+ACQUIRE_TIMEOUT = database.ACQUIRE_TIMEOUT  # routes' bound on waiting for a pooled connection
 
 Position = Annotated[
     int, QueryParameter(ge=0, le=MAX_POSITION, description="a log position (0 = the start)")

@@ -27,8 +27,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
-from ledger.api.params import ACQUIRE_TIMEOUT
-from ledger.database import Conn
+from ledger.database import ACQUIRE_TIMEOUT, Conn
 from ledger.errors import (
     PositionBeyondHead,
     ProjectionLagging,
