@@ -36,6 +36,7 @@ from ledger.app import prepare_database
 from ledger.database import create_database
 from ledger.domain.events import DELIVERY_TOPICS, RECEIVED_TOPIC, delivery_id
 from tests.support import signed, until
+from tests.support.db import fetch
 from tests.support.servers import ServerProcess
 
 
@@ -106,18 +107,15 @@ async def client_loop(
 
 
 async def stored(database_url: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetch(
-            """
-            SELECT originator_id, notification_id, topic,
-                   convert_from(state, 'UTF8')::jsonb ->> 'dedup_key' AS dedup_key
-            FROM stored_events
-            ORDER BY notification_id
-            """
-        )
-    finally:
-        await conn.close()
+    return await fetch(
+        database_url,
+        """
+        SELECT originator_id, notification_id, topic,
+               convert_from(state, 'UTF8')::jsonb ->> 'dedup_key' AS dedup_key
+        FROM stored_events
+        ORDER BY notification_id
+        """,
+    )
 
 
 def report(fault: str, tally: Tally, rows: list[asyncpg.Record]) -> dict[str, int]:

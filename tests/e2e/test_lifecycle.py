@@ -26,11 +26,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from tests.support import SECRETS, bearer, signed, until
+from tests.support.db import fetchval
 from tests.support.servers import free_port, wait_ready
 
 READ_BOUND = "2"  # seconds, LEDGER_REQUEST_READ_TIMEOUT for these servers
@@ -114,11 +114,7 @@ async def serving(server: Serve) -> AsyncIterator[Serve]:
 
 
 async def event_count(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        count: int = await conn.fetchval("SELECT count(*) FROM stored_events")
-    finally:
-        await conn.close()
+    count: int = await fetchval(database_url, "SELECT count(*) FROM stored_events")
     return count
 
 

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
@@ -31,6 +30,7 @@ from ledger.domain.events import (
 from ledger.readmodels.contract import Conn
 from ledger.store.eventstore import StoredRecord
 from tests.support import SECRETS, bearer, live_server, make_key, until
+from tests.support.db import fetchval as scalar
 from tests.support.readmodels import append
 from tests.support.readmodels import midtrans_paid as stored_midtrans_paid
 from tests.support.servers import CHROMIUM, chromium
@@ -42,14 +42,6 @@ CLEAN = 1000
 def midtrans_paid(order_id: str) -> bytes:
     """A Midtrans settlement as ingest stored it before it refused unsafe text."""
     return stored_midtrans_paid(order_id, scheme="midtrans-sha512")
-
-
-async def scalar(url: str, sql: str, *args: object) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def test_poisoned_event_drill(client, database_url):

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from tests.support import bearer, make_key, signed
+from tests.support.db import fetch
 
 
 def db_name(url: str) -> str:
@@ -39,12 +40,7 @@ async def outage(server_url: str, database_url: str) -> AsyncIterator[None]:
 
 
 async def event_ids(url: str) -> set[uuid.UUID]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT originator_id FROM stored_events")
-    finally:
-        await conn.close()
-    return {r[0] for r in rows}
+    return {r[0] for r in await fetch(url, "SELECT originator_id FROM stored_events")}
 
 
 def assert_unavailable(r) -> None:  # type: ignore[no-untyped-def]

@@ -10,14 +10,11 @@ import asyncpg
 import pytest
 
 from tests.support import bearer, live_server, make_key, signed
+from tests.support.db import fetchval
 
 
 async def count_events(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        n: int = await conn.fetchval("SELECT count(*) FROM stored_events")
-    finally:
-        await conn.close()
+    n: int = await fetchval(url, "SELECT count(*) FROM stored_events")
     return n
 
 

@@ -24,13 +24,6 @@ MUTATIONS = {
 
 
 @pytest.fixture
-async def owner(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def service(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """Connected the way ``ledger.database.create_pool`` connects."""
     conn = await asyncpg.connect(database_url, server_settings={"role": APP_ROLE})

@@ -36,13 +36,6 @@ QUIET = {"LEDGER_RUN_PROJECTIONS": "false", "LEDGER_RUN_OUTBOX": "false"}
 
 
 @pytest.fixture
-async def owner(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def services(database_url: str) -> AsyncIterator[Services]:
     async with running_services(make_settings(**QUIET), database_url) as services:
         yield services

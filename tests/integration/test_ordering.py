@@ -26,6 +26,7 @@ from ledger.database import APP_ROLE, create_pool
 from ledger.sql import package_sql
 from ledger.store.eventstore import EventStore, NewEvent
 from tests.support import until
+from tests.support.db import fetch
 
 APPEND = package_sql("store")["append"]
 TOPIC = "tests.ordering:Probe"
@@ -79,11 +80,7 @@ async def app_connection(url: str) -> asyncpg.Connection:
 
 
 async def log_ids(url: str) -> list[uuid.UUID]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT originator_id FROM stored_events ORDER BY notification_id")
-    finally:
-        await conn.close()
+    rows = await fetch(url, "SELECT originator_id FROM stored_events ORDER BY notification_id")
     return [r["originator_id"] for r in rows]
 
 

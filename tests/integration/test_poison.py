@@ -24,6 +24,7 @@ from ledger.readmodels.contract import Conn
 from ledger.readmodels.runner import ProjectionRunner, retry_poisoned, start_rebuild
 from ledger.store.eventstore import EventStore, StoredRecord
 from tests.support import PATIENCE, until
+from tests.support.db import fetch
 from tests.support.readmodels import append as append_events
 from tests.support.readmodels import midtrans_paid, run_until, running
 from tests.support.readmodels import runner as make_runner
@@ -76,14 +77,11 @@ async def clean(url: str, n: int) -> list[int]:
 
 
 async def poisoned_rows(url: str, consumer: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(
-            "SELECT * FROM poisoned_events WHERE consumer = $1 ORDER BY generation, position",
-            consumer,
-        )
-    finally:
-        await conn.close()
+    return await fetch(
+        url,
+        "SELECT * FROM poisoned_events WHERE consumer = $1 ORDER BY generation, position",
+        consumer,
+    )
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ back from the real log and folded into a fresh schema per projection, as the run
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,11 +14,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from ledger.domain.events import (
-    DELIVERY_TOPIC,
     RECEIVED_TOPIC,
-    DeliveryState,
     delivery_id,
-    encode_state,
 )
 from ledger.payments import orderstatus
 from ledger.payments.rules import Catalogue, subscription_status
@@ -31,6 +26,7 @@ from ledger.projections.token_balances import TokenBalances
 from ledger.store.eventstore import EventStore, NewEvent
 from tests.support import signed
 from tests.support.readmodels import (
+    delivery_state,
     digest,
     fold,
     mayar_body,
@@ -272,19 +268,8 @@ async def test_review_lists_quarantined_and_conflicted(client, database_url):
 def recorded_before_0009(provider: str, kind: str, key: str, body: bytes) -> NewEvent:
     """A Received event as the log may hold it from before ingest refused unsafe text
     (ADR 0009 addendum): today such a body is quarantined, so it is written directly."""
-    state = DeliveryState(
-        originator_topic=DELIVERY_TOPIC,
-        timestamp=datetime.now(UTC),
-        provider=provider,
-        dedup_key=key,
-        kind=kind,
-        source=None,
-        scheme="test",
-        headers={},
-        body_sha256=hashlib.sha256(body).hexdigest(),
-        body_b64=base64.b64encode(body).decode("ascii"),
-    )
-    return NewEvent(delivery_id(key), RECEIVED_TOPIC, encode_state(state))
+    state = delivery_state(provider, key, kind, body, headers={})
+    return NewEvent(delivery_id(key), RECEIVED_TOPIC, state)
 
 
 async def test_nul_characters_from_a_provider_never_stop_a_projection(client, database_url):

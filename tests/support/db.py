@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -39,6 +40,18 @@ async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    """The rows of one query on its own connection."""
+    async with connection(url) as conn:
+        return list(await conn.fetch(sql, *args))
+
+
+async def fetchval(url: str, sql: str, *args: object) -> Any:
+    """The first value of one query on its own connection."""
+    async with connection(url) as conn:
+        return await conn.fetchval(sql, *args)
 
 
 async def make_key(url: str, *scopes: str, name: str = "test") -> str:

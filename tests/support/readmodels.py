@@ -78,7 +78,13 @@ class Counting:
 
 
 def delivery_state(
-    provider: str, dedup_key: str, kind: str, body: bytes, *, scheme: str = "test"
+    provider: str,
+    dedup_key: str,
+    kind: str,
+    body: bytes,
+    *,
+    scheme: str = "test",
+    headers: dict[str, str] | None = None,
 ) -> bytes:
     """A delivery's stored state, as ingest would have written it for ``body``."""
     return encode_state(
@@ -90,7 +96,7 @@ def delivery_state(
             kind=kind,
             source=None,
             scheme=scheme,
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json"} if headers is None else headers,
             body_sha256=hashlib.sha256(body).hexdigest(),
             body_b64=base64.b64encode(body).decode(),
         )

@@ -189,6 +189,22 @@ class ServerProcess:
         self.proc = None
 
 
+# -- loopback HTTP sinks -------------------------------------------------------------------------
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    """One HTTP/1.1 request (a content-length body): its request line, headers (lower-case
+    names) and body. Raises ``IncompleteReadError`` when the client goes away."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        k.strip().lower(): v.strip()
+        for k, _, v in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return lines[0], headers, body
+
+
 # -- a loopback partner for the outbox ---------------------------------------------------------
 
 PARTNER_SYNC_SECRET = SECRETS["LEDGER_PARTNER_SYNC_SECRET"]
@@ -235,13 +251,7 @@ class Partner:
         self._writers.add(writer)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
-                }
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                _, headers, body = await read_request(reader)
                 if not await self._respond(headers, body, reader, writer):
                     return
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ledger.outbox.senders import EXCERPT, HttpClient, HttpSender, Result
+from tests.support.servers import read_request
 
 SECRET = "partner-sync-secret-for-tests"
 BODY = b'{"event":"booking.paid","booking_id":"B-1","status":"LUNAS","paid_amount":32000}'
@@ -53,14 +54,7 @@ class Loopback:
         self.connections += 1
         try:
             while True:
-                raw = await reader.readuntil(b"\r\n\r\n")
-                lines = raw.decode("latin-1").split("\r\n")
-                headers = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
-                }
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                seen = Seen(lines[0], headers, body)
+                seen = Seen(*await read_request(reader))
                 self.requests.append(seen)
                 reply = await self.answer(seen)
                 if reply is None:
