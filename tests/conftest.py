@@ -21,6 +21,7 @@ from ledger.app import create_app, prepare_database
 from ledger.config import Settings
 from ledger.database import start_embedded, with_database
 from tests.support import scratch_database, test_settings
+from tests.support.db import connection
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +63,8 @@ async def database_url(server_url: str, template_url: str) -> AsyncIterator[str]
 @pytest.fixture
 async def owner(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to this test's database as its owner (the migrating role)."""
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
+    async with connection(database_url) as conn:
+        yield conn
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import pytest
 
 from ledger import migrate
 from tests.support import PATIENCE, scratch_database
+from tests.support.db import connection
 
 FOUNDATION = 2  # the last migration of the foundation (issue 2)
 
@@ -248,9 +249,8 @@ async def empty_url(server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def conn(empty_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(empty_url)
-    yield c
-    await c.close()
+    async with connection(empty_url) as c:
+        yield c
 
 
 def foundation() -> list[migrate.Migration]:
