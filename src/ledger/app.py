@@ -297,6 +297,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         dependencies=dependencies(),
         guards=[reject_unstorable],  # NUL and controls in path or query: 400, on every route
         openapi_config=openapi_config(__version__),
+        # The process's entrypoint owns logging (ledger.logs via `ledger serve`, replayed in
+        # --workers children): litestar's default config would replace it with its own format.
+        logging_config=None,
         debug=False,
     )
 

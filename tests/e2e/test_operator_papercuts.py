@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from ledger.ingest.samples import build
 from tests.support import SECRETS, signed
@@ -78,11 +79,11 @@ class Serve:
 
 
 @asynccontextmanager
-async def serving(env: dict[str, str], logs: Path) -> AsyncIterator[Serve]:
+async def serving(env: dict[str, str], logs: Path, *args: str) -> AsyncIterator[Serve]:
     server = Serve(env, logs)
     with server.stdout.open("wb") as out, server.stderr.open("wb") as err:
         server.proc = subprocess.Popen(
-            [LEDGER, "serve", "--port", str(server.port)],
+            [LEDGER, "serve", "--port", str(server.port), *args],
             env=env,
             stdout=out,
             stderr=err,
@@ -100,11 +101,13 @@ async def serving(env: dict[str, str], logs: Path) -> AsyncIterator[Serve]:
 # -- one log format ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("args", [(), ("--workers", "2")], ids=["one-process", "two-workers"])
 async def test_serve_with_json_logs_writes_only_json_lines_and_no_secret(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, args: tuple[str, ...]
 ) -> None:
+    # With --workers, each child process logs too (uvicorn replays the config in it).
     env = ledger_env(database_url, tmp_path / "home", LEDGER_LOG_FORMAT="json")
-    async with serving(env, tmp_path) as server:
+    async with serving(env, tmp_path, *args) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             d = signed("midtrans", "settlement")
             r = await http.post(d.path, content=d.body, headers=d.headers)
