@@ -21,7 +21,9 @@ import httpx
 import pytest
 
 from ledger.database import start_embedded
-from tests.support import bearer, live_server, make_key, signed
+from tests.support import bearer, live_server, make_key, signed, until
+
+OUTAGE_PATIENCE = 120.0  # a guard against a hang: restarts are slow on a busy machine
 
 # Routes that answer without the database (the process itself, static descriptions).
 NO_DATABASE = {("GET", "/health"), ("GET", "/webhooks/partner"), ("GET", "/metrics")}
@@ -130,13 +132,6 @@ async def light_load(http: httpx.AsyncClient) -> AsyncIterator[Counter[int]]:
         await task
 
 
-async def until(predicate, what: str, bound: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + bound
-    while not await predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {bound} s"
-        await asyncio.sleep(0.2)
-
-
 @pytest.mark.slow
 async def test_every_route_answers_503_not_500_while_postgres_is_down_then_recovers(
     private_server,
@@ -157,7 +152,12 @@ async def test_every_route_answers_503_not_500_while_postgres_is_down_then_recov
             assert r.status_code < 500 or r.status_code == 503, (method, path, r.status_code)
 
         async with light_load(http) as load:
-            await until(lambda: asyncio.sleep(0, result=sum(load.values()) >= 3), "load")
+            await until(
+                lambda: asyncio.sleep(0, result=sum(load.values()) >= 3),
+                what="load",
+                timeout=OUTAGE_PATIENCE,
+                every=0.2,
+            )
             await asyncio.to_thread(stop_immediately, server)
             before = sum(load.values())
 
@@ -167,7 +167,12 @@ async def test_every_route_answers_503_not_500_while_postgres_is_down_then_recov
                 answers.append((method, kw["template"], r, elapsed))
             ready = await http.get("/ready")
             health = await http.get("/health")
-            await until(lambda: asyncio.sleep(0, result=load[503] >= 3), "load meets the outage")
+            await until(
+                lambda: asyncio.sleep(0, result=load[503] >= 3),
+                what="load meets the outage",
+                timeout=OUTAGE_PATIENCE,
+                every=0.2,
+            )
 
             problems = []
             for method, template, r, elapsed in answers:
@@ -194,10 +199,19 @@ async def test_every_route_answers_503_not_500_while_postgres_is_down_then_recov
             async def ready_ok() -> bool:
                 return (await http.get("/ready")).status_code == 200
 
-            await until(webhook_ok, "a webhook is accepted again")
-            await until(ready_ok, "/ready answers 200 again")
+            await until(
+                webhook_ok, what="a webhook is accepted again", timeout=OUTAGE_PATIENCE, every=0.2
+            )
+            await until(
+                ready_ok, what="/ready answers 200 again", timeout=OUTAGE_PATIENCE, every=0.2
+            )
             recovered = load[200]
-            await until(lambda: asyncio.sleep(0, result=load[200] > recovered), "load recovers")
+            await until(
+                lambda: asyncio.sleep(0, result=load[200] > recovered),
+                what="load recovers",
+                timeout=OUTAGE_PATIENCE,
+                every=0.2,
+            )
 
         # The load only ever saw 200 (recorded) or 503 (nothing recorded), never a 500.
         assert set(load) <= {200, 503}, load
@@ -244,7 +258,9 @@ async def test_a_request_that_cannot_get_a_pooled_connection_is_503_not_a_wait(d
                 )
                 return bool(n >= 15)
 
-            await until(blocked, "the revocations wait on the lock")
+            await until(
+                blocked, what="the revocations wait on the lock", timeout=OUTAGE_PATIENCE, every=0.2
+            )
             r = await http.get("/v1/audit/head", headers=headers)
             assert r.status_code == 503, r.text
             assert int(r.headers["retry-after"]) > 0
