@@ -22,17 +22,21 @@ from ledger.accounts.spend import Spender
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
 from ledger.api.admin import admin_page
-from ledger.api.audit import AuditController, KeysController
+from ledger.api.audit import AuditController
+from ledger.api.audit_timelines import AuditTimelinesController
 from ledger.api.docs import asset_router, openapi_config
 from ledger.api.events import EventsController
 from ledger.api.health import health, ready
+from ledger.api.keys import KeysController
 from ledger.api.metrics import MetricsController
-from ledger.api.orders import OrdersController, ReviewController, SubscriptionsController
+from ledger.api.orders import OrdersController
 from ledger.api.outbox import OutboxController
 from ledger.api.params import reject_unstorable
 from ledger.api.projections import ProjectionsController
+from ledger.api.review import ReviewController
 from ledger.api.slow_clients import BodyReadDeadline
 from ledger.api.stream import stream
+from ledger.api.subscriptions import SubscriptionsController
 from ledger.api.webhooks import WebhookController
 from ledger.audit.index import AuditIndexer
 from ledger.audit.keys import KeyRing
@@ -44,11 +48,11 @@ from ledger.live.hub import StreamHub
 from ledger.metrics import Metrics
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.readmodels.access import ReadModels
+from ledger.readmodels.contract import Projection, discover
 from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import EventStore, GroupCommitter
 
 log = logging.getLogger("ledger")
-from ledger.readmodels.contract import Projection, discover
 
 
 @dataclass
@@ -72,22 +76,18 @@ class Services:
     dispatcher: Any = None  # the outbox dispatcher when this process delivers messages
     hub: StreamHub | None = None  # the live stream (started by the outbox components)
     extras: dict[str, Any] = field(default_factory=dict)
+    # The read models of this code base, configured (see ``installed_projections``).
+    projections: dict[str, Projection] = field(default_factory=dict)
 
 
 class Component(Protocol):
     """A background part of the service, started after Services and stopped in reverse."""
-    # The read models of this code base, configured (see ``installed_projections``).
-    projections: dict[str, Projection] = field(default_factory=dict)
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
 
-def components(services: Services) -> list[Component]:
-    """The background components this process runs (add one line per component)."""
-    found: list[Component] = []
-    if services.settings.run_projections:
 def installed_projections(settings: Settings | None = None) -> dict[str, Projection]:
     """Every read model in ``projections/``, by name, configured from ``settings`` (the
     environment's when None). The one place that names the concrete projections: the rest
@@ -100,6 +100,10 @@ def installed_projections(settings: Settings | None = None) -> dict[str, Project
     return discover(ledger.projections)
 
 
+def components(services: Services) -> list[Component]:
+    """The background components this process runs (add one line per component)."""
+    found: list[Component] = []
+    if services.settings.run_projections:
         from ledger.readmodels.runner import ProjectionRunner
 
         options = services.extras.get("runner_options", {})
@@ -155,11 +159,11 @@ async def running_services(
         keyring=KeyRing(pool, listen_url=url, ttl=cfg.key_cache_seconds),
         database_url=url,
         read_models=read_models,
+        projections=projections,
         spender=Spender(store, committer, read_models),
         extras={"runner_options": runner_options or {}},
     )
     started: list[Component] = []
-        projections=projections,
     try:
         for comp in [services.keyring, *components(services)]:
             await comp.start()
@@ -189,6 +193,7 @@ def route_handlers() -> list[Any]:
         stream,
         admin_page,
         AuditController,
+        AuditTimelinesController,
         KeysController,
         asset_router(),
     ]

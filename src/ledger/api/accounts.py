@@ -10,16 +10,16 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.response import Response
 
-from ledger.accounts.spend import IdempotencyConflict, InsufficientTokens, SpendBusy, Spender
+from ledger.accounts.spend import Spender
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, problem, responses
 from ledger.payments.rules import normalize_customer
-from ledger.projections.token_balances import SQL as BALANCES_SQL
-from ledger.readmodels.access import ProjectionLagging, ReadModels, require_position
+from ledger.readmodels.access import ReadModels, require_position
 
 PROJECTION = "token_balances"
 MAX_CUSTOMER = 320
@@ -73,30 +73,6 @@ def customer_param(raw: str) -> str:
     return customer
 
 
-def lagging(exc: ProjectionLagging) -> Exception:
-    return problem(
-        503,
-        "projection-lagging",
-        "The projection has not caught up yet",
-        f"projection {exc.name!r} has applied up to position {exc.reached}; "
-        f"position {exc.wanted} is needed. Retry shortly.",
-        headers={"Retry-After": "1"},
-        projection=exc.name,
-        reached=exc.reached,
-        wanted=exc.wanted,
-        lag=exc.wanted - exc.reached,
-    )
-
-
-def spender(request: Request[Any, Any, Any]) -> Spender:
-    services = request.app.state.services
-    found: Spender | None = services.extras.get("spender")
-    if found is None:
-        found = Spender(services.store, services.committer, services.read_models)
-        services.extras["spender"] = found
-    return found
-
-
 class AccountsController(Controller):
     path = "/v1/accounts"
     tags = ["accounts"]
@@ -111,17 +87,16 @@ class AccountsController(Controller):
     )
     async def get_account(
         self,
-        request: Request[Any, Any, Any],
+        read_models: NamedDependency[ReadModels],
         customer: CustomerPath,
         min_position: MinPosition = None,
     ) -> Account:
         """Tokens (credited minus spent). A customer never seen has zero of everything."""
         who = customer_param(customer)
-        rm: ReadModels = request.app.state.services.read_models
-        await require_position(rm, PROJECTION, min_position)
-        async with rm.reading(PROJECTION) as conn:
+        await require_position(read_models, PROJECTION, min_position)
+        async with read_models.reading(PROJECTION) as conn:
             position = int(await conn.fetchval(LIVE_POSITION, PROJECTION) or 0)
-            row = await conn.fetchrow(BALANCES_SQL["account"], who)
+            row = await conn.fetchrow(read_models.query(PROJECTION, "account"), who)
         if row is None:
             return Account(
                 customer=who,
@@ -148,7 +123,10 @@ class AccountsController(Controller):
         responses=responses(*KEYED, 409, 413),
     )
     async def spend(
-        self, request: Request[Any, Any, Any], customer: CustomerPath
+        self,
+        request: Request[Any, Any, Any],
+        spender: NamedDependency[Spender],
+        customer: CustomerPath,
     ) -> Response[SpendAnswer]:
         """Body ``{"amount": n > 0, "idempotency_key": "...", "reason": "..."}``.
 
@@ -162,31 +140,9 @@ class AccountsController(Controller):
             req = _spend_decoder.decode(await request.body())
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise problem(400, "invalid-spend", "Invalid spend request", str(exc)) from None
-        try:
-            res = await spender(request).spend(who, req.amount, req.idempotency_key, req.reason)
-        except InsufficientTokens as exc:
-            raise problem(
-                409,
-                "insufficient-tokens",
-                "Not enough tokens",
-                f"the balance is {exc.balance} tokens; {exc.amount} were asked for",
-                balance=exc.balance,
-                amount=exc.amount,
-            ) from None
-        except IdempotencyConflict as exc:
-            raise problem(
-                409,
-                "idempotency-key-reused",
-                "The idempotency key was used for a different spend",
-                f"idempotency_key was first used to spend {exc.first.amount} tokens; "
-                "use a new key for a new spend",
-            ) from None
-        except ProjectionLagging as exc:
-            raise lagging(exc) from None
-        except SpendBusy as exc:
-            raise problem(
-                503, "spend-busy", "Try again", str(exc), headers={"Retry-After": "1"}
-            ) from None
+        # InsufficientTokens, IdempotencyConflict, ProjectionLagging and SpendBusy become
+        # problem+json in ledger.api.problems (the one mapping).
+        res = await spender.spend(who, req.amount, req.idempotency_key, req.reason)
         headers = {"Idempotent-Replayed": "true"} if res.replayed else {}
         return Response(
             SpendAnswer(balance=res.balance, position=res.position, event_id=res.event_id),

@@ -1,7 +1,7 @@
-"""Finance audit routes (``/v1/audit``) and key administration with a reason (``/v1/keys``).
+"""Finance audit routes (``/v1/audit``): the chain head, search, export and the daily summary.
 
+Order and customer timelines and the as-of views are in ``ledger.api.audit_timelines``.
 Times in query strings: see ``ledger.api.times`` (ISO 8601, inside the calendar).
-``reason_header`` is the one way routes read the operator's ``X-Ledger-Reason``.
 """
 
 from __future__ import annotations
@@ -12,50 +12,30 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, get
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
-from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Stream
 
-from ledger.api.accounts import customer_param
-from ledger.api.auth import current_key, require_key
+from ledger.api.auth import require_key
 from ledger.api.docs import BEARER, CsvOrJsonLines
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
     MAX_TEXT,
-    CustomerPath,
-    IdPath,
     Limit,
-    OptionalPosition,
-    OrderIdPath,
     Position,
-    ProviderPath,
     Text,
 )
-from ledger.api.problems import KEYED, problem, responses
-from ledger.api.times import AsOf, From, To, day_window, parse_time
-from ledger.audit import asof, chain
+from ledger.api.problems import KEYED, responses
+from ledger.api.times import From, To, day_window, parse_time
+from ledger.audit import chain
 from ledger.audit import index as audit
-from ledger.audit.keys import KeyRing, list_keys, revoke_key
-from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
+from ledger.payments.amounts import plain_or_none
 
-REASON_HEADER = "x-ledger-reason"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-def reason_header(request: Request[Any, Any, Any]) -> str:
-    """The operator's reason, or a 400 problem naming the header."""
-    try:
-        return check_reason(request.headers.get(REASON_HEADER))
-    except ReasonRequired as exc:
-        raise problem(
-            400,
-            "reason-required",
-            "A reason is required",
-            f"send why in the X-Ledger-Reason header ({exc})",
-        ) from None
 
 
 class AuditEvent(msgspec.Struct, kw_only=True):
@@ -98,10 +78,6 @@ class Summary(msgspec.Struct, kw_only=True):
     providers: list[audit.ProviderDay]
 
 
-def _dec(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
 def _event(r: Any) -> AuditEvent:
     return AuditEvent(
         position=r["position"],
@@ -115,8 +91,8 @@ def _event(r: Any) -> AuditEvent:
         customer=r["customer"],
         order_id=r["order_id"],
         status=r["status"],
-        amount=_dec(r["amount"]),
-        paid_amount=_dec(r["paid_amount"]),
+        amount=plain_or_none(r["amount"]),
+        paid_amount=plain_or_none(r["paid_amount"]),
         currency=r["currency"],
         body_sha256=r["body_sha256"],
         actor=r["actor"],
@@ -162,8 +138,8 @@ class AuditController(Controller):
         summary="The latest position and its chain hash (keep daily digests)",
         responses=responses(*KEYED),
     )
-    async def head(self, request: Request[Any, Any, Any]) -> Head:
-        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+    async def head(self, pool: NamedDependency[asyncpg.Pool]) -> Head:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             position, digest = await chain.head(conn)
         return Head(position=position, hash=digest.hex() if digest else None)
 
@@ -174,7 +150,7 @@ class AuditController(Controller):
     )
     async def events(
         self,
-        request: Request[Any, Any, Any],
+        pool: NamedDependency[asyncpg.Pool],
         provider: Text = None,
         customer: Text = None,
         order_id: Text = None,
@@ -195,7 +171,6 @@ class AuditController(Controller):
             since=parse_time("from", from_),
             until=parse_time("to", to),
         )
-        pool = request.app.state.services.pool
         await audit.catch_up(pool)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await audit.search(conn, filters, after, limit + 1)
@@ -215,14 +190,13 @@ class AuditController(Controller):
     )
     async def export(
         self,
-        request: Request[Any, Any, Any],
+        pool: NamedDependency[asyncpg.Pool],
         from_: From = None,
         to: To = None,
         format_: Annotated[Literal["csv", "jsonl"], QueryParameter(name="format")] = "csv",
     ) -> Stream:
         since = parse_time("from", from_) or _EPOCH
         until = parse_time("to", to) or _FAR
-        pool = request.app.state.services.pool
         await audit.catch_up(pool)
         pages = audit.export_pages(pool, since, until)
         if format_ == "csv":
@@ -238,126 +212,19 @@ class AuditController(Controller):
         )
 
     @get(
-        "/orders/{provider:str}/{order_id:str}",
-        summary="An order's deliveries and effects",
-        responses=responses(*KEYED),
-    )
-    async def order_timeline(
-        self,
-        request: Request[Any, Any, Any],
-        provider: ProviderPath,
-        order_id: OrderIdPath,
-        after: Position = 0,
-        limit: Limit = 500,
-        at_position: OptionalPosition = None,
-        as_of: AsOf = None,
-    ) -> Timeline:
-        """``order_status`` is the status as of the cut-off (the whole log by default)."""
-        return await _timeline(
-            request,
-            f"{provider}:{order_id}",
-            "timeline_order",
-            (provider, order_id),
-            ("order", f"{provider}:{order_id}"),
-            after,
-            limit,
-            at_position,
-            as_of,
-        )
-
-    @get(
-        "/customers/{customer:str}",
-        summary="A customer's events and their effects",
-        responses=responses(*KEYED),
-    )
-    async def customer_timeline(
-        self,
-        request: Request[Any, Any, Any],
-        customer: CustomerPath,
-        after: Position = 0,
-        limit: Limit = 200,
-        at_position: OptionalPosition = None,
-        as_of: AsOf = None,
-    ) -> Timeline:
-        who = customer_param(customer)
-        return await _timeline(
-            request,
-            who,
-            "timeline_customer",
-            (who,),
-            ("customer", who),
-            after,
-            limit,
-            at_position,
-            as_of,
-        )
-
-    @get(
-        "/customers/{customer:str}/balance",
-        summary="Tokens as of a position or a time",
-        responses=responses(*KEYED),
-    )
-    async def balance(
-        self,
-        request: Request[Any, Any, Any],
-        customer: CustomerPath,
-        at_position: OptionalPosition = None,
-        as_of: AsOf = None,
-    ) -> asof.BalanceAsOf:
-        from ledger.projections.token_balances import PROJECTION  # the live read model's catalogue
-
-        upto = parse_time("as_of", as_of)
-        pool = request.app.state.services.pool
-        await audit.catch_up(pool)
-        async with (
-            pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
-            conn.transaction(isolation="repeatable_read"),
-        ):
-            position = await asof.cutoff(conn, at_position, upto)
-            return await asof.balance_as_of(
-                conn, customer_param(customer), position, PROJECTION.catalogue, upto
-            )
-
-    @get(
-        "/customers/{customer:str}/subscriptions",
-        summary="Subscriptions as of a point",
-        responses=responses(*KEYED),
-    )
-    async def subscriptions(
-        self,
-        request: Request[Any, Any, Any],
-        customer: CustomerPath,
-        at_position: OptionalPosition = None,
-        as_of: AsOf = None,
-    ) -> asof.SubscriptionsAsOf:
-        """Status (active, cancelled, expired) of each license right after the cut-off;
-        expiry is judged at ``as_of``, or when the cut-off event was recorded."""
-        upto = parse_time("as_of", as_of)
-        pool = request.app.state.services.pool
-        await audit.catch_up(pool)
-        async with (
-            pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
-            conn.transaction(isolation="repeatable_read"),
-        ):
-            position = await asof.cutoff(conn, at_position, upto)
-            at = await asof.evaluation_time(conn, position, at_position, upto)
-            return await asof.subscriptions_as_of(conn, customer_param(customer), position, at)
-
-    @get(
         "/summary",
         summary="Per provider for one day: deliveries, paid, refunds, failures",
         responses=responses(*KEYED),
     )
     async def summary(
         self,
-        request: Request[Any, Any, Any],
+        pool: NamedDependency[asyncpg.Pool],
         date_: Annotated[str, QueryParameter(name="date", max_length=10, description="YYYY-MM-DD")],
         tz: Annotated[
             str, QueryParameter(max_length=64, description="IANA time zone of the day")
         ] = "UTC",
     ) -> Summary:
         day, since, until = day_window(date_, tz)
-        pool = request.app.state.services.pool
         await audit.catch_up(pool)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             days = await audit.summary(conn, since, until)
@@ -368,120 +235,3 @@ class AuditController(Controller):
             until=until.isoformat(),
             providers=days,
         )
-
-
-class Timeline(msgspec.Struct, kw_only=True):
-    subject: str
-    order_status: str | None
-    entries: list[audit.TimelineEntry]
-    next_after: int
-    has_more: bool
-    at_position: int | None = None
-    as_of: str | None = None
-
-
-async def _credits_schema(request: Request[Any, Any, Any]) -> str | None:
-    """The live token_balances schema, or None where that projection never ran."""
-    read_models = request.app.state.services.read_models
-    try:
-        schema: str = await read_models.live_schema("token_balances")
-    except ProblemDetailsException:
-        return None
-    return schema
-
-
-async def _timeline(
-    request: Request[Any, Any, Any],
-    subject: str,
-    query: str,
-    args: tuple[Any, ...],
-    outbox_key: tuple[str, str],
-    after: int,
-    limit: int,
-    at_position: int | None,
-    as_of: str | None,
-) -> Timeline:
-    upto = parse_time("as_of", as_of)
-    pool = request.app.state.services.pool
-    await audit.catch_up(pool)
-    credits = await _credits_schema(request)
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        rows = await conn.fetch(audit.SQL[query], *args, after, limit + 1, at_position, upto)
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        entries = await audit.timeline(conn, rows, outbox_key, credits)
-    statuses = [e.order_status_after for e in entries if e.order_status_after]
-    return Timeline(
-        subject=subject,
-        order_status=statuses[-1] if query == "timeline_order" and statuses else None,
-        entries=entries,
-        next_after=entries[-1].position if entries else after,
-        has_more=has_more,
-        at_position=at_position,
-        as_of=upto.isoformat() if upto else None,
-    )
-
-
-class KeyView(msgspec.Struct, kw_only=True):
-    key_id: str
-    name: str
-    scopes: list[str]
-    created_at: str
-    revoked_at: str | None
-
-
-class Revoked(msgspec.Struct, kw_only=True):
-    key: KeyView
-    revoked_now: bool
-    position: int | None
-
-
-def _key_view(k: Any) -> KeyView:
-    return KeyView(
-        key_id=k.key_id,
-        name=k.name,
-        scopes=list(k.scopes),
-        created_at=k.created_at.isoformat(),
-        revoked_at=k.revoked_at.isoformat() if k.revoked_at else None,
-    )
-
-
-class KeysController(Controller):
-    path = "/v1/keys"
-    tags = ["operators"]
-    guards = [require_key]
-    opt = {"scopes": ("ops:admin",)}
-    security = BEARER
-
-    @get(
-        "/",
-        summary="API keys: ids, names, scopes, created/revoked (never secrets)",
-        responses=responses(*KEYED),
-    )
-    async def list_keys(self, request: Request[Any, Any, Any]) -> list[KeyView]:
-        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            return [_key_view(k) for k in await list_keys(conn)]
-
-    @post(
-        "/{key_id:str}/revoke",
-        status_code=200,
-        summary="Revoke a key (X-Ledger-Reason)",
-        responses=responses(*KEYED, 404, 413),
-    )
-    async def revoke(self, request: Request[Any, Any, Any], key_id: IdPath) -> Revoked:
-        reason = reason_header(request)
-        actor = current_key(request)
-        services = request.app.state.services
-        async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-            info, now = await revoke_key(conn, key_id)
-            position = None
-            if now:
-                event = operator_event(
-                    actor.key_id, "ops:admin", "key.revoke", f"api_key:{key_id}", reason
-                )
-                position = await append_in(conn, event)
-        if info is None:
-            raise problem(404, "key-not-found", "No such key", f"no API key {key_id!r}")
-        keyring: KeyRing = services.keyring
-        keyring.invalidate(key_id)
-        return Revoked(key=_key_view(info), revoked_now=now, position=position)

@@ -1,5 +1,8 @@
 """API-key guard: ``Authorization: Bearer <key>``; the route's ``opt["scopes"]`` says which
-scopes may call it (any one suffices)."""
+scopes may call it (any one suffices). ``current_key`` and ``reason_header``: who acts, and why.
+
+Guards cannot declare litestar dependencies, so the guard takes the keyring from the running
+services in ``app.state`` (set by the composition root); handlers get components injected."""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from litestar.handlers.base import BaseRouteHandler
 
 from ledger.api.problems import problem
 from ledger.audit.keys import ApiKey, KeyRing
+from ledger.audit.trail import ReasonRequired, check_reason
+
+REASON_HEADER = "x-ledger-reason"
 
 
 async def require_key(
@@ -48,3 +54,16 @@ async def require_key(
 def current_key(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey:
     key: ApiKey = connection.scope["state"]["api_key"]
     return key
+
+
+def reason_header(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The operator's reason (``X-Ledger-Reason``), or a 400 problem naming the header."""
+    try:
+        return check_reason(connection.headers.get(REASON_HEADER))
+    except ReasonRequired as exc:
+        raise problem(
+            400,
+            "reason-required",
+            "A reason is required",
+            f"send why in the X-Ledger-Reason header ({exc})",
+        ) from None

@@ -8,7 +8,8 @@ import uuid
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, get
+from litestar.di import NamedDependency
 from litestar.response import Response
 
 from ledger.api.auth import require_key
@@ -81,11 +82,10 @@ class EventsController(Controller):
     @get("/", summary="Events in log order after a position", responses=responses(*KEYED))
     async def list_events(
         self,
-        request: Request[Any, Any, Any],
+        store: NamedDependency[EventStore],
         after: Position = 0,
         limit: Limit = 100,
     ) -> EventPage:
-        store: EventStore = request.app.state.services.store
         rows = await store.read_after(after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
@@ -100,8 +100,8 @@ class EventsController(Controller):
         summary="One event, with the raw body as received",
         responses=responses(*KEYED, 404),
     )
-    async def get_event(self, request: Request[Any, Any, Any], event_id: IdPath) -> EventDetail:
-        rec = await self._find(request, event_id)
+    async def get_event(self, store: NamedDependency[EventStore], event_id: IdPath) -> EventDetail:
+        rec = await _find(store, event_id)
         body = raw_body(rec)
         text: str | None = None
         if body is not None:
@@ -121,8 +121,10 @@ class EventsController(Controller):
         summary="The exact bytes a provider sent (with the provider's content type)",
         responses=responses(*KEYED, 404),
     )
-    async def get_raw(self, request: Request[Any, Any, Any], event_id: IdPath) -> Response[bytes]:
-        rec = await self._find(request, event_id)
+    async def get_raw(
+        self, store: NamedDependency[EventStore], event_id: IdPath
+    ) -> Response[bytes]:
+        rec = await _find(store, event_id)
         body = raw_body(rec)
         if body is None:
             raise problem(
@@ -131,15 +133,15 @@ class EventsController(Controller):
         ctype = _state(rec).get("headers", {}).get("content-type", "application/octet-stream")
         return Response(body, media_type=ctype)
 
-    async def _find(self, request: Request[Any, Any, Any], event_id: IdPath) -> StoredRecord:
-        try:
-            eid = uuid.UUID(event_id)
-        except ValueError:
-            raise problem(
-                400, "invalid-event-id", "Invalid event id", f"event_id {event_id!r} is not a UUID"
-            ) from None
-        store: EventStore = request.app.state.services.store
-        rec = await store.get(eid)
-        if rec is None:
-            raise problem(404, "event-not-found", "No such event", f"no event {event_id}")
-        return rec
+
+async def _find(store: EventStore, event_id: str) -> StoredRecord:
+    try:
+        eid = uuid.UUID(event_id)
+    except ValueError:
+        raise problem(
+            400, "invalid-event-id", "Invalid event id", f"event_id {event_id!r} is not a UUID"
+        ) from None
+    rec = await store.get(eid)
+    if rec is None:
+        raise problem(404, "event-not-found", "No such event", f"no event {event_id}")
+    return rec

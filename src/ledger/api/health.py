@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from litestar import Request, get
+from litestar import get
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response import Response
 
 from ledger import migrate
-from ledger.store.eventstore import UNAVAILABLE_ERRORS
 from ledger.store.eventstore import SQL as STORE_SQL
+from ledger.store.eventstore import UNAVAILABLE_ERRORS
 
 RETRY = {"Retry-After": "5"}
 
@@ -33,8 +34,7 @@ async def health() -> dict[str, str]:
         )
     },
 )
-async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    pool: asyncpg.Pool = request.app.state.services.pool
+async def ready(pool: NamedDependency[asyncpg.Pool]) -> Response[dict[str, Any]]:
     try:
         async with pool.acquire(timeout=2) as conn:
             todo = await migrate.pending(conn)

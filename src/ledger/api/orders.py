@@ -1,29 +1,22 @@
-"""Read models over HTTP: orders, subscriptions and the review queue.
+"""``GET /v1/orders/{provider}/{order_id}``: an order's status and history (read model).
 
-Every route accepts ``?min_position=N`` (read-your-writes): it waits, bounded, until the
+The route accepts ``?min_position=N`` (read-your-writes): it waits, bounded, until the
 projection has applied position N, else answers 503 ``projection-lagging`` with the lag.
+A Xendit order is found by our ``external_id`` or by Xendit's own invoice ``id``.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
-
 import msgspec
-from litestar import Controller, Request, get
-from litestar.params import QueryParameter
+from litestar import Controller, get
+from litestar.di import NamedDependency
 
-from ledger.api.accounts import LIVE_POSITION, customer_param
+from ledger.api.accounts import LIVE_POSITION
 from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
-from ledger.api.params import CustomerPath, Limit, MinPosition, OrderIdPath, Position, ProviderPath
+from ledger.api.params import MinPosition, OrderIdPath, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
 from ledger.payments import orderstatus
-from ledger.payments.rules import FOREVER, subscription_status
-from ledger.projections.orders import SQL as ORDERS_SQL
-from ledger.projections.review import SQL as REVIEW_SQL
-from ledger.projections.subscriptions import SQL as SUBSCRIPTIONS_SQL
-from ledger.readmodels import poison
 from ledger.readmodels.access import ReadModels, require_position
 
 ORDER_PROVIDERS = ("midtrans", "xendit", "partner")
@@ -51,44 +44,6 @@ class Order(msgspec.Struct, kw_only=True):
     position: int
 
 
-class Subscription(msgspec.Struct, kw_only=True):
-    license_code: str
-    status: Literal["active", "cancelled", "expired", "pending"]
-    access: bool  # active, or cancelled with time left
-    expiry: datetime | None  # None: no end
-    last_event_position: int
-
-
-class Subscriptions(msgspec.Struct, kw_only=True):
-    customer: str
-    items: list[Subscription]
-    position: int
-    as_of: datetime
-
-
-class ReviewItem(msgspec.Struct, kw_only=True):
-    event_id: str
-    position: int
-    reason: str
-    detail: str
-    provider: str
-    kind: str
-    dedup_key: str
-    link: str
-
-
-class ReviewPage(msgspec.Struct, kw_only=True):
-    items: list[ReviewItem]
-    next_after: int
-    has_more: bool
-    position: int
-
-
-def _rm(request: Request[Any, Any, Any]) -> ReadModels:
-    rm: ReadModels = request.app.state.services.read_models
-    return rm
-
-
 class OrdersController(Controller):
     path = "/v1/orders"
     tags = ["read models"]
@@ -103,13 +58,15 @@ class OrdersController(Controller):
     )
     async def get_order(
         self,
-        request: Request[Any, Any, Any],
+        read_models: NamedDependency[ReadModels],
         provider: ProviderPath,
         order_id: OrderIdPath,
         min_position: MinPosition = None,
     ) -> Order:
         """Status by precedence (arrival order does not matter); history in log order, with
-        notifications that arrived after a higher status marked ``late``."""
+        notifications that arrived after a higher status marked ``late``. ``order_id`` is
+        the provider's order id (Xendit: ``external_id``) or, failing that, the provider's
+        own id for the order (Xendit's invoice ``id``); the answer names the order id."""
         if provider not in ORDER_PROVIDERS:
             raise problem(
                 404,
@@ -117,11 +74,10 @@ class OrdersController(Controller):
                 "No such order provider",
                 f"provider must be one of {list(ORDER_PROVIDERS)}, not {provider!r}",
             )
-        rm = _rm(request)
-        await require_position(rm, "orders", min_position)
-        async with rm.reading("orders") as conn:
+        await require_position(read_models, "orders", min_position)
+        async with read_models.reading("orders") as conn:
             position = int(await conn.fetchval(LIVE_POSITION, "orders") or 0)
-            rows = await conn.fetch(ORDERS_SQL["history"], provider, order_id)
+            rows = await conn.fetch(read_models.query("orders", "history"), provider, order_id)
         if not rows:
             raise problem(
                 404,
@@ -150,7 +106,7 @@ class OrdersController(Controller):
         )
         return Order(
             provider=provider,
-            order_id=order_id,
+            order_id=rows[0]["order_id"],
             status=top.status,
             amount=top.amount,
             currency=top.currency,
@@ -170,100 +126,3 @@ class OrdersController(Controller):
             ],
             position=position,
         )
-
-
-class SubscriptionsController(Controller):
-    path = "/v1/subscriptions"
-    tags = ["read models"]
-    guards = [require_key]
-    security = BEARER
-    opt = {"scopes": ("audit:read", "tokens:write")}
-
-    @get(
-        "/{customer:str}",
-        summary="A customer's subscriptions, status as of now",
-        responses=responses(*KEYED),
-    )
-    async def get_subscriptions(
-        self,
-        request: Request[Any, Any, Any],
-        customer: CustomerPath,
-        min_position: MinPosition = None,
-    ) -> Subscriptions:
-        """One item per license code. The status is decided now: a subscription whose
-        expiry has passed reads ``expired`` even if no ``expired`` event came."""
-        who = customer_param(customer)
-        rm = _rm(request)
-        await require_position(rm, "subscriptions", min_position)
-        async with rm.reading("subscriptions") as conn:
-            position = int(await conn.fetchval(LIVE_POSITION, "subscriptions") or 0)
-            rows = await conn.fetch(SUBSCRIPTIONS_SQL["for_customer"], who)
-        now = datetime.now(UTC)
-        items = []
-        for r in rows:
-            status = subscription_status(
-                r["expiry"], r["cancelled_through"], r["expired_through"], now
-            )
-            items.append(
-                Subscription(
-                    license_code=r["license_code"],
-                    status=status,
-                    access=status in ("active", "cancelled"),
-                    expiry=None if r["expiry"] in (None, FOREVER) else r["expiry"],
-                    last_event_position=r["last_position"],
-                )
-            )
-        return Subscriptions(customer=who, items=items, position=position, as_of=now)
-
-
-class ReviewController(Controller):
-    path = "/v1/review"
-    tags = ["read models"]
-    guards = [require_key]
-    security = BEARER
-    opt = {"scopes": ("audit:read",)}
-
-    @get("/", summary="Deliveries that need a person", responses=responses(*KEYED))
-    async def list_review(
-        self,
-        request: Request[Any, Any, Any],
-        after: Position = 0,
-        limit: Limit = 100,
-        reason: Annotated[
-            str | None, QueryParameter(max_length=100, description="only this reason")
-        ] = None,
-        min_position: MinPosition = None,
-    ) -> ReviewPage:
-        """Quarantined, dedup conflicts, unknown package or customer, amount mismatch,
-        unreadable expiry, events a consumer of the log set aside (``poisoned:<consumer>``;
-        ``reason=poisoned`` lists them all): each with its reason and a link to the raw
-        event."""
-        rm = _rm(request)
-        await require_position(rm, "review", min_position)
-        async with rm.reading("review") as conn:
-            position = int(await conn.fetchval(LIVE_POSITION, "review") or 0)
-            rows = await conn.fetch(REVIEW_SQL["page"], after, limit + 1, reason)
-            # Events a consumer of the log set aside (ADR 0010): reason poisoned:<consumer>.
-            poisoned = await poison.review_rows(conn, after, limit + 1, reason)
-            rows = poison.merge_review(rows, poisoned, limit + 1)
-        has_more = len(rows) > limit
-        page = list(rows[:limit])
-        # Never split one event's reasons across pages: the cursor is a position.
-        if has_more and rows[limit]["position"] == page[-1]["position"]:
-            kept = [r for r in page if r["position"] != page[-1]["position"]]
-            page = kept or page
-        items = [
-            ReviewItem(
-                event_id=str(r["event_id"]),
-                position=r["position"],
-                reason=r["reason"],
-                detail=r["detail"],
-                provider=r["provider"],
-                kind=r["kind"],
-                dedup_key=r["dedup_key"],
-                link=f"/v1/events/{r['event_id']}",
-            )
-            for r in page
-        ]
-        next_after = items[-1].position if items else after
-        return ReviewPage(items=items, next_after=next_after, has_more=has_more, position=position)

@@ -10,8 +10,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from ledger.api.auth import current_key, require_key
@@ -19,7 +21,13 @@ from ledger.api.docs import BEARER
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath, Limit
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit.trail import ReasonRequired
-from ledger.outbox.dispatcher import NotRetryable, get_message, list_messages, retry_message
+from ledger.outbox.dispatcher import (
+    Dispatcher,
+    NotRetryable,
+    get_message,
+    list_messages,
+    retry_message,
+)
 
 State = Literal["pending", "dead", "delivered"]
 
@@ -79,7 +87,7 @@ class OutboxController(Controller):
     @get("/", summary="Outbox messages, newest first", responses=responses(*KEYED))
     async def list_outbox(
         self,
-        request: Request[Any, Any, Any],
+        pool: NamedDependency[asyncpg.Pool],
         message_state: Annotated[
             State | None, QueryParameter(name="state", description="pending, dead, delivered")
         ] = None,
@@ -88,7 +96,7 @@ class OutboxController(Controller):
         ] = None,
         limit: Limit = 100,
     ) -> MessagePage:
-        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await list_messages(conn, message_state, q, limit)
         return MessagePage(items=[msgspec.convert(r, Message) for r in rows])
 
@@ -97,9 +105,9 @@ class OutboxController(Controller):
         summary="One message with every attempt",
         responses=responses(*KEYED, 404),
     )
-    async def get_outbox(self, request: Request[Any, Any, Any], message_id: IdPath) -> Message:
+    async def get_outbox(self, pool: NamedDependency[asyncpg.Pool], message_id: IdPath) -> Message:
         mid = _id(message_id)
-        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             row = await get_message(conn, mid)
         if row is None:
             raise problem(404, "message-not-found", "No such message", f"no message {mid}")
@@ -111,13 +119,18 @@ class OutboxController(Controller):
         summary="Deliver a message again now",
         responses=responses(*KEYED, 404, 409, 413),
     )
-    async def retry(self, request: Request[Any, Any, Any], message_id: IdPath) -> Retried:
+    async def retry(
+        self,
+        request: Request[Any, Any, Any],
+        pool: NamedDependency[asyncpg.Pool],
+        dispatcher: NamedDependency[Dispatcher | None],
+        message_id: IdPath,
+    ) -> Retried:
         mid = _id(message_id)
         reason = request.headers.get("x-ledger-reason", "")
         key = current_key(request)
-        services = request.app.state.services
         try:
-            async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 position = await retry_message(
                     conn, mid, key_id=key.key_id, scope="ops:admin", reason=reason
                 )
@@ -134,6 +147,6 @@ class OutboxController(Controller):
             ) from None
         except NotRetryable as exc:
             raise problem(409, "not-retryable", "The message cannot be retried", str(exc)) from None
-        if services.dispatcher is not None:
-            services.dispatcher.wake()
+        if dispatcher is not None:
+            dispatcher.wake()
         return Retried(id=mid, state="pending", action_position=position)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
 from ledger.api.auth import current_key, require_key
@@ -15,9 +17,12 @@ from ledger.api.params import ACQUIRE_TIMEOUT
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit import index as audit
 from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
-from ledger.readmodels import poison, runner
+from ledger.readmodels import poison
+from ledger.readmodels import runner as runners
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.contract import Conn, Projection
+from ledger.readmodels.runner import ProjectionRunner
+from ledger.store.eventstore import EventStore
 
 
 class ConsumerStatus(msgspec.Struct, kw_only=True):
@@ -53,17 +58,16 @@ class RebuildStarted(msgspec.Struct, kw_only=True):
     started: bool  # false: a rebuild was already in progress; this is its generation
 
 
-def known(request: Request[Any, Any, Any]) -> dict[str, Projection]:
+def known(active: ProjectionRunner | None) -> dict[str, Projection]:
     """The projections of this code base (the runner's when this process runs one)."""
-    active = request.app.state.services.runner
     if active is not None and active.projections:
         found: dict[str, Projection] = active.projections
         return found
-    return runner.available()
+    return runners.available()
 
 
-def _find(request: Request[Any, Any, Any], name: str) -> Projection:
-    projections = known(request)
+def _find(runner: ProjectionRunner | None, name: str) -> Projection:
+    projections = known(runner)
     proj = projections.get(name)
     if proj is None:
         raise problem(
@@ -123,31 +127,36 @@ class ProjectionsController(Controller):
     )
     async def list_projections(
         self,
-        request: Request[Any, Any, Any],
+        read_models: NamedDependency[ReadModels],
+        runner: NamedDependency[ProjectionRunner | None],
+        store: NamedDependency[EventStore],
+        pool: NamedDependency[asyncpg.Pool],
         digest: Annotated[
             bool, QueryParameter(description="also compute each live content digest")
         ] = False,
     ) -> ProjectionList:
-        rm: ReadModels = request.app.state.services.read_models
+        rm = read_models
         items = await rm.status()
         if digest:
-            await _with_digests(rm, items, known(request))
-        head = items[0].head if items else await request.app.state.services.store.head()
-        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            await _with_digests(rm, items, known(runner))
+        head = items[0].head if items else await store.head()
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             index = await _audit_status(conn, await poison.annotate(conn, items))
         return ProjectionList(items=items, head=head, audit_index=index)
 
     @get("/{name:str}", summary="One projection's status", responses=responses(*KEYED, 404))
     async def get_projection(
         self,
-        request: Request[Any, Any, Any],
+        read_models: NamedDependency[ReadModels],
+        runner: NamedDependency[ProjectionRunner | None],
+        pool: NamedDependency[asyncpg.Pool],
         name: FromPath[str],
         digest: Annotated[bool, QueryParameter(description="also compute the digest")] = False,
     ) -> ProjectionStatus:
-        rm: ReadModels = request.app.state.services.read_models
+        rm = read_models
         found = [st for st in await rm.status() if st.name == name]
         if not found:
-            _find(request, name)  # 404 when the code does not know it either
+            _find(runner, name)  # 404 when the code does not know it either
             raise problem(
                 503,
                 "projection-unavailable",
@@ -156,8 +165,8 @@ class ProjectionsController(Controller):
                 headers={"Retry-After": "1"},
             )
         if digest:
-            await _with_digests(rm, found, known(request))
-        async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            await _with_digests(rm, found, known(runner))
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             await poison.annotate(conn, found)
         return found[0]
 
@@ -167,24 +176,29 @@ class ProjectionsController(Controller):
         summary="Rebuild from position 0 (blue/green)",
         responses=responses(*KEYED, 404, 413),
     )
-    async def rebuild(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RebuildStarted:
+    async def rebuild(
+        self,
+        request: Request[Any, Any, Any],
+        read_models: NamedDependency[ReadModels],
+        runner: NamedDependency[ProjectionRunner | None],
+        pool: NamedDependency[asyncpg.Pool],
+        name: FromPath[str],
+    ) -> RebuildStarted:
         """Start building a new generation beside the live one; the runner (in this or
         another process) folds it from position 0 and switches readers when it catches
         up. Follow it with ``GET /v1/projections``. Needs ``X-Ledger-Reason``: the request
         is recorded in the log as an operator action."""
-        proj = _find(request, name)
+        proj = _find(runner, name)
         reason = _reason(request)
         key = current_key(request)
-        services = request.app.state.services
-        async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             # The rebuild and its operator event commit together (the trail never lies).
-            generation, started = await runner.start_rebuild(conn, proj)
+            generation, started = await runners.start_rebuild(conn, proj)
             await append_in(
                 conn,
                 operator_event(key.key_id, "ops:admin", "projection.rebuild", name, reason),
             )
-        rm: ReadModels = services.read_models
-        live = int((await rm.live_schema(name)).rpartition("_g")[2])
+        live = int((await read_models.live_schema(name)).rpartition("_g")[2])
         return RebuildStarted(
             name=name, generation=generation, live_generation=live, started=started
         )
@@ -195,22 +209,27 @@ class ProjectionsController(Controller):
         summary="Re-apply a consumer's poisoned events",
         responses=responses(*KEYED, 404, 413),
     )
-    async def retry(self, request: Request[Any, Any, Any], name: FromPath[str]) -> RetryDone:
+    async def retry(
+        self,
+        request: Request[Any, Any, Any],
+        runner: NamedDependency[ProjectionRunner | None],
+        pool: NamedDependency[asyncpg.Pool],
+        name: FromPath[str],
+    ) -> RetryDone:
         """After a fix, re-apply the events projection ``name`` (or ``audit_index``) set
         aside: each one that now applies is marked resolved, each one that still fails
         stays poisoned with its new error. Late is correct: projections are
         order-independent folds (ADR 0008, 0010). Needs ``X-Ledger-Reason``: the retry and
         its operator event in the log commit together."""
-        proj = None if name == poison.AUDIT_INDEX else _find(request, name)
+        proj = None if name == poison.AUDIT_INDEX else _find(runner, name)
         reason = _reason(request)
         key = current_key(request)
-        services = request.app.state.services
         try:
-            async with services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
                 if proj is None:
                     outcomes = [await audit.retry_poisoned(conn)]
                 else:
-                    outcomes = await runner.retry_poisoned(conn, proj)
+                    outcomes = await runners.retry_poisoned(conn, proj)
                 await append_in(
                     conn,
                     operator_event(key.key_id, "ops:admin", "projection.retry", name, reason),

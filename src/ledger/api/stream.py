@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Request, get
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -29,9 +31,9 @@ from ledger.api.problems import KEYED, problem, responses
 from ledger.audit.keys import KeyRing
 from ledger.domain.events import DELIVERY_TOPICS
 from ledger.live.hub import StreamHub
+from ledger.store.eventstore import SQL as STORE_SQL
 
 SCOPES = ("audit:read", "ops:admin")
-from ledger.store.eventstore import SQL as STORE_SQL
 # A stream ends after this long; EventSource reconnects (``retry: 1000``) with Last-Event-ID
 # and misses nothing. Bounds how long a server shutdown waits for open streams.
 MAX_STREAM_SECONDS = 300.0
@@ -53,7 +55,7 @@ async def stream_guard(
     if connection.headers.get("authorization") or not token:
         await require_key(connection, handler)
         return
-    keyring: KeyRing = connection.app.state.services.keyring
+    keyring: KeyRing = connection.app.state.services.keyring  # guards take no dependencies
     key = await keyring.lookup(token)
     if key is None:
         raise problem(
@@ -69,7 +71,9 @@ async def stream_guard(
     connection.scope["state"]["api_key"] = key
 
 
-async def start_position(request: Request[Any, Any, Any], after: int | None, backlog: int) -> int:
+async def start_position(
+    request: Request[Any, Any, Any], pool: asyncpg.Pool, after: int | None, backlog: int
+) -> int:
     last_id = request.headers.get("last-event-id")
     if last_id is not None:
         try:
@@ -91,7 +95,7 @@ async def start_position(request: Request[Any, Any, Any], after: int | None, bac
         return value
     if after is not None:
         return after
-    async with request.app.state.services.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         if backlog > 0:
             pos = await conn.fetchval(NTH_LATEST, list(DELIVERY_TOPICS), backlog)
             return int(pos) if pos is not None else 0
@@ -109,6 +113,8 @@ async def start_position(request: Request[Any, Any, Any], after: int | None, bac
 )
 async def stream(
     request: Request[Any, Any, Any],
+    pool: NamedDependency[asyncpg.Pool],
+    hub: NamedDependency[StreamHub],
     after: Annotated[
         int | None,
         QueryParameter(ge=0, le=MAX_POSITION, description="start after this position"),
@@ -122,8 +128,7 @@ async def stream(
     ] = None,
 ) -> ServerSentEvent:
     del access_token  # checked by the guard
-    hub: StreamHub = request.app.state.services.extras["stream"]
-    start = await start_position(request, after, backlog)
+    start = await start_position(request, pool, after, backlog)
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(data=None, comment=f"from position {start}", retry=1000)

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, HttpMethod, Request, get, post, route
+from litestar.di import NamedDependency
 from litestar.response import Response
 
 from ledger.api.params import ProviderPath
@@ -14,6 +15,7 @@ from ledger.api.problems import problem, responses
 from ledger.ingest.providers import Unauthorized
 from ledger.ingest.providers.partner import DESCRIPTION
 from ledger.ingest.service import Ingest, UnknownProvider
+from ledger.metrics import Metrics
 
 WEBHOOK_BODY_LIMIT = 64 * 1024
 
@@ -36,13 +38,19 @@ class WebhookController(Controller):
         summary="Receive a provider's webhook",
         responses=responses(400, 401, 404, 413, 503),
     )
-    async def receive(self, request: Request[Any, Any, Any], provider: ProviderPath) -> Ack:
+    async def receive(
+        self,
+        request: Request[Any, Any, Any],
+        ingest: NamedDependency[Ingest],
+        metrics: NamedDependency[Metrics],
+        provider: ProviderPath,
+    ) -> Ack:
         """Verified on raw bytes, recorded durably, acknowledged after commit.
 
         200 ``accepted`` or ``duplicate``; 401 bad credentials (nothing recorded); 400
         authenticated but unusable (kept in quarantine); 413 too large; 503 store down.
         """
-        return await _receive(request, provider)
+        return await _receive(request, ingest, metrics, provider)
 
     @post(
         "/partner",
@@ -50,9 +58,14 @@ class WebhookController(Controller):
         summary="Receive a partner booking update",
         responses=responses(400, 401, 413, 503),
     )
-    async def receive_partner(self, request: Request[Any, Any, Any]) -> Ack:
+    async def receive_partner(
+        self,
+        request: Request[Any, Any, Any],
+        ingest: NamedDependency[Ingest],
+        metrics: NamedDependency[Metrics],
+    ) -> Ack:
         """``x-pwa-signature`` = hex HMAC-SHA256 of the raw body (see ``GET``)."""
-        return await _receive(request, "partner")
+        return await _receive(request, ingest, metrics, "partner")
 
     @route("/partner", http_method=[HttpMethod.OPTIONS], include_in_schema=False)
     async def allow_partner(self) -> Response[None]:
@@ -79,9 +92,9 @@ def header_map(raw: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], set[
     return headers, repeated
 
 
-async def _receive(request: Request[Any, Any, Any], provider: str) -> Ack:
-    services = request.app.state.services
-    ingest: Ingest = services.ingest
+async def _receive(
+    request: Request[Any, Any, Any], ingest: Ingest, metrics: Metrics, provider: str
+) -> Ack:
     body = await request.body()
     headers, repeated = header_map(request.scope["headers"])
     source = request.client.host if request.client else None
@@ -95,11 +108,11 @@ async def _receive(request: Request[Any, Any, Any], provider: str) -> Ack:
             f"no enabled provider named {provider!r}; enabled: {sorted(ingest.providers)}",
         ) from None
     except Unauthorized as exc:
-        services.metrics.refused(provider)
+        metrics.refused(provider)
         raise problem(
             401, "webhook-unauthorized", "The webhook could not be authenticated", str(exc)
         ) from None
-    services.metrics.recorded(provider, out.status)
+    metrics.recorded(provider, out.status)
     if out.status == "quarantined":
         raise problem(
             400,
