@@ -1,5 +1,5 @@
 """Order status per provider order: Midtrans ``order_id``, Xendit ``external_id``, partner
-``booking_id``.
+``booking_id``. A Xendit order is also found by Xendit's own invoice ``id`` (``provider_ref``).
 
 Each notification becomes a history row with its provider status and the order status it
 maps to (``ledger.payments.orderstatus``). The order is folded from its rows when read
@@ -48,6 +48,7 @@ class Note(NamedTuple):
     currency: str | None
     payment_method: str | None
     customer: str | None
+    provider_ref: str | None  # the provider's own id for the order (Xendit's invoice id)
 
 
 def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
@@ -71,19 +72,22 @@ def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
         opt_text(p.currency),
         opt_text(p.payment_method),
         p.customer,
+        opt_text(p.invoice_id),
     )
 
 
 class Orders:
     name = "orders"
-    version = 4  # 2: the order is folded when read; 3: one index (the key); 4: customers (0009)
+    # 2: the order is folded when read; 3: one index (the key); 4: customers (0009);
+    # 5: Xendit's invoice id (provider_ref), so an order is found by either id
+    version = 5
     topics: tuple[str, ...] = (RECEIVED_TOPIC,)
     schema_sql = SQL["schema"]
+    queries = SQL
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
         notes = [n for rec in records if (n := note(rec, delivery_head(rec.state)))]
         if notes:
-    queries = SQL
             await conn.execute(SQL["insert_history"], *columns(notes))
 
     async def digest(self, conn: Conn) -> str:

@@ -162,6 +162,21 @@ async def test_daily_summary_counts_money_once_per_order(client, reader):
     assert r.json()["providers"] == []
 
 
+async def test_amounts_are_plain_decimal_strings_never_scientific(client, reader):
+    """Issue 9 papercut: round amounts read back from numeric columns printed as "5.5E+5"."""
+    await post(client, "xendit", "PAID", order_id="B-55", amount="550000")
+    await post(client, "partner", "booking.paid", order_id="b-105", amount="1050000")
+    today = datetime.now(UTC).date().isoformat()
+    r = await client.get("/v1/audit/summary", params={"date": today}, headers=reader)
+    assert r.status_code == 200, r.text
+    by = {p["provider"]: p["paid_amount"] for p in r.json()["providers"]}
+    assert by == {"xendit": "550000", "partner": "1050000"}
+    r = await client.get("/v1/audit/events", params={"order_id": "B-55"}, headers=reader)
+    assert [(e["amount"], e["paid_amount"]) for e in r.json()["items"]] == [("550000", "550000")]
+    r = await client.get("/v1/audit/orders/xendit/B-55", headers=reader)
+    assert [e["amount"] for e in r.json()["entries"]] == ["550000"]
+
+
 def delivery(i: int, at: datetime) -> NewEvent:
     """A real signed Midtrans body recorded as if received at ``at`` (bulk, no HTTP)."""
     body = signed("midtrans", "settlement", order_id=f"INV-{i}", amount="1000.00").body

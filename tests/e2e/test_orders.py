@@ -68,6 +68,27 @@ async def test_xendit_and_partner_orders(client, database_url):
     assert (o["status"], o["amount"]) == ("paid", "32000")
 
 
+async def test_xendit_order_is_found_by_invoice_id_too(client, database_url):
+    """Issue 9 papercut: Xendit names an invoice by its own ``id`` and our ``external_id``;
+    an operator holding either finds the order."""
+    key = await make_key(database_url, "audit:read")
+    d = signed("xendit", "PAID", order_id="BK-77", amount="45000")
+    invoice = json.loads(d.body)["id"]
+    r = await client.post(d.path, content=d.body, headers=d.headers)
+    assert r.status_code == 200, r.text
+    last = r.json()["position"]
+    by_external = await client.get(
+        f"/v1/orders/xendit/BK-77?min_position={last}", headers=bearer(key)
+    )
+    assert by_external.status_code == 200, by_external.text
+    by_invoice = await client.get(
+        f"/v1/orders/xendit/{invoice}?min_position={last}", headers=bearer(key)
+    )
+    assert by_invoice.status_code == 200, by_invoice.text
+    assert by_invoice.json() == by_external.json()
+    assert by_invoice.json()["order_id"] == "BK-77"
+
+
 async def test_unknown_orders_and_scopes(client, database_url):
     key = await make_key(database_url, "audit:read")
     writer = await make_key(database_url, "tokens:write")
