@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from tests.support import make_key, signed, until
-from tests.support.servers import CHROMIUM, Partner, chromium, serve
+from tests.support.browser import CHROMIUM, chromium
+from tests.support.servers import Partner, serve
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)"

@@ -30,10 +30,10 @@ from ledger.domain.events import (
 from ledger.readmodels.contract import Conn
 from ledger.store.eventstore import StoredRecord
 from tests.support import SECRETS, bearer, live_server, make_key, until
+from tests.support.browser import CHROMIUM, chromium
 from tests.support.db import fetchval as scalar
 from tests.support.readmodels import append
 from tests.support.readmodels import midtrans_paid as stored_midtrans_paid
-from tests.support.servers import CHROMIUM, chromium
 
 DRILL_PATIENCE = 120.0  # a generous bound: the drill waits on conditions, never on the clock
 CLEAN = 1000

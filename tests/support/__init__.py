@@ -1,8 +1,9 @@
 """Helpers shared by the tests (no test module imports another; what two share lives here).
 
 - ``db``: known secrets and settings, signed deliveries, API keys, scratch databases.
-- ``servers``: the app behind uvicorn, ``ledger serve`` subprocesses, loopback partner,
-  headless Chromium.
+- ``servers``: the app behind uvicorn, ``ledger serve`` subprocesses, loopback HTTP sinks
+  (the partner).
+- ``browser``: headless Chromium over the DevTools protocol.
 - ``polling``: ``until`` and ``PATIENCE``, the one way a test waits.
 - ``readmodels``: a counting test projection, a seeded log, folding into a scratch schema.
 
