@@ -23,7 +23,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,23 @@ async def client_loop(
                 break
 
 
+@contextlib.asynccontextmanager
+async def under_load(
+    server: ServerProcess, tally: Tally, *, clients: int, limit: int
+) -> AsyncIterator[None]:
+    """``clients`` concurrent client loops against ``server``; stopped and awaited on exit."""
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(client_loop(server, tally, stop, worker, limit))
+        for worker in range(clients)
+    ]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
 async def stored(database_url: str) -> list[asyncpg.Record]:
     return await fetch(
         database_url,
@@ -172,21 +189,13 @@ async def test_acknowledged_deliveries_survive_sigkill(database_url: str, tmp_pa
     kills = 3
     try:
         await server.start()
-        stop = asyncio.Event()
-        clients = [
-            asyncio.create_task(client_loop(server, tally, stop, worker, limit=400))
-            for worker in range(8)
-        ]
-        try:
+        async with under_load(server, tally, clients=8, limit=400):
             for _ in range(kills):
                 await load_until(tally, server, 150)  # load running
                 server.kill()
                 await asyncio.sleep(0.3)  # pacing only: clients hit a dead port for a moment
                 await server.start()
             await load_until(tally, server, 150)  # and load after the last restart
-        finally:
-            stop.set()
-            await asyncio.gather(*clients)
 
         # Redeliver a sample of the acknowledged after the last restart: each answers
         # "duplicate" with its first acknowledgement, and nothing new is written.
@@ -244,12 +253,7 @@ async def test_acknowledged_deliveries_survive_postgres_immediate_restarts(tmp_p
         tally = Tally()
         try:
             await server.start()
-            stop = asyncio.Event()
-            clients = [
-                asyncio.create_task(client_loop(server, tally, stop, worker, limit=300))
-                for worker in range(6)
-            ]
-            try:
+            async with under_load(server, tally, clients=6, limit=300):
                 for _ in range(restarts):
                     await load_until(tally, server, 150)  # load running
                     answered_503 = tally.unavailable
@@ -261,9 +265,6 @@ async def test_acknowledged_deliveries_survive_postgres_immediate_restarts(tmp_p
                     await asyncio.to_thread(pg.ensure_postgres_running)
                 # The service recovers by itself: no restart of ``ledger serve``.
                 await load_until(tally, server, 150)
-            finally:
-                stop.set()
-                await asyncio.gather(*clients)
         finally:
             server.stop()
         assert server.starts == 1
