@@ -177,24 +177,9 @@ async def test_record_operator_action_helper(database_url):
         with pytest.raises(ReasonRequired):
             await record_operator_action(committer, "k1", "ops:admin", "outbox.retry", "m:1", " ")
         action_id = uuid.uuid4()
-        first = await record_operator_action(
-            committer,
-            "k1",
-            "ops:admin",
-            "outbox.retry",
-            "m:1",
-            "partner fixed",
-            action_id=action_id,
-        )
-        again = await record_operator_action(
-            committer,
-            "k1",
-            "ops:admin",
-            "outbox.retry",
-            "m:1",
-            "partner fixed",
-            action_id=action_id,
-        )
+        retry = (committer, "k1", "ops:admin", "outbox.retry", "m:1", "partner fixed")
+        first = await record_operator_action(*retry, action_id=action_id)
+        again = await record_operator_action(*retry, action_id=action_id)
     finally:
         await pool.close()
     assert first.duplicate is False

@@ -3,18 +3,15 @@ subscriptions projection's own rule, compared with the live read model at each p
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.support import bearer, make_key
-
-MAYAR = {"x-callback-token": "test-mayar-token", "content-type": "application/json"}
+from tests.support.readmodels import MAYAR, mayar_body
 
 
 async def post_mayar(client: Any, event: str, **data: Any) -> int:
-    body = json.dumps({"event": event, "data": data}).encode()
-    r = await client.post("/webhooks/mayar", content=body, headers=MAYAR)
+    r = await client.post("/webhooks/mayar", content=mayar_body(event, **data), headers=MAYAR)
     assert r.status_code == 200, r.text
     position: int = r.json()["position"]
     return position
@@ -28,22 +25,20 @@ async def test_subscription_status_as_of_each_position_matches_the_live_model(cl
     key = await make_key(database_url, "audit:read", "tokens:write")
     who = {"customerEmail": "Member@Example.com"}
     later = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    async def live(position: int) -> dict[str, Any]:
+        url = f"/v1/subscriptions/member@example.com?min_position={position}"
+        answer: dict[str, Any] = (await client.get(url, headers=bearer(key))).json()
+        return answer
+
     p1 = await post_mayar(
         client, "subscription.activated", id="a", licenseCode="L-1", expiredAt=later, **who
     )
-    live_1 = (
-        await client.get(
-            f"/v1/subscriptions/member@example.com?min_position={p1}", headers=bearer(key)
-        )
-    ).json()
+    live_1 = await live(p1)
     p2 = await post_mayar(
         client, "subscription.cancelled", id="b", licenseCode="L-1", expiredAt=later, **who
     )
-    live_2 = (
-        await client.get(
-            f"/v1/subscriptions/member@example.com?min_position={p2}", headers=bearer(key)
-        )
-    ).json()
+    live_2 = await live(p2)
     assert statuses(live_1) == [("L-1", "active")]
     assert statuses(live_2) == [("L-1", "cancelled")]
 
