@@ -66,16 +66,15 @@ class Services:
     ingest: Ingest
     keyring: KeyRing
     spender: Spender  # one per process: it holds the per-customer locks
+    read_models: ReadModels
     metrics: Metrics = field(default_factory=Metrics)
     database_url: str = ""
+    # Keyword arguments for the ProjectionRunner (``ledger worker`` and tests tune them).
+    runner_options: dict[str, Any] = field(default_factory=dict)
     # Filled by components (see ``components()``); None when not running in this process.
-    runner: Any = (
-        None  # ledger.readmodels.runner.ProjectionRunner when this process runs projections
-    )
-    read_models: Any = None  # ledger.readmodels.access.ReadModels (always present once built)
-    dispatcher: Any = None  # the outbox dispatcher when this process delivers messages
+    runner: ProjectionRunner | None = None
+    dispatcher: Dispatcher | None = None
     hub: StreamHub | None = None  # the live stream (started by the outbox components)
-    extras: dict[str, Any] = field(default_factory=dict)
     # The read models of this code base, configured (see ``installed_projections``).
     projections: dict[str, Projection] = field(default_factory=dict)
 
@@ -104,10 +103,9 @@ def components(services: Services) -> list[Component]:
     """The background components this process runs (add one line per component)."""
     found: list[Component] = []
     if services.settings.run_projections:
-        from ledger.readmodels.runner import ProjectionRunner
-
-        options = services.extras.get("runner_options", {})
-        services.runner = ProjectionRunner(services.database_url, services.projections, **options)
+        services.runner = ProjectionRunner(
+            services.database_url, services.projections, **services.runner_options
+        )
         found.append(services.runner)
     from ledger.outbox.dispatcher import outbox_components
 
@@ -161,7 +159,7 @@ async def running_services(
         read_models=read_models,
         projections=projections,
         spender=Spender(store, committer, read_models),
-        extras={"runner_options": runner_options or {}},
+        runner_options=runner_options or {},
     )
     started: list[Component] = []
     try:
@@ -231,8 +229,7 @@ def _keyring(state: State) -> KeyRing:
 
 
 def _read_models(state: State) -> ReadModels:
-    read_models: ReadModels = _services(state).read_models
-    return read_models
+    return _services(state).read_models
 
 
 def _spender(state: State) -> Spender:
@@ -251,13 +248,11 @@ def _hub(state: State) -> StreamHub:
 
 
 def _runner(state: State) -> ProjectionRunner | None:
-    runner: ProjectionRunner | None = _services(state).runner
-    return runner
+    return _services(state).runner
 
 
 def _dispatcher(state: State) -> Dispatcher | None:
-    dispatcher: Dispatcher | None = _services(state).dispatcher
-    return dispatcher
+    return _services(state).dispatcher
 
 
 def dependencies() -> dict[str, Provide]:

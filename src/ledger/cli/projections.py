@@ -284,6 +284,8 @@ def worker(batch_size: int) -> None:
         options = {"batch_size": batch_size, "app_name": f"ledger-worker-{os.getpid()}"}
         async with running_services(settings, url, runner_options=options) as services:
             runner = services.runner
+            if runner is None:  # run_projections is forced on above; a bug if it did not start
+                raise click.ClickException("the projection runner did not start")
             click.echo(f"worker running projections: {', '.join(sorted(runner.projections))}")
             await stop.wait()
         click.echo("worker stopped")
