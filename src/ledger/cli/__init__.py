@@ -1,87 +1,25 @@
-"""The ``ledger`` command: serve, migrate, keys, trigger."""
+"""The ``ledger`` command: serve, migrate, keys, trigger; the other groups live in
+``audit``, ``outbox`` and ``projections`` (shared helpers in ``common``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from typing import Any
 
-import asyncpg
 import click
 import httpx
 
+from ledger.cli import audit, outbox, projections
+from ledger.cli.common import cli_settings, ledger_url, log_format, run
 from ledger.config import (
-    ConfigError,
     Settings,
     ensure_dev_secrets,
     from_dev_file,
-    load_settings,
     read_dev_secrets,
     redact_url,
     secrets_in_effect,
 )
-from ledger.database import resolve_database_url
-
-# Only these may create a ledger (an embedded database in LEDGER_HOME); every other command
-# works on the one the server uses, or fails saying where it looked.
-CREATING = frozenset({"serve", "migrate"})
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    return settings
-
-
-def _url(settings: Settings, *, create: bool = False) -> str:
-    """The database URL; without ``create``, only an existing ledger's (see ``require_ledger``)."""
-    if not create:
-        require_ledger(settings)
-    return resolve_database_url(settings.database_url, settings.home_path)
-
-
-def require_ledger(settings: Settings) -> None:
-    """Fail unless LEDGER_DATABASE_URL is set or ``$LEDGER_HOME/pgdata`` exists.
-
-    Starting the embedded server here would create an empty ledger beside the real one: a key
-    created there is unknown to the running server, a count there reads zero.
-    """
-    if settings.database_url:
-        return
-    pgdata = settings.home_path / "pgdata"
-    if not pgdata.is_dir():
-        raise click.ClickException(
-            f"no ledger here: {pgdata} does not exist and LEDGER_DATABASE_URL is not set. "
-            "Run this command in the directory where `ledger serve` runs (its ./.ledger), "
-            "or set LEDGER_HOME to the server's home, or LEDGER_DATABASE_URL to its database "
-            "(only `ledger serve` and `ledger migrate` create a new one)"
-        )
-
-
-async def _connect(url: str) -> asyncpg.Connection:
-    """A CLI session: like the service, logged in as ``ledger_app``, never as the owner
-    (ADR 0011)."""
-    from ledger.database import APP_ROLE, logins_for
-
-    logins = await logins_for(url, _settings())
-    conn: asyncpg.Connection = await asyncpg.connect(
-        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
-    )
-    return conn
-
-
-def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def _log_format() -> Any:
-    try:
-        return load_settings().log_format
-    except ConfigError:  # the command itself reports it (_settings); log in the default format
-        return "console"
 
 
 @click.group()
@@ -104,7 +42,7 @@ def main(ctx: click.Context, verbose: int) -> None:
         # A command's output and exit status are its answer; a failure is a ClickException.
         # (Warnings such as the development login notice would repeat on every command.)
         level = logging.ERROR
-    ctx.obj = logs.configure(_log_format(), level)
+    ctx.obj = logs.configure(log_format(), level)
 
 
 @main.command()
@@ -126,7 +64,7 @@ def serve(host: str, port: int, workers: int) -> None:
     """
     from ledger.cli import lifecycle
 
-    settings = _settings()
+    settings = cli_settings()
     try:
         lifecycle.hold_serve_lock(settings.home_path)
     except lifecycle.ServeAlreadyRunning as exc:
@@ -150,9 +88,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
 
     supplied = settings
     settings, created = ensure_dev_secrets(settings)
-    url = _url(settings, create=True)
+    url = ledger_url(settings, create=True)
     try:  # migrates with the owner's login; refuses a superuser service login in production
-        _run(logins_for(url, settings))
+        run(logins_for(url, settings))
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from None
     _banner(supplied, settings, created is not None, url, host, port)
@@ -217,8 +155,8 @@ def migrate() -> None:
     (the owner) when set, else as LEDGER_DATABASE_URL (or the embedded server's superuser)."""
     from ledger.migrate import migrate_url
 
-    settings = _settings()
-    _run(migrate_url(settings.migrate_database_url or _url(settings, create=True)))
+    settings = cli_settings()
+    run(migrate_url(settings.migrate_database_url or ledger_url(settings, create=True)))
     click.echo("migrations applied")
 
 
@@ -239,9 +177,9 @@ def keys_create(name: str, scopes: tuple[str, ...], reason: str) -> None:
     from ledger.cli.audit import create_key_with_trail, require_reason
 
     why = require_reason(reason)
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
     try:
-        key, _ = _run(create_key_with_trail(url, name, list(scopes), why))
+        key, _ = run(create_key_with_trail(url, name, list(scopes), why))
     except InvalidScope as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(key)
@@ -267,7 +205,7 @@ def trigger(provider: str, event: str, url: str, print_body: bool, **opts: Any) 
     """
     from ledger.ingest.samples import TriggerError, build
 
-    settings = read_dev_secrets(_settings())  # the server's secrets; never new ones
+    settings = read_dev_secrets(cli_settings())  # the server's secrets; never new ones
     try:
         delivery = build(settings, provider, event, **opts)
     except TriggerError as exc:
@@ -296,28 +234,7 @@ def trigger(provider: str, event: str, url: str, print_body: bool, **opts: Any) 
     sys.exit(0 if r.is_success else 1)
 
 
-def _register_audit() -> None:
-    from ledger.cli.audit import register  # here: it imports helpers from this module
-
-    register(main, keys)
-
-
-_register_audit()
-
-
-def _register_projections() -> None:
-    from ledger.cli.projections import register
-
-    register(main)
-
-
-_register_projections()
-
-
-def _register_outbox() -> None:
-    from ledger.cli.outbox import register
-
-    register(main)
-
-
-_register_outbox()
+# One module per command group; each adds its own commands.
+audit.register(main, keys)
+projections.register(main)
+outbox.register(main)

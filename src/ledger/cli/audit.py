@@ -17,7 +17,7 @@ from click._termui_impl import ProgressBar
 from ledger.audit import chain
 from ledger.audit.keys import KeyInfo, create_key, list_keys, revoke_key
 from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
-from ledger.cli import _connect, _run, _settings, _url
+from ledger.cli.common import cli_settings, connect, ledger_url, run
 
 CLI_SCOPE = "local"
 
@@ -49,10 +49,10 @@ def require_reason(reason: str) -> str:
 @click.option("--page", default=chain.PAGE, show_default=True, type=click.IntRange(min=1))
 def verify(start: int, page: int) -> None:
     """Recompute the log's hash chain; exit 1 naming the first altered or missing position."""
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> chain.Report:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             top, _ = await chain.head(conn)
             total = max(top - start + 1, 0)
@@ -71,7 +71,7 @@ def verify(start: int, page: int) -> None:
             await conn.close()
 
     t0 = time.perf_counter()
-    report = _run(go())
+    report = run(go())
     took = time.perf_counter() - t0
     rate = report.checked / took if took > 0 else 0.0
     if report.mismatch is not None:
@@ -112,17 +112,17 @@ def _show(k: KeyInfo) -> str:
 @click.command("list")
 def keys_list() -> None:
     """Key ids, names, scopes, created and revoked times (never secrets)."""
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> list[KeyInfo]:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             return await list_keys(conn)
         finally:
             await conn.close()
 
     click.echo("key_id\tname\tscopes\tcreated_at\trevoked_at")
-    for k in _run(go()):
+    for k in run(go()):
         click.echo(_show(k))
 
 
@@ -132,10 +132,10 @@ def keys_list() -> None:
 def keys_revoke(key_id: str, reason: str) -> None:
     """Revoke a key (every running process refuses it within a second) and record why in the log."""
     why = require_reason(reason)
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> tuple[KeyInfo | None, bool, int | None]:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             async with conn.transaction():
                 info, revoked = await revoke_key(conn, key_id)
@@ -149,7 +149,7 @@ def keys_revoke(key_id: str, reason: str) -> None:
         finally:
             await conn.close()
 
-    info, revoked, position = _run(go())
+    info, revoked, position = run(go())
     if info is None:
         raise click.ClickException(f"no key {key_id!r} (see `ledger keys list`)")
     if not revoked:
@@ -162,7 +162,7 @@ async def create_key_with_trail(
     url: str, name: str, scopes: list[str], reason: str
 ) -> tuple[str, int | None]:
     """Create a key and its ``key.create`` operator event in one transaction."""
-    conn = await _connect(url)
+    conn = await connect(url)
     try:
         async with conn.transaction():
             api_key, key = await create_key(conn, name, scopes)

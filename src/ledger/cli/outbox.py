@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ledger.audit.trail import ReasonRequired
-from ledger.cli import _connect, _settings, _url
+from ledger.cli.common import cli_settings, connect, ledger_url
 from ledger.config import read_dev_secrets
 from ledger.database import create_pool, logins_for
 from ledger.outbox.dispatcher import (
@@ -43,10 +43,10 @@ def outbox() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 def outbox_list(state: str | None, query: str | None, limit: int) -> None:
     """Messages, newest first."""
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> list[dict[str, Any]]:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             return await list_messages(conn, state, query, limit)
         finally:
@@ -68,10 +68,10 @@ def outbox_list(state: str | None, query: str | None, limit: int) -> None:
 @click.argument("message_id", type=click.UUID)
 def outbox_show(message_id: uuid.UUID) -> None:
     """One message with every attempt."""
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> dict[str, Any] | None:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             return await get_message(conn, message_id)
         finally:
@@ -97,10 +97,10 @@ def outbox_retry(message_id: uuid.UUID, reason: str) -> None:
     """Make a dead message due now; the action is recorded in the log with the reason."""
     from ledger.cli.audit import CLI_SCOPE, cli_actor
 
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> int:
-        conn = await _connect(url)
+        conn = await connect(url)
         try:
             return await retry_message(
                 conn, message_id, key_id=cli_actor(), scope=CLI_SCOPE, reason=reason
@@ -121,8 +121,8 @@ def outbox_retry(message_id: uuid.UUID, reason: str) -> None:
 def outbox_dispatch() -> None:
     """Run only the dispatcher (no HTTP): add processes to deliver faster; leases keep them
     from sending one message twice at the same time. Stops on SIGINT/SIGTERM."""
-    settings = read_dev_secrets(_settings())  # the server's secrets; never new ones
-    url = _url(settings)
+    settings = read_dev_secrets(cli_settings())  # the server's secrets; never new ones
+    url = ledger_url(settings)
 
     async def go() -> None:
         logins = await logins_for(url, settings)

@@ -9,11 +9,10 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any
 
 import click
 
-from ledger.cli import _settings, _url
+from ledger.cli.common import cli_settings, ledger_url
 from ledger.database import create_pool, logins_for
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
@@ -93,11 +92,11 @@ def status(digest: bool) -> None:
     from ledger.readmodels.poison import annotate
     from ledger.readmodels.runner import available
 
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
     extra: list[str] = []  # the audit index's poisoned events
 
     async def go() -> list[ProjectionStatus]:
-        logins = await logins_for(url, _settings())
+        logins = await logins_for(url, cli_settings())
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         try:
             rm = ReadModels(pool)
@@ -146,10 +145,10 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
     if name not in code:
         raise click.ClickException(f"no projection named {name!r}; known: {sorted(code)}")
     proj = code[name]
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> None:
-        logins = await logins_for(url, _settings())
+        logins = await logins_for(url, cli_settings())
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
         try:
@@ -196,10 +195,10 @@ def retry(name: str, reason: str) -> None:
     if name != AUDIT_INDEX and name not in code:
         known = sorted([*code, AUDIT_INDEX])
         raise click.ClickException(f"no projection named {name!r}; known: {known}")
-    url = _url(_settings())
+    url = ledger_url(cli_settings())
 
     async def go() -> tuple[list[int], list[int]]:
-        logins = await logins_for(url, _settings())
+        logins = await logins_for(url, cli_settings())
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -272,8 +271,8 @@ def worker(batch_size: int) -> None:
 
     from ledger.app import running_services
 
-    settings = msgspec.structs.replace(_settings(), run_projections=True)
-    url = _url(settings)  # an existing ledger only; started once, here
+    settings = msgspec.structs.replace(cli_settings(), run_projections=True)
+    url = ledger_url(settings)  # an existing ledger only; started once, here
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -293,7 +292,7 @@ def worker(batch_size: int) -> None:
     asyncio.run(go())
 
 
-def register(main: Any) -> None:
+def register(main: click.Group) -> None:
     """Add these commands to the ``ledger`` group."""
     main.add_command(projections)
     main.add_command(worker)
