@@ -57,7 +57,8 @@ log = logging.getLogger("ledger")
 
 @dataclass
 class Services:
-    """What request handlers reach through ``app.state.services``."""
+    """The running components, typed. Handlers get them one by one through the providers in
+    ``dependencies()``; only the guards read this from ``app.state.services``."""
 
     settings: Settings
     pool: asyncpg.Pool
