@@ -19,6 +19,7 @@ from litestar.testing import AsyncTestClient
 
 from ledger.app import create_app
 from ledger.audit import index as audit
+from ledger.audit import queries
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.domain.events import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
@@ -212,7 +213,7 @@ async def test_export_streams_a_large_range_in_bounded_pages(client, database_ur
             rows = 0
             tracemalloc.start()
             try:
-                async for page in audit.export_pages(pool, start, until, page=1000):
+                async for page in queries.export_pages(pool, start, until, page=1000):
                     assert len(page) <= 1000
                     rows += len(page)
                     del page
@@ -232,7 +233,7 @@ async def test_export_streams_a_large_range_in_bounded_pages(client, database_ur
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(r.text)))
-    assert tuple(rows[0]) == audit.EXPORT_COLUMNS
+    assert tuple(rows[0]) == queries.EXPORT_COLUMNS
     assert len(rows) == 1 + 8640
     positions = [int(x[0]) for x in rows[1:]]
     assert positions == sorted(positions)
@@ -245,7 +246,7 @@ async def test_export_streams_a_large_range_in_bounded_pages(client, database_ur
     assert r.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(x) for x in r.text.splitlines()]
     assert len(lines) == 8640
-    assert list(lines[-1]) == list(audit.EXPORT_COLUMNS)
+    assert list(lines[-1]) == list(queries.EXPORT_COLUMNS)
     assert lines[-1]["received_at"].startswith("2026-03-01T23:59:50")
 
 

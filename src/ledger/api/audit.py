@@ -30,7 +30,7 @@ from ledger.api.params import (
 )
 from ledger.api.problems import KEYED, responses
 from ledger.api.times import From, To, day_window, parse_time
-from ledger.audit import chain
+from ledger.audit import chain, queries
 from ledger.audit import index as audit
 from ledger.payments.amounts import plain_or_none
 
@@ -75,7 +75,7 @@ class Summary(msgspec.Struct, kw_only=True):
     tz: str
     since: str
     until: str
-    providers: list[audit.ProviderDay]
+    providers: list[queries.ProviderDay]
 
 
 def _event(r: Any) -> AuditEvent:
@@ -104,22 +104,22 @@ def _event(r: Any) -> AuditEvent:
 async def _csv(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(audit.EXPORT_COLUMNS)
+    writer.writerow(queries.EXPORT_COLUMNS)
     yield buf.getvalue().encode()
     async for rows in pages:
         buf.seek(0)
         buf.truncate()
-        writer.writerows(audit.export_values(r) for r in rows)
+        writer.writerows(queries.export_values(r) for r in rows)
         yield buf.getvalue().encode()
 
 
 async def _jsonl(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
     enc = msgspec.json.Encoder()
-    cols = audit.EXPORT_COLUMNS
+    cols = queries.EXPORT_COLUMNS
     async for rows in pages:
         out = bytearray()
         for r in rows:
-            values = dict(zip(cols, audit.export_values(r), strict=True))
+            values = dict(zip(cols, queries.export_values(r), strict=True))
             values["position"] = r["cursor"]  # a number in JSON
             enc.encode_into(values, out, -1)
             out += b"\n"
@@ -163,7 +163,7 @@ class AuditController(Controller):
         after: Position = 0,
         limit: Limit = 100,
     ) -> AuditPage:
-        filters = audit.Filters(
+        filters = queries.Filters(
             provider=provider,
             customer=customer,
             order_id=order_id,
@@ -173,7 +173,7 @@ class AuditController(Controller):
         )
         await audit.catch_up(pool)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            rows = await audit.search(conn, filters, after, limit + 1)
+            rows = await queries.search(conn, filters, after, limit + 1)
         has_more = len(rows) > limit
         rows = rows[:limit]
         return AuditPage(
@@ -198,7 +198,7 @@ class AuditController(Controller):
         since = parse_time("from", from_) or _EPOCH
         until = parse_time("to", to) or _FAR
         await audit.catch_up(pool)
-        pages = audit.export_pages(pool, since, until)
+        pages = queries.export_pages(pool, since, until)
         if format_ == "csv":
             # litestar adds "; charset=utf-8" to text/* types itself (once).
             body, media, ext = _csv(pages), "text/csv", "csv"
@@ -227,7 +227,7 @@ class AuditController(Controller):
         day, since, until = day_window(date_, tz)
         await audit.catch_up(pool)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            days = await audit.summary(conn, since, until)
+            days = await queries.summary(conn, since, until)
         return Summary(
             date=day.isoformat(),
             tz=tz,

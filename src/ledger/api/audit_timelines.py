@@ -26,7 +26,7 @@ from ledger.api.params import (
 )
 from ledger.api.problems import KEYED, responses
 from ledger.api.times import AsOf, parse_time
-from ledger.audit import asof
+from ledger.audit import asof, queries
 from ledger.audit import index as audit
 from ledger.errors import ProjectionUnavailable
 from ledger.readmodels.access import ReadModels
@@ -35,7 +35,7 @@ from ledger.readmodels.access import ReadModels
 class Timeline(msgspec.Struct, kw_only=True):
     subject: str
     order_status: str | None
-    entries: list[audit.TimelineEntry]
+    entries: list[queries.TimelineEntry]
     next_after: int
     has_more: bool
     at_position: int | None = None
@@ -66,10 +66,10 @@ async def _timeline(
     await audit.catch_up(pool)
     credits = await _credits_schema(read_models)
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        rows = await conn.fetch(audit.SQL[query], *args, after, limit + 1, at_position, upto)
+        rows = await conn.fetch(queries.SQL[query], *args, after, limit + 1, at_position, upto)
         has_more = len(rows) > limit
         rows = rows[:limit]
-        entries = await audit.timeline(conn, rows, outbox_key, credits)
+        entries = await queries.timeline(conn, rows, outbox_key, credits)
     statuses = [e.order_status_after for e in entries if e.order_status_after]
     return Timeline(
         subject=subject,

@@ -1,0 +1,243 @@
+"""Finance's queries over the audit index: search, streaming export, daily summary, timelines.
+
+Every query reads ``audit_index`` (kept by ``ledger.audit.index``); the routes call
+``catch_up`` first, so answers include everything committed before the request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ledger.payments.amounts import plain, plain_or_none
+from ledger.payments.customers import customer_key
+from ledger.payments.orderstatus import RANK
+from ledger.readmodels.contract import Conn
+from ledger.sql import package_sql
+
+SQL = package_sql("audit")
+EXPORT_PAGE = 2_000
+
+EXPORT_COLUMNS = (
+    "position",
+    "event_id",
+    "received_at",
+    "category",
+    "provider",
+    "kind",
+    "dedup_key",
+    "customer",
+    "order_id",
+    "status",
+    "amount",
+    "currency",
+    "body_sha256",
+    "hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    provider: str | None = None
+    customer: str | None = None
+    order_id: str | None = None
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def search(conn: Conn, filters: Filters, after: int, limit: int) -> list[asyncpg.Record]:
+    """Index rows (with the chain hash) after ``after`` matching every given filter."""
+    customer = customer_key(filters.customer) if filters.customer else None
+    if filters.customer and customer is None:
+        return []  # not an address: no indexed customer can match (every one is a key)
+    result: list[asyncpg.Record] = await conn.fetch(
+        SQL["search"],
+        after,
+        limit,
+        filters.provider,
+        customer,
+        filters.order_id,
+        filters.type,
+        filters.since,
+        filters.until,
+    )
+    return result
+
+
+async def export_pages(
+    pool: asyncpg.Pool, since: datetime, until: datetime, *, page: int = EXPORT_PAGE
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """Rows received in [since, until), position order, one bounded page at a time (each
+    page on a short-lived connection, so a slow client holds no transaction open). The
+    first ``len(EXPORT_COLUMNS)`` values of a row are the export's text columns."""
+    async with pool.acquire() as conn:
+        bounds = await conn.fetchrow(SQL["time_bounds"], since, until)
+    if bounds is None or bounds["lo"] is None:
+        return
+    after, hi = bounds["lo"] - 1, bounds["hi"]
+    while after < hi:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(SQL["export_page"], after, hi, page)
+        if not rows:
+            return
+        after = rows[-1]["cursor"]
+        kept = [r for r in rows if since <= r["at"] < until]
+        if kept:
+            yield kept
+
+
+def export_values(r: asyncpg.Record) -> tuple[Any, ...]:
+    """One export row in ``EXPORT_COLUMNS`` order (text or None)."""
+    values: tuple[Any, ...] = r[: len(EXPORT_COLUMNS)]
+    return values
+
+
+class ProviderDay(msgspec.Struct, kw_only=True):
+    provider: str
+    deliveries: int
+    received: int
+    quarantined: int
+    conflicted: int
+    paid_notifications: int
+    paid_orders: int
+    paid_amount: str
+    failures: int
+    refunds: int
+    chargebacks: int
+
+
+async def summary(conn: Conn, since: datetime, until: datetime) -> list[ProviderDay]:
+    """Per provider, deliveries received in [since, until) and the money they moved."""
+    counts = await conn.fetch(SQL["summary_counts"], since, until)
+    paid = {r["provider"]: r for r in await conn.fetch(SQL["summary_paid"], since, until)}
+    days = []
+    for c in counts:
+        p = paid.get(c["provider"])
+        days.append(
+            ProviderDay(
+                provider=c["provider"],
+                deliveries=c["deliveries"],
+                received=c["received"],
+                quarantined=c["quarantined"],
+                conflicted=c["conflicted"],
+                paid_notifications=c["paid_notifications"],
+                paid_orders=p["paid_orders"] if p else 0,
+                paid_amount=plain(p["paid_amount"]) if p else "0",
+                failures=c["failures"],
+                refunds=c["refunds"],
+                chargebacks=c["chargebacks"],
+            )
+        )
+    return days
+
+
+class Effect(msgspec.Struct, kw_only=True):
+    """Something an event caused: a token credit, or an outbox message and its outcome."""
+
+    type: str  # token_credit | outbox
+    tokens: int | None = None
+    package: str | None = None
+    message_id: str | None = None
+    kind: str | None = None
+    target: str | None = None
+    state: str | None = None
+    attempts: int | None = None
+    last_outcome: str | None = None
+    last_status: int | None = None
+
+
+class TimelineEntry(msgspec.Struct, kw_only=True):
+    """One event, linked to its raw bytes (``raw``, ``body_sha256``), its interpretation
+    (``kind``, ``status``, ``amount``) and its effects (order status, credits, messages)."""
+
+    position: int
+    event_id: str
+    received_at: str
+    category: str
+    provider: str | None
+    kind: str | None
+    order_id: str | None
+    customer: str | None
+    status: str | None
+    amount: str | None
+    body_sha256: str | None
+    hash: str | None
+    raw: str
+    order_status_after: str | None = None
+    late: bool = False
+    effects: list[Effect] = msgspec.field(default_factory=list)
+
+
+async def timeline(
+    conn: Conn,
+    rows: Sequence[asyncpg.Record],
+    outbox_key: tuple[str, str],
+    credits_schema: str | None,
+) -> list[TimelineEntry]:
+    """Entries for index ``rows`` (log order) with their effects. ``outbox_key`` names the
+    indexed outbox column to match (``order`` or ``customer``) and its value;
+    ``credits_schema`` is the live token_balances schema (None: not running here)."""
+    ids = [r["event_id"] for r in rows]
+    effects: dict[uuid.UUID, list[Effect]] = {i: [] for i in ids}
+    if credits_schema is not None and ids:
+        # The schema name comes from ledger.readmodels.contract.schema_name (a trusted identifier).
+        credits = await conn.fetch(
+            f"SELECT event_id, tokens, package FROM {credits_schema}.credits "
+            "WHERE event_id = ANY($1::uuid[])",
+            ids,
+        )
+        for c in credits:
+            effects[c["event_id"]].append(
+                Effect(type="token_credit", tokens=c["tokens"], package=c["package"])
+            )
+    which, value = outbox_key
+    for m in await conn.fetch(SQL[f"outbox_for_{which}"], value):
+        if m["source_event_id"] in effects:
+            effects[m["source_event_id"]].append(
+                Effect(
+                    type="outbox",
+                    message_id=str(m["id"]),
+                    kind=m["kind"],
+                    target=m["target"],
+                    state=m["state"],
+                    attempts=m["attempts"],
+                    last_outcome=m["outcome"],
+                    last_status=m["status"],
+                )
+            )
+    best: dict[tuple[str | None, str | None], str] = {}
+    out = []
+    for r in rows:
+        entry = TimelineEntry(
+            position=r["position"],
+            event_id=str(r["event_id"]),
+            received_at=r["received_at"].isoformat(),
+            category=r["category"],
+            provider=r["provider"],
+            kind=r["kind"],
+            order_id=r["order_id"],
+            customer=r["customer"],
+            status=r["status"],
+            amount=plain_or_none(r["amount"]),
+            body_sha256=r["body_sha256"],
+            hash=None if r["hash"] is None else bytes(r["hash"]).hex(),
+            raw=f"/v1/events/{r['event_id']}/raw",
+            effects=effects[r["event_id"]],
+        )
+        status = r["status"]
+        if r["order_id"] is not None and r["category"] == "received" and status in RANK:
+            key = (r["provider"], r["order_id"])
+            before = best.get(key)
+            entry.late = before is not None and RANK[status] < RANK[before]
+            if before is None or RANK[status] > RANK[before]:
+                best[key] = status
+            entry.order_status_after = best[key]
+        out.append(entry)
+    return out
