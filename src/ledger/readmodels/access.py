@@ -4,12 +4,11 @@
 knows comes from the ``projections`` and ``projection_tracking`` tables, so a web process
 and a separate ``ledger worker`` cooperate through the database alone.
 
-Routes use it like this::
+Routes get it injected (``read_models: NamedDependency[ReadModels]``) and use it like this::
 
-    rm: ReadModels = request.app.state.services.read_models
-    await require_position(rm, "token_balances", min_position)  # ProjectionLagging if it lags
-    async with rm.reading("token_balances") as conn:  # search_path = live schema
-        row = await conn.fetchrow(rm.query("token_balances", "account"), customer)
+    await require_position(read_models, "token_balances", min_position)  # ProjectionLagging if it lags
+    async with read_models.reading("token_balances") as conn:  # search_path = live schema
+        row = await conn.fetchrow(read_models.query("token_balances", "account"), customer)
 
 Nothing here speaks HTTP: failures are the typed errors of ``ledger.errors``
 (``ProjectionLagging``, ``ProjectionUnavailable``, ``PositionBeyondHead``,
