@@ -6,7 +6,7 @@ and a separate ``ledger worker`` cooperate through the database alone.
 
 Routes get it injected (``read_models: NamedDependency[ReadModels]``) and use it like this::
 
-    await require_position(read_models, "token_balances", min_position)  # ProjectionLagging if it lags
+    await require_position(read_models, "token_balances", min_position)  # or ProjectionLagging
     async with read_models.reading("token_balances") as conn:  # search_path = live schema
         row = await conn.fetchrow(read_models.query("token_balances", "account"), customer)
 
