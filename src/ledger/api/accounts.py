@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.response import Response
 
 from ledger.accounts.spend import Spender
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController
 from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, problem, responses
 from ledger.payments.rules import normalize_customer
@@ -73,11 +72,9 @@ def customer_param(raw: str) -> str:
     return customer
 
 
-class AccountsController(Controller):
+class AccountsController(KeyedController):
     path = "/v1/accounts"
     tags = ["accounts"]
-    guards = [require_key]
-    security = BEARER
 
     @get(
         "/{customer:str}",

@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER, CsvOrJsonLines
+from ledger.api.auth import KeyedController
+from ledger.api.docs import CsvOrJsonLines
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
     MAX_TEXT,
@@ -126,12 +126,10 @@ async def _jsonl(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
         yield bytes(out)
 
 
-class AuditController(Controller):
+class AuditController(KeyedController):
     path = "/v1/audit"
     tags = ["audit"]
-    guards = [require_key]
     opt = {"scopes": ("audit:read",)}
-    security = BEARER
 
     @get(
         "/head",

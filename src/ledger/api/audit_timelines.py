@@ -9,12 +9,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 
 from ledger.api.accounts import customer_param
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
     CustomerPath,
@@ -82,12 +81,10 @@ async def _timeline(
     )
 
 
-class AuditTimelinesController(Controller):
+class AuditTimelinesController(KeyedController):
     path = "/v1/audit"
     tags = ["audit"]
-    guards = [require_key]
     opt = {"scopes": ("audit:read",)}
-    security = BEARER
 
     @get(
         "/orders/{provider:str}/{order_id:str}",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Controller
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from ledger.api.docs import BEARER
 from ledger.api.problems import problem
 from ledger.audit.keys import ApiKey, KeyRing
 from ledger.audit.trail import ReasonRequired, check_reason
@@ -49,6 +51,14 @@ async def require_key(
             f"this route needs one of the scopes {list(wanted)}; the key has {list(key.scopes)}",
         )
     connection.scope["state"]["api_key"] = key
+
+
+class KeyedController(Controller):
+    """A controller whose every route needs an API key holding one of ``opt["scopes"]``
+    (set by the subclass); the OpenAPI document marks its routes as bearer-secured."""
+
+    guards = [require_key]
+    security = BEARER
 
 
 def current_key(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey:

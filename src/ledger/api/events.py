@@ -8,12 +8,11 @@ import uuid
 from typing import Any
 
 import msgspec
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 from litestar.response import Response
 
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController
 from ledger.api.params import IdPath, Limit, Position
 from ledger.api.problems import KEYED, problem, responses
 from ledger.domain.events import MsgspecTranscoder
@@ -72,12 +71,10 @@ def raw_body(rec: StoredRecord) -> bytes | None:
         return None
 
 
-class EventsController(Controller):
+class EventsController(KeyedController):
     path = "/v1/events"
     tags = ["audit"]
-    guards = [require_key]
     opt = {"scopes": ("audit:read",)}
-    security = BEARER
 
     @get("/", summary="Events in log order after a position", responses=responses(*KEYED))
     async def list_events(

@@ -9,11 +9,10 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
 
-from ledger.api.auth import current_key, reason_header, require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController, current_key, reason_header
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit.keys import KeyRing, list_keys, revoke_key
@@ -44,12 +43,10 @@ def _key_view(k: Any) -> KeyView:
     )
 
 
-class KeysController(Controller):
+class KeysController(KeyedController):
     path = "/v1/keys"
     tags = ["operators"]
-    guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
-    security = BEARER
 
     @get(
         "/",

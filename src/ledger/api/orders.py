@@ -8,12 +8,11 @@ A Xendit order is found by our ``external_id`` or by Xendit's own invoice ``id``
 from __future__ import annotations
 
 import msgspec
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 
 from ledger.api.accounts import LIVE_POSITION
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController
 from ledger.api.params import MinPosition, OrderIdPath, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
 from ledger.payments import orderstatus
@@ -44,11 +43,9 @@ class Order(msgspec.Struct, kw_only=True):
     position: int
 
 
-class OrdersController(Controller):
+class OrdersController(KeyedController):
     path = "/v1/orders"
     tags = ["read models"]
-    guards = [require_key]
-    security = BEARER
     opt = {"scopes": ("audit:read",)}
 
     @get(

@@ -12,12 +12,11 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from ledger.api.auth import current_key, require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController, current_key
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath, Limit
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit.trail import ReasonRequired
@@ -77,12 +76,10 @@ def _id(message_id: str) -> uuid.UUID:
         ) from None
 
 
-class OutboxController(Controller):
+class OutboxController(KeyedController):
     path = "/v1/outbox"
     tags = ["outbox"]
-    guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
-    security = BEARER
 
     @get("/", summary="Outbox messages, newest first", responses=responses(*KEYED))
     async def list_outbox(

@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from ledger.api.auth import current_key, require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController, current_key
 from ledger.api.params import ACQUIRE_TIMEOUT
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit import index as audit
@@ -113,12 +112,10 @@ async def _with_digests(
             st.digest = await rm.digest(proj)
 
 
-class ProjectionsController(Controller):
+class ProjectionsController(KeyedController):
     path = "/v1/projections"
     tags = ["operations"]
-    guards = [require_key]
     opt = {"scopes": ("ops:admin",)}
-    security = BEARER
 
     @get(
         "/",

@@ -8,13 +8,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from ledger.api.accounts import LIVE_POSITION
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController
 from ledger.api.params import Limit, MinPosition, Position
 from ledger.api.problems import KEYED, responses
 from ledger.readmodels import poison
@@ -39,11 +38,9 @@ class ReviewPage(msgspec.Struct, kw_only=True):
     position: int
 
 
-class ReviewController(Controller):
+class ReviewController(KeyedController):
     path = "/v1/review"
     tags = ["read models"]
-    guards = [require_key]
-    security = BEARER
     opt = {"scopes": ("audit:read",)}
 
     @get("/", summary="Deliveries that need a person", responses=responses(*KEYED))

@@ -9,12 +9,11 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
-from litestar import Controller, get
+from litestar import get
 from litestar.di import NamedDependency
 
 from ledger.api.accounts import LIVE_POSITION, customer_param
-from ledger.api.auth import require_key
-from ledger.api.docs import BEARER
+from ledger.api.auth import KeyedController
 from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, responses
 from ledger.payments.rules import FOREVER, subscription_status
@@ -36,11 +35,9 @@ class Subscriptions(msgspec.Struct, kw_only=True):
     as_of: datetime
 
 
-class SubscriptionsController(Controller):
+class SubscriptionsController(KeyedController):
     path = "/v1/subscriptions"
     tags = ["read models"]
-    guards = [require_key]
-    security = BEARER
     opt = {"scopes": ("audit:read", "tokens:write")}
 
     @get(
