@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from tests.support import bearer, live_server, make_key, signed
-from tests.support.db import fetchval
+from tests.support.db import fetchval, post_unusable_xendit
 
 
 async def count_events(url: str) -> int:
@@ -103,12 +103,7 @@ async def test_midtrans_wrong_signature_is_401(client, database_url):
 
 
 async def test_authenticated_but_unusable_is_400_and_quarantined(client, database_url):
-    r = await client.post(
-        "/webhooks/xendit",
-        content=b'{"id": "x", "status": "PAID"}',
-        headers={"x-callback-token": "test-xendit-token"},
-    )
-    assert r.status_code == 400
+    r = await post_unusable_xendit(client)
     p = r.json()
     assert p["type"] == "/problems/webhook-unusable"
     assert "external_id" in p["detail"]

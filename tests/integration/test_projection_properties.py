@@ -36,6 +36,7 @@ from ledger.projections.subscriptions import Subscriptions
 from ledger.projections.token_balances import TokenBalances
 from ledger.readmodels.contract import Projection
 from ledger.store.eventstore import StoredRecord
+from tests.support.db import post_unusable_xendit
 from tests.support.readmodels import (
     digest,
     fold,
@@ -96,12 +97,7 @@ async def universe(client: Any, database_url: str) -> list[StoredRecord]:
     await post(client, "xendit", "PAID", order_id="BK-1")
     await post(client, "xendit", "EXPIRED", order_id="BK-1")
     await post(client, "partner", "booking.paid", order_id="b-1")
-    r = await client.post(
-        "/webhooks/xendit",
-        content=b'{"id": "x", "status": "PAID"}',
-        headers={"x-callback-token": "test-xendit-token"},
-    )
-    assert r.status_code == 400
+    await post_unusable_xendit(client)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
         from ledger.store.eventstore import EventStore

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from ledger.api.orders import history_entry
 from ledger.domain.events import (
     RECEIVED_TOPIC,
     delivery_id,
@@ -25,6 +26,7 @@ from ledger.projections.subscriptions import Subscriptions
 from ledger.projections.token_balances import TokenBalances
 from ledger.store.eventstore import EventStore, NewEvent
 from tests.support import signed
+from tests.support.db import post_unusable_xendit
 from tests.support.readmodels import (
     delivery_state,
     digest,
@@ -125,32 +127,22 @@ async def test_subscriptions_fold_and_expire_at_query_time(client, database_url)
     future = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     later = (datetime.now(UTC) + timedelta(days=60)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     past = "2020-01-01T00:00:00.000Z"
-    sub = {"customerEmail": "Sub@X.com"}
-    await post_mayar(
-        client, "subscription.activated", id="s1", licenseCode="L1", expiredAt=future, **sub
-    )
-    await post_mayar(
-        client, "subscription.cancelled", id="s2", licenseCode="L1", expiredAt=future, **sub
-    )
-    await post_mayar(
-        client, "subscription.renewed", id="s3", licenseCode="L2", expiredAt=future, **sub
-    )
-    await post_mayar(
-        client, "subscription.renewed", id="s4", licenseCode="L2", expiredAt=later, **sub
-    )
-    await post_mayar(
-        client, "subscription.cancelled", id="s5", licenseCode="L2", expiredAt=future, **sub
-    )
-    await post_mayar(
-        client, "membership.activated", id="s6", licenseCode="L3", expiredAt=past, **sub
-    )
-    await post_mayar(
-        client, "subscription.activated", id="s7", licenseCode="L4", expiredAt=future, **sub
-    )
-    await post_mayar(client, "subscription.expired", id="s8", licenseCode="L4", **sub)
-    await post_mayar(
-        client, "subscription.activated", id="s9", licenseCode="L5", expiredAt="soon", **sub
-    )
+    deliveries = [
+        ("subscription.activated", "s1", "L1", future),
+        ("subscription.cancelled", "s2", "L1", future),
+        ("subscription.renewed", "s3", "L2", future),
+        ("subscription.renewed", "s4", "L2", later),
+        ("subscription.cancelled", "s5", "L2", future),
+        ("membership.activated", "s6", "L3", past),
+        ("subscription.activated", "s7", "L4", future),
+        ("subscription.expired", "s8", "L4", None),
+        ("subscription.activated", "s9", "L5", "soon"),
+    ]
+    for event, id_, license_code, expired_at in deliveries:
+        data = {"id": id_, "licenseCode": license_code}
+        if expired_at is not None:
+            data["expiredAt"] = expired_at
+        await post_mayar(client, event, **data, customerEmail="Sub@X.com")
     records = await read_log(database_url)
     conn = await asyncpg.connect(database_url)
     try:
@@ -197,18 +189,7 @@ async def test_orders_precedence_history_and_late_notifications(client, database
         rows = await query(conn, "t_orders", "SELECT * FROM order_history ORDER BY position")
         histories: dict[tuple[str, str], list[orderstatus.Entry]] = {}
         for r in rows:
-            histories.setdefault((r["provider"], r["order_id"]), []).append(
-                orderstatus.Entry(
-                    r["position"],
-                    str(r["event_id"]),
-                    r["provider_status"],
-                    r["status"],
-                    r["amount"],
-                    r["currency"],
-                    r["payment_method"],
-                    r["customer"],
-                )
-            )
+            histories.setdefault((r["provider"], r["order_id"]), []).append(history_entry(r))
         orders = {k: orderstatus.decide(v) for k, v in histories.items()}
         assert orders["midtrans", "INV-1"].status == "paid"
         assert orders["midtrans", "INV-1"].amount == "299000.00"
@@ -235,12 +216,7 @@ async def test_orders_precedence_history_and_late_notifications(client, database
 
 
 async def test_review_lists_quarantined_and_conflicted(client, database_url):
-    r = await client.post(
-        "/webhooks/xendit",
-        content=b'{"id": "x", "status": "PAID"}',
-        headers={"x-callback-token": "test-xendit-token"},
-    )
-    assert r.status_code == 400
+    await post_unusable_xendit(client)
     await post_mayar(client, "payment.success", id="dup", customerEmail="a@x.com", package="silver")
     ack = await post_mayar(
         client, "payment.success", id="dup", customerEmail="a@x.com", package="gold"

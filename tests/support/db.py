@@ -71,3 +71,15 @@ async def scratch_database(
         yield url
     finally:
         await drop_database(server_url, name)
+
+
+async def post_unusable_xendit(client: Any) -> Any:
+    """A Xendit delivery that authenticates but lacks ``external_id``: answered 400 and
+    quarantined (the response, for callers that check its problem document)."""
+    r = await client.post(
+        "/webhooks/xendit",
+        content=b'{"id": "x", "status": "PAID"}',
+        headers={"x-callback-token": "test-xendit-token"},
+    )
+    assert r.status_code == 400, r.text
+    return r

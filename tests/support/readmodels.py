@@ -14,17 +14,13 @@ from typing import Any
 
 import asyncpg
 
+from ledger.accounts.spend import spend_event as spent
 from ledger.domain.events import (
     DELIVERY_TOPIC,
     RECEIVED_TOPIC,
-    SPEND_TOPIC,
-    SPENT_TOPIC,
     DeliveryState,
-    SpendState,
     decode_delivery,
-    encode_spend,
     encode_state,
-    spend_id,
 )
 from ledger.ingest.providers import midtrans
 from ledger.readmodels.access import ReadModels
@@ -247,13 +243,4 @@ async def query(conn: asyncpg.Connection, schema: str, sql: str, *args: Any) -> 
 
 
 def spend_event(customer: str, amount: int, key: str, balance_after: int) -> NewEvent:
-    state = SpendState(
-        originator_topic=SPEND_TOPIC,
-        timestamp=datetime.now(UTC),
-        customer=customer,
-        amount=amount,
-        idempotency_key=key,
-        reason="test",
-        balance_after=balance_after,
-    )
-    return NewEvent(spend_id(customer, key), SPENT_TOPIC, encode_spend(state))
+    return spent(customer, amount, key, "test", balance_after)

@@ -162,30 +162,24 @@ async def test_interim_100_continue_is_skipped_for_the_final_answer() -> None:
     assert (r.outcome, r.status, r.excerpt) == ("delivered", 200, "{}")
 
 
-async def test_truncated_answer_is_retried_not_delivered() -> None:
-    async def truncated(_: Seen) -> bytes:
-        return b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"success": tr'
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(
+            b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"success": tr', id="truncated"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n40\r\nonly part",
+            id="truncated-chunked",
+        ),
+        pytest.param(b"", id="nothing"),
+    ],
+)
+async def test_an_answer_cut_off_by_the_close_is_retried_not_delivered(answer: bytes) -> None:
+    async def cut_off(_: Seen) -> bytes:
+        return answer
 
-    async with loopback(truncated, close_after_answer=True) as srv:
-        r = await send(f"http://127.0.0.1:{srv.port}/")
-    assert (r.outcome, r.status) == ("retry", None)
-    assert r.excerpt.startswith("connection: ")
-
-
-async def test_truncated_chunked_answer_is_retried() -> None:
-    async def truncated(_: Seen) -> bytes:
-        return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n40\r\nonly part"
-
-    async with loopback(truncated, close_after_answer=True) as srv:
-        r = await send(f"http://127.0.0.1:{srv.port}/")
-    assert (r.outcome, r.status) == ("retry", None)
-
-
-async def test_no_answer_before_close_is_retried() -> None:
-    async def nothing(_: Seen) -> bytes:
-        return b""
-
-    async with loopback(nothing, close_after_answer=True) as srv:
+    async with loopback(cut_off, close_after_answer=True) as srv:
         r = await send(f"http://127.0.0.1:{srv.port}/")
     assert (r.outcome, r.status) == ("retry", None)
     assert r.excerpt.startswith("connection: ")

@@ -652,9 +652,11 @@ BAD_AMOUNTS = [
 ]
 
 
-def with_raw_amount(provider: str, event: str, path: tuple[str, ...], token: str) -> bytes:
-    body = with_field(provider, event, path, "__AMOUNT__")
-    return body.replace(b'"__AMOUNT__"', token.encode())
+def amount_outcome(provider: str, event: str, path: tuple[str, ...], token: str) -> object:
+    """What the provider makes of an authenticated body whose amount at ``path`` is the raw
+    JSON ``token``."""
+    body = with_field(provider, event, path, "__AMOUNT__").replace(b'"__AMOUNT__"', token.encode())
+    return outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
 
 
 @pytest.mark.parametrize("token", BAD_AMOUNTS)
@@ -662,8 +664,7 @@ def with_raw_amount(provider: str, event: str, path: tuple[str, ...], token: str
 def test_bad_amount_makes_the_delivery_unusable(
     provider: str, event: str, path: tuple[str, ...], token: str
 ) -> None:
-    body = with_raw_amount(provider, event, path, token)
-    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    got = amount_outcome(provider, event, path, token)
     assert isinstance(got, Unusable), got
     assert path[-1] in str(got)
 
@@ -673,8 +674,7 @@ def test_bad_amount_makes_the_delivery_unusable(
 def test_amounts_within_bounds_are_accepted(
     provider: str, event: str, path: tuple[str, ...], token: str
 ) -> None:
-    body = with_raw_amount(provider, event, path, token)
-    got = outcome(PROVIDERS[provider], authenticated_headers(provider, body), body)
+    got = amount_outcome(provider, event, path, token)
     assert isinstance(got, Accepted), got
 
 

@@ -53,6 +53,22 @@ from ledger.store.eventstore import (
 PROJECTION = "token_balances"
 
 
+def spend_event(
+    customer: str, amount: int, idempotency_key: str, reason: str, balance_after: int
+) -> NewEvent:
+    """The ``TokenSpend.Spent`` event, its id derived from the customer and the key."""
+    state = SpendState(
+        originator_topic=SPEND_TOPIC,
+        timestamp=datetime.now(UTC),
+        customer=customer,
+        amount=amount,
+        idempotency_key=idempotency_key,
+        reason=reason,
+        balance_after=balance_after,
+    )
+    return NewEvent(spend_id(customer, idempotency_key), SPENT_TOPIC, encode_spend(state))
+
+
 class InsufficientTokens(LedgerError):
     """The customer's balance is lower than the amount asked for."""
 
@@ -131,16 +147,8 @@ class Spender:
                 )
             if balance < amount:
                 raise InsufficientTokens(customer, balance, amount)
-            state = SpendState(
-                originator_topic=SPEND_TOPIC,
-                timestamp=datetime.now(UTC),
-                customer=customer,
-                amount=amount,
-                idempotency_key=idempotency_key,
-                reason=reason,
-                balance_after=balance - amount,
-            )
-            res = await self.committer.append(NewEvent(event_id, SPENT_TOPIC, encode_spend(state)))
+            event = spend_event(customer, amount, idempotency_key, reason, balance - amount)
+            res = await self.committer.append(event)
             recorded = decode_spend(res.state)
             if res.duplicate:
                 _check_same(recorded, customer, amount)

@@ -126,11 +126,15 @@ async def _jsonl(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
         yield bytes(out)
 
 
-class AuditController(KeyedController):
+class AuditReader(KeyedController):
+    """``/v1/audit``, for keys with ``audit:read``: this controller and the timelines'."""
+
     path = "/v1/audit"
     tags = ["audit"]
     opt = {"scopes": ("audit:read",)}
 
+
+class AuditController(AuditReader):
     @get(
         "/head",
         summary="The latest position and its chain hash (keep daily digests)",

@@ -5,6 +5,9 @@ position or a time. Search, export and the summary are in ``ledger.api.audit``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -13,7 +16,7 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from ledger.api.accounts import customer_param
-from ledger.api.auth import KeyedController
+from ledger.api.audit import AuditReader
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
     CustomerPath,
@@ -27,6 +30,7 @@ from ledger.api.problems import KEYED, responses
 from ledger.api.times import AsOf, parse_time
 from ledger.audit import asof, queries
 from ledger.audit import index as audit
+from ledger.database import Conn
 from ledger.errors import ProjectionUnavailable
 from ledger.readmodels.access import ReadModels
 
@@ -81,11 +85,21 @@ async def _timeline(
     )
 
 
-class AuditTimelinesController(KeyedController):
-    path = "/v1/audit"
-    tags = ["audit"]
-    opt = {"scopes": ("audit:read",)}
+@asynccontextmanager
+async def _snapshot(
+    pool: asyncpg.Pool, at_position: int | None, upto: datetime | None
+) -> AsyncIterator[tuple[Conn, int]]:
+    """A connection in one repeatable-read snapshot of the caught-up index, and the last
+    position at the cut-off (``at_position`` or ``upto``), so an as-of answer reads one state."""
+    await audit.catch_up(pool)
+    async with (
+        pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+        conn.transaction(isolation="repeatable_read"),
+    ):
+        yield conn, await asof.cutoff(conn, at_position, upto)
 
+
+class AuditTimelinesController(AuditReader):
     @get(
         "/orders/{provider:str}/{order_id:str}",
         summary="An order's deliveries and effects",
@@ -161,12 +175,7 @@ class AuditTimelinesController(KeyedController):
         upto = parse_time("as_of", as_of)
         # The live read model's catalogue, so the as-of answer credits as it does.
         catalogue = read_models.catalogue("token_balances")
-        await audit.catch_up(pool)
-        async with (
-            pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
-            conn.transaction(isolation="repeatable_read"),
-        ):
-            position = await asof.cutoff(conn, at_position, upto)
+        async with _snapshot(pool, at_position, upto) as (conn, position):
             return await asof.balance_as_of(
                 conn, customer_param(customer), position, catalogue, upto
             )
@@ -186,11 +195,6 @@ class AuditTimelinesController(KeyedController):
         """Status (active, cancelled, expired) of each license right after the cut-off;
         expiry is judged at ``as_of``, or when the cut-off event was recorded."""
         upto = parse_time("as_of", as_of)
-        await audit.catch_up(pool)
-        async with (
-            pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
-            conn.transaction(isolation="repeatable_read"),
-        ):
-            position = await asof.cutoff(conn, at_position, upto)
+        async with _snapshot(pool, at_position, upto) as (conn, position):
             at = await asof.evaluation_time(conn, position, at_position, upto)
             return await asof.subscriptions_as_of(conn, customer_param(customer), position, at)

@@ -7,6 +7,7 @@ A Xendit order is found by our ``external_id`` or by Xendit's own invoice ``id``
 
 from __future__ import annotations
 
+import asyncpg
 import msgspec
 from litestar import get
 from litestar.di import NamedDependency
@@ -41,6 +42,20 @@ class Order(msgspec.Struct, kw_only=True):
     customer: str | None
     history: list[HistoryEntry]
     position: int
+
+
+def history_entry(row: asyncpg.Record) -> orderstatus.Entry:
+    """An ``order_history`` row as the precedence rules read it."""
+    return orderstatus.Entry(
+        row["position"],
+        str(row["event_id"]),
+        row["provider_status"],
+        row["status"],
+        row["amount"],
+        row["currency"],
+        row["payment_method"],
+        row["customer"],
+    )
 
 
 class OrdersController(KeyedController):
@@ -83,19 +98,7 @@ class OrdersController(KeyedController):
                 f"no {provider} notification for order {order_id!r} up to position {position}",
                 position=position,
             )
-        history = [
-            orderstatus.Entry(
-                r["position"],
-                str(r["event_id"]),
-                r["provider_status"],
-                r["status"],
-                r["amount"],
-                r["currency"],
-                r["payment_method"],
-                r["customer"],
-            )
-            for r in rows
-        ]
+        history = [history_entry(r) for r in rows]
         top = orderstatus.decide(history)
         late = orderstatus.late_flags(history)
         method = top.payment_method or next(
