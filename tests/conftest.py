@@ -20,7 +20,7 @@ from litestar.testing import AsyncTestClient
 from ledger.app import create_app, prepare_database
 from ledger.config import Settings
 from ledger.database import start_embedded, with_database
-from tests.support import scratch_database, test_settings
+from tests.support import bearer, make_key, scratch_database, test_settings
 from tests.support.db import connection
 
 
@@ -78,3 +78,9 @@ async def client(settings: Settings, database_url: str) -> AsyncIterator[AsyncTe
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+async def reader(database_url: str) -> dict[str, str]:
+    """Headers carrying a fresh ``audit:read`` key."""
+    return bearer(await make_key(database_url, "audit:read"))

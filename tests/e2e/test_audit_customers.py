@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from ledger.config import Settings
-from tests.support import bearer, make_key, signed
+from tests.support import signed
 from tests.support import test_settings as make_settings
 
 # U+1E9E (capital sharp s): casefold gives "ss", str.lower() gives U+00DF.
@@ -20,11 +20,6 @@ KEY = "ssudi@example.com"
 def settings() -> Settings:
     # Audit reads the log itself: no projection runner or outbox competing for the CPU.
     return make_settings(LEDGER_RUN_PROJECTIONS="false", LEDGER_RUN_OUTBOX="false")
-
-
-@pytest.fixture
-async def reader(database_url: str) -> dict[str, str]:
-    return bearer(await make_key(database_url, "audit:read"))
 
 
 async def test_a_customer_is_found_by_any_spelling_of_its_address(client, reader):

@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Controller
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.plugins.problem_details import ProblemDetailsException
 
 from ledger.api.docs import BEARER
 from ledger.api.problems import problem
@@ -77,3 +78,14 @@ def reason_header(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
             "A reason is required",
             f"send why in the X-Ledger-Reason header ({exc})",
         ) from None
+
+
+def reason_missing(exc: ReasonRequired) -> ProblemDetailsException:
+    """The 400 for an operator action (outbox retry, projection rebuild or poison retry)
+    whose ``X-Ledger-Reason`` is empty or too long."""
+    return problem(
+        400,
+        "reason-required",
+        "A reason is required",
+        f"send the reason in the X-Ledger-Reason header: {exc}",
+    )

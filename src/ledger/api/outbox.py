@@ -16,7 +16,7 @@ from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from ledger.api.auth import KeyedController, current_key
+from ledger.api.auth import KeyedController, current_key, reason_missing
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath, Limit
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit.trail import ReasonRequired
@@ -132,12 +132,7 @@ class OutboxController(KeyedController):
                     conn, mid, key_id=key.key_id, scope="ops:admin", reason=reason
                 )
         except ReasonRequired as exc:
-            raise problem(
-                400,
-                "reason-required",
-                "A reason is required",
-                f"send the reason in the X-Ledger-Reason header: {exc}",
-            ) from None
+            raise reason_missing(exc) from None
         except LookupError:
             raise problem(
                 404, "message-not-found", "No such message", f"no message {mid}"

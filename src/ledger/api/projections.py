@@ -11,7 +11,7 @@ from litestar import Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from ledger.api.auth import KeyedController, current_key
+from ledger.api.auth import KeyedController, current_key, reason_missing
 from ledger.api.params import ACQUIRE_TIMEOUT
 from ledger.api.problems import KEYED, problem, responses
 from ledger.audit import index as audit
@@ -82,12 +82,7 @@ def _reason(request: Request[Any, Any, Any]) -> str:
     try:
         return check_reason(request.headers.get("x-ledger-reason"))
     except ReasonRequired as exc:
-        raise problem(
-            400,
-            "reason-required",
-            "A reason is required",
-            f"send the reason in the X-Ledger-Reason header: {exc}",
-        ) from None
+        raise reason_missing(exc) from None
 
 
 async def _audit_status(conn: Conn, poisoned: poison.Poisoned) -> ConsumerStatus:
