@@ -33,6 +33,7 @@ from ledger.errors import LedgerError
 from ledger.outbox.senders import EmailSender, HttpClient, HttpSender, Result
 from ledger.sql import package_sql
 from ledger.store.eventstore import UNAVAILABLE_ERRORS
+from ledger.tasks import cancel_all
 
 log = logging.getLogger("ledger.outbox.dispatcher")
 # Served by GET /metrics (ops:admin). Labels: message kind and outcome only.
@@ -160,11 +161,7 @@ class Dispatcher:
             self._tasks.append(asyncio.create_task(self._work(wake), name=f"outbox-{i}"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(self._tasks)
         self._tasks.clear()
         if self._listener is not None:
             with contextlib.suppress(*UNAVAILABLE_ERRORS):

@@ -10,7 +10,6 @@ triggers in the database (``migrations/0001_event_log.sql``), not here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import deque
@@ -21,6 +20,7 @@ import asyncpg
 
 from ledger.errors import LedgerError
 from ledger.sql import package_sql
+from ledger.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 SQL = package_sql("store")
@@ -199,11 +199,7 @@ class GroupCommitter:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(self._tasks)
         while self._queue:
             _, fut = self._queue.popleft()
             if not fut.done():
