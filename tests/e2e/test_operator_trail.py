@@ -15,7 +15,7 @@ import pytest
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from ledger.audit.keys import CACHE_SECONDS
-from ledger.audit.trail import ReasonRequired, record_operator_action
+from ledger.audit.trail import ReasonRequired, operator_event
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.domain.events import OPERATOR_ACTION_TOPIC, MsgspecTranscoder, OperatorAction
@@ -170,16 +170,18 @@ async def test_http_revoke_needs_a_reason_and_takes_effect_at_once(client, datab
     assert item["provider"] is None
 
 
-async def test_record_operator_action_helper(database_url):
+async def test_an_operator_event_appended_twice_with_its_action_id_is_recorded_once(
+    database_url,
+):
     pool = await create_pool(database_url, max_size=2)
     try:
         committer = GroupCommitter(EventStore(pool))
         with pytest.raises(ReasonRequired):
-            await record_operator_action(committer, "k1", "ops:admin", "outbox.retry", "m:1", " ")
+            operator_event("k1", "ops:admin", "outbox.retry", "m:1", " ")
         action_id = uuid.uuid4()
-        retry = (committer, "k1", "ops:admin", "outbox.retry", "m:1", "partner fixed")
-        first = await record_operator_action(*retry, action_id=action_id)
-        again = await record_operator_action(*retry, action_id=action_id)
+        retry = ("k1", "ops:admin", "outbox.retry", "m:1", "partner fixed")
+        first = await committer.append(operator_event(*retry, action_id=action_id))
+        again = await committer.append(operator_event(*retry, action_id=action_id))
     finally:
         await pool.close()
     assert first.duplicate is False

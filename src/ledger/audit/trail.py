@@ -1,17 +1,16 @@
 """The operator trail: every operator action is an event in the log, with a reason.
 
-Callers (key management here; projection rebuilds and outbox retries elsewhere) call
-``record_operator_action`` with whatever appends events (the service's ``GroupCommitter``
-or an ``EventStore``). When the action itself is a database write that must not happen
-without its trail entry (or the reverse), build the event with ``operator_event`` and
-append it with ``append_in`` on the same connection, inside the action's transaction.
+Callers (key management, projection rebuilds, outbox retries) build the event with
+``operator_event`` and append it with whatever appends events (the service's
+``GroupCommitter`` or an ``EventStore``). When the action itself is a database write that
+must not happen without its trail entry (or the reverse), they append it with ``append_in``
+on the same connection, inside the action's transaction.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Protocol
 
 import msgspec
 
@@ -23,7 +22,7 @@ from ledger.domain.events import (
 from ledger.errors import LedgerError
 from ledger.readmodels.contract import Conn
 from ledger.store.eventstore import SQL as STORE_SQL
-from ledger.store.eventstore import Appended, NewEvent
+from ledger.store.eventstore import NewEvent
 
 MAX_REASON = 1000
 _encoder = msgspec.json.Encoder()
@@ -32,10 +31,6 @@ _decoder = msgspec.json.Decoder(OperatorActionState)
 
 class ReasonRequired(LedgerError, ValueError):
     """An operator action was attempted without a usable reason."""
-
-
-class Appender(Protocol):
-    async def append(self, event: NewEvent) -> Appended: ...
 
 
 def check_reason(reason: str | None) -> str:
@@ -72,21 +67,6 @@ def operator_event(
 
 def decode_operator_action(state: bytes) -> OperatorActionState:
     return _decoder.decode(state)
-
-
-async def record_operator_action(
-    committer: Appender,
-    key_id: str,
-    scope: str,
-    action: str,
-    target: str,
-    reason: str,
-    *,
-    action_id: uuid.UUID | None = None,
-) -> Appended:
-    """Append the action to the log and return where it is (after its commit)."""
-    event = operator_event(key_id, scope, action, target, reason, action_id=action_id)
-    return await committer.append(event)
 
 
 async def append_in(conn: Conn, event: NewEvent) -> int | None:
