@@ -22,12 +22,13 @@ from ledger.audit import index as audit
 from ledger.audit import queries
 from ledger.config import Settings
 from ledger.database import create_pool
-from ledger.domain.events import DELIVERY_TOPIC, RECEIVED_TOPIC, DeliveryState, encode_state
+from ledger.domain.events import RECEIVED_TOPIC
 from ledger.payments.orderstatus import fold, midtrans_status
 from ledger.projections.token_balances import PROJECTION, TokenBalances
 from ledger.store.eventstore import EventStore, NewEvent, StoredRecord
 from tests.support import bearer, make_key, signed, until
 from tests.support import test_settings as make_settings
+from tests.support.readmodels import delivery_state
 
 
 async def post(client, provider: str, event: str, **kw: str) -> dict:
@@ -41,11 +42,6 @@ async def post(client, provider: str, event: str, **kw: str) -> dict:
 def settings() -> Settings:
     # Audit reads the log itself: no projection runner or outbox competing for the CPU.
     return make_settings(LEDGER_RUN_PROJECTIONS="false", LEDGER_RUN_OUTBOX="false")
-
-
-@pytest.fixture
-async def reader(database_url: str) -> dict[str, str]:
-    return bearer(await make_key(database_url, "audit:read"))
 
 
 async def test_audit_routes_need_an_audit_key(client, database_url):
@@ -181,19 +177,10 @@ async def test_amounts_are_plain_decimal_strings_never_scientific(client, reader
 def delivery(i: int, at: datetime) -> NewEvent:
     """A real signed Midtrans body recorded as if received at ``at`` (bulk, no HTTP)."""
     body = signed("midtrans", "settlement", order_id=f"INV-{i}", amount="1000.00").body
-    state = DeliveryState(
-        originator_topic=DELIVERY_TOPIC,
-        timestamp=at,
-        provider="midtrans",
-        dedup_key=f"midtrans:INV-{i}:bulk",
-        kind="settlement",
-        source=None,
-        scheme="test",
-        headers={},
-        body_sha256=hashlib.sha256(body).hexdigest(),
-        body_b64=base64.b64encode(body).decode(),
+    state = delivery_state(
+        "midtrans", f"midtrans:INV-{i}:bulk", "settlement", body, headers={}, timestamp=at
     )
-    return NewEvent(uuid.uuid4(), RECEIVED_TOPIC, encode_state(state))
+    return NewEvent(uuid.uuid4(), RECEIVED_TOPIC, state)
 
 
 async def test_export_streams_a_large_range_in_bounded_pages(client, database_url, reader):

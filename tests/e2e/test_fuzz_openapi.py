@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.support import bearer, live_server, make_key
+from tests.support import live_server, make_key
 
 SCOPES = ("audit:read", "ops:admin", "tokens:write")
 # Per key: examples per operation and a time budget (the run stops by itself well within).
@@ -98,11 +98,6 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(databa
             if proc.returncode != 0:
                 failed.append(f"schemathesis with a {scope} key:\n{text[-10000:]}")
         assert not failed, "\n\n".join(failed)
-
-
-@pytest.fixture
-async def reader(database_url: str) -> dict[str, str]:
-    return bearer(await make_key(database_url, "audit:read"))
 
 
 async def test_docs_need_no_internet(client: AsyncTestClient) -> None:  # type: ignore[type-arg]

@@ -26,7 +26,7 @@ from ledger.projections.subscriptions import Subscriptions
 from ledger.projections.token_balances import TokenBalances
 from ledger.store.eventstore import EventStore, NewEvent
 from tests.support import signed
-from tests.support.db import post_unusable_xendit
+from tests.support.db import connection, post_unusable_xendit
 from tests.support.readmodels import (
     delivery_state,
     digest,
@@ -67,8 +67,7 @@ async def test_token_balances_credit_catalogue_and_spends(client, database_url):
         await pool.close()
 
     records = await read_log(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         proj = TokenBalances()
         await fold(conn, proj, records, "t_tokens")
         rows = await query(
@@ -92,8 +91,6 @@ async def test_token_balances_credit_catalogue_and_spends(client, database_url):
             "unknown-package",
         ]
         assert any("'plat'" in r["detail"] for r in reasons)
-    finally:
-        await conn.close()
 
 
 async def test_configured_prices_flag_a_wrong_amount(client, database_url):
@@ -105,8 +102,7 @@ async def test_configured_prices_flag_a_wrong_amount(client, database_url):
     )
     catalogue = Catalogue.of({"silver": 5, "gold": 100}, {"silver": 50000})
     records = await read_log(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         await fold(conn, TokenBalances(catalogue), records, "t_priced")
         rows = await query(conn, "t_priced", "SELECT credited FROM accounts")
         assert [r["credited"] for r in rows] == [5]
@@ -119,8 +115,6 @@ async def test_configured_prices_flag_a_wrong_amount(client, database_url):
         await fold(conn, TokenBalances(), records, "t_unpriced")
         rows = await query(conn, "t_unpriced", "SELECT credited FROM accounts")
         assert [r["credited"] for r in rows] == [10]
-    finally:
-        await conn.close()
 
 
 async def test_subscriptions_fold_and_expire_at_query_time(client, database_url):
@@ -144,8 +138,7 @@ async def test_subscriptions_fold_and_expire_at_query_time(client, database_url)
             data["expiredAt"] = expired_at
         await post_mayar(client, event, **data, customerEmail="Sub@X.com")
     records = await read_log(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         proj = Subscriptions()
         await fold(conn, proj, records, "t_subs")
         rows = await query(
@@ -169,8 +162,6 @@ async def test_subscriptions_fold_and_expire_at_query_time(client, database_url)
         await fold(conn, Review(), records, "t_subs_review")
         flagged = await query(conn, "t_subs_review", "SELECT reason FROM review_items")
         assert [r["reason"] for r in flagged] == ["invalid-expiry"]
-    finally:
-        await conn.close()
 
 
 async def test_orders_precedence_history_and_late_notifications(client, database_url):
@@ -182,8 +173,7 @@ async def test_orders_precedence_history_and_late_notifications(client, database
     await post(client, "xendit", "PENDING", order_id="BOOK-1", amount="32000")
     await post(client, "partner", "booking.paid", order_id="b-1")
     records = await read_log(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         proj = Orders()
         await fold(conn, proj, records, "t_orders")
         rows = await query(conn, "t_orders", "SELECT * FROM order_history ORDER BY position")
@@ -211,8 +201,6 @@ async def test_orders_precedence_history_and_late_notifications(client, database
         assert orderstatus.late_flags(entries) == [False, False, True]
         await fold(conn, proj, list(reversed(records)), "t_orders_rev", batch=2)
         assert await digest(conn, proj, "t_orders_rev") == await digest(conn, proj, "t_orders")
-    finally:
-        await conn.close()
 
 
 async def test_review_lists_quarantined_and_conflicted(client, database_url):
@@ -223,8 +211,7 @@ async def test_review_lists_quarantined_and_conflicted(client, database_url):
     )
     assert ack["flag"] == "dedup-conflict"
     records = await read_log(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         await fold(conn, Review(), records, "t_rev")
         rows = await query(conn, "t_rev", "SELECT * FROM review_items ORDER BY position")
         assert [(r["reason"], r["provider"]) for r in rows] == [
@@ -237,8 +224,6 @@ async def test_review_lists_quarantined_and_conflicted(client, database_url):
         await fold(conn, TokenBalances(), records, "t_rev_tokens")
         credited = await query(conn, "t_rev_tokens", "SELECT credited FROM accounts")
         assert [r["credited"] for r in credited] == [5]
-    finally:
-        await conn.close()
 
 
 def recorded_before_0009(provider: str, kind: str, key: str, body: bytes) -> NewEvent:
@@ -291,8 +276,7 @@ async def test_nul_characters_from_a_provider_never_stop_a_projection(client, da
     finally:
         await pool.close()
     records = await read_log(database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connection(database_url) as conn:
         for proj in (TokenBalances(), Subscriptions(), Orders(), Review()):
             await fold(conn, proj, records, f"t_nul_{proj.name}")
         accounts = await query(conn, "t_nul_token_balances", "SELECT customer FROM accounts")
@@ -307,5 +291,3 @@ async def test_nul_characters_from_a_provider_never_stop_a_projection(client, da
             conn, "t_nul_review", "SELECT reason, detail FROM review_items ORDER BY position"
         )
         assert [r["reason"] for r in review] == ["unknown-customer", "unknown-package"]
-    finally:
-        await conn.close()

@@ -84,27 +84,28 @@ async def test_folds_the_log_exactly_once_and_resumes_after_restart(database_url
     assert (st.state, st.lag_events, st.lag_seconds, st.live_generation) == ("running", 0, 0, 1)
 
 
-async def test_notification_wakes_the_runner_before_the_poll(database_url, read_models):
+@pytest.mark.parametrize(
+    ("poll_interval", "notified", "more"),
+    [
+        # The poll never comes in this test: only a notification can make the idle worker
+        # read again before the hour is up.
+        pytest.param(3600.0, True, 5, id="a-notification-wakes-it-before-the-poll"),
+        # Every notification lost: only the poll reads again.
+        pytest.param(0.2, False, 40, id="the-poll-catches-up-when-notifications-are-lost"),
+    ],
+)
+async def test_an_idle_runner_reads_new_events(
+    database_url, read_models, poll_interval, notified, more
+):
     proj = Counting()
-    r = runner(database_url, proj, poll_interval=3600.0)  # the poll never comes in this test
+    r = runner(database_url, proj, poll_interval=poll_interval)
+    if not notified:
+        r._wake_all = lambda *_: None  # type: ignore[method-assign]
     async with running(r):
         first = await seed(database_url, 5)
         assert await read_models.wait_for(proj.name, first, timeout=PATIENCE)
-        # The worker applied ``first`` and went idle (one batch short of ``batch_size``):
-        # only a notification can make it read again before the hour is up.
-        head = await seed(database_url, 5, start=5)
-        assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
-
-
-async def test_poll_catches_up_when_notifications_are_lost(database_url, read_models):
-    proj = Counting()
-    r = runner(database_url, proj, poll_interval=0.2)
-    r._wake_all = lambda *_: None  # type: ignore[method-assign]  # every notification lost
-    async with running(r):
-        first = await seed(database_url, 5)
-        assert await read_models.wait_for(proj.name, first, timeout=PATIENCE)
-        # Idle at ``first`` with no notification ever delivered: only the poll reads again.
-        head = await seed(database_url, 40, start=5)
+        # The worker applied ``first`` and went idle (one batch short of ``batch_size``).
+        head = await seed(database_url, more, start=5)
         assert await read_models.wait_for(proj.name, head, timeout=PATIENCE)
 
 

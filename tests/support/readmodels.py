@@ -81,12 +81,14 @@ def delivery_state(
     *,
     scheme: str = "test",
     headers: dict[str, str] | None = None,
+    timestamp: datetime | None = None,
 ) -> bytes:
-    """A delivery's stored state, as ingest would have written it for ``body``."""
+    """A delivery's stored state, as ingest would have written it for ``body`` (received
+    now unless ``timestamp`` says when)."""
     return encode_state(
         DeliveryState(
             originator_topic=DELIVERY_TOPIC,
-            timestamp=datetime.now(UTC),
+            timestamp=datetime.now(UTC) if timestamp is None else timestamp,
             provider=provider,
             dedup_key=dedup_key,
             kind=kind,

@@ -3,8 +3,6 @@ every reader (orders projection, live feed, outbox, audit index) taking that one
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -17,11 +15,8 @@ from hypothesis import strategies as st
 from ledger.audit.index import interpret
 from ledger.domain.events import (
     CONFLICTED_TOPIC,
-    DELIVERY_TOPIC,
     QUARANTINED_TOPIC,
     RECEIVED_TOPIC,
-    DeliveryState,
-    encode_state,
 )
 from ledger.payments.customers import customer_key
 from ledger.payments.facts import Payment, PaymentFact, payment_fact, read_payment
@@ -29,6 +24,7 @@ from ledger.payments.rules import delivery_head
 from ledger.projections.orders import note
 from ledger.store.eventstore import StoredRecord
 from tests.support.db import signed
+from tests.support.readmodels import delivery_state
 
 AT = datetime(2026, 2, 4, 23, 0, tzinfo=UTC)
 
@@ -45,19 +41,8 @@ def dump(obj: dict[str, object]) -> bytes:
 def record(
     provider: str, raw: bytes, *, topic: str = RECEIVED_TOPIC, position: int = 7
 ) -> StoredRecord:
-    state = DeliveryState(
-        originator_topic=DELIVERY_TOPIC,
-        timestamp=AT,
-        provider=provider,
-        dedup_key=f"{provider}:test",
-        kind="test",
-        source=None,
-        scheme="test",
-        headers={},
-        body_sha256=hashlib.sha256(raw).hexdigest(),
-        body_b64=base64.b64encode(raw).decode(),
-    )
-    return StoredRecord(position, uuid.UUID(int=position), 1, topic, encode_state(state))
+    state = delivery_state(provider, f"{provider}:test", "test", raw, headers={}, timestamp=AT)
+    return StoredRecord(position, uuid.UUID(int=position), 1, topic, state)
 
 
 # --- each provider's bodies ------------------------------------------------------------
