@@ -40,6 +40,7 @@ import httpx
 # Running ``python bench/audit.py`` puts bench/ first on sys.path, where bench/projections.py
 # would shadow the ``projections`` package the app imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
 from ledger.app import prepare_database  # noqa: E402
 from ledger.audit import chain  # noqa: E402
@@ -52,35 +53,40 @@ from ledger.database import (  # noqa: E402
     start_embedded,
 )
 from ledger.store.eventstore import EventStore, NewEvent  # noqa: E402
+from tests.support import SECRETS  # noqa: E402
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
-SECRETS = {
-    "LEDGER_MAYAR_TOKEN": "bench-mayar",
-    "LEDGER_MIDTRANS_SERVER_KEY": "SB-Mid-server-bench",
-    "LEDGER_XENDIT_TOKEN": "bench-xendit",
-    "LEDGER_PARTNER_SECRET": "bench-partner",
-}
 
-# Rows i in [$1, $2): a Midtrans notification as the app stores it (DeliveryState JSON with
-# the raw body base64-encoded). Statuses: 70% settlement, 20% pending, 5% expire, 5% refund.
-GENERATE = r"""
+# Stores the rows of the FROM clause that follows (i, ts, provider, dedup_key, kind,
+# scheme, body) as the app stores a delivery: DeliveryState JSON with the raw body
+# base64-encoded.
+_STORE_DELIVERIES = r"""
 INSERT INTO stored_events (originator_id, originator_version, topic, state)
 SELECT md5('bench' || i)::uuid, 1, 'ledger.domain:Delivery.Received',
        convert_to(json_build_object(
            'originator_topic', 'ledger.domain:Delivery',
            'timestamp', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-           'provider', 'midtrans',
-           'dedup_key', 'midtrans:INV-' || (i / 2) || ':' || md5('t' || i) || ':' || st,
-           'kind', st,
+           'provider', provider,
+           'dedup_key', dedup_key,
+           'kind', kind,
            'source', '127.0.0.1',
-           'scheme', 'sha512-signature_key',
+           'scheme', scheme,
            'headers', json_build_object('content-type', 'application/json'),
            'body_sha256', encode(sha256(body), 'hex'),
            'body_b64', translate(encode(body, 'base64'), E'\n', ''),
            'fault', NULL,
            'original_event_id', NULL)::text, 'UTF8')
-FROM (
-    SELECT i, ts, st, convert_to(json_build_object(
+FROM
+"""
+# Rows i in [$1, $2): a Midtrans notification. Statuses: 70% settlement, 20% pending,
+# 5% expire, 5% refund.
+GENERATE = (
+    _STORE_DELIVERIES
+    + r"""(
+    SELECT i, ts, text 'midtrans' AS provider,
+           'midtrans:INV-' || (i / 2) || ':' || md5('t' || i) || ':' || st AS dedup_key,
+           st AS kind, text 'sha512-signature_key' AS scheme,
+           convert_to(json_build_object(
         'transaction_time', to_char(ts, 'YYYY-MM-DD HH24:MI:SS'),
         'transaction_status', st,
         'transaction_id', md5('t' || i)::uuid,
@@ -106,26 +112,15 @@ FROM (
     ) g
 ) b
 """
+)
 # Rows i % 10 = 9: a Mayar payment.success (silver) for customer c(i/10 % 5000), so every
 # customer has ~20 credits to fold.
-GENERATE_MAYAR = r"""
-INSERT INTO stored_events (originator_id, originator_version, topic, state)
-SELECT md5('bench' || i)::uuid, 1, 'ledger.domain:Delivery.Received',
-       convert_to(json_build_object(
-           'originator_topic', 'ledger.domain:Delivery',
-           'timestamp', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-           'provider', 'mayar',
-           'dedup_key', 'mayar:PAY-' || i || ':payment.success',
-           'kind', 'payment.success',
-           'source', '127.0.0.1',
-           'scheme', 'static-token:x-callback-token',
-           'headers', json_build_object('content-type', 'application/json'),
-           'body_sha256', encode(sha256(body), 'hex'),
-           'body_b64', translate(encode(body, 'base64'), E'\n', ''),
-           'fault', NULL,
-           'original_event_id', NULL)::text, 'UTF8')
-FROM (
-    SELECT i, ts, convert_to(json_build_object(
+GENERATE_MAYAR = (
+    _STORE_DELIVERIES
+    + r"""(
+    SELECT i, ts, text 'mayar' AS provider, 'mayar:PAY-' || i || ':payment.success' AS dedup_key,
+           text 'payment.success' AS kind, text 'static-token:x-callback-token' AS scheme,
+           convert_to(json_build_object(
         'event', 'payment.success',
         'data', json_build_object(
             'id', 'PAY-' || i, 'status', 'SUCCESS', 'customerName', 'Budi',
@@ -138,6 +133,7 @@ FROM (
     ) g
 ) b
 """
+)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -17,12 +17,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 HERE = Path(__file__).resolve().parent
 # Load bench/ingest.py by path (bench/ must not shadow the ``projections`` package).
@@ -48,18 +45,13 @@ def one_run(server: str, tmp: Path, workers: int) -> dict[str, Any]:
         "LEDGER_RUN_OUTBOX": "false",
     }
     cmd = [sys.executable, "-m", "ledger", "serve", "--port", str(port), "--workers", str(workers)]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    log = tmp / f"server-{workers}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        bi.wait_ready(proc, f"http://127.0.0.1:{port}", log)
         bodies = tmp / f"bodies-{workers}-{port}.txt"
         bi.make_bodies(bodies, 40_000)
         url = f"http://127.0.0.1:{port}/webhooks/midtrans"
