@@ -90,7 +90,7 @@ class StatusClient:
         if self._session is not None:
             await self._session.close()
 
-    def _request(self, provider: str, order_id: str) -> tuple[str, aiohttp.BasicAuth]:
+    def request_for(self, provider: str, order_id: str) -> tuple[str, aiohttp.BasicAuth]:
         s = self._settings
         if provider == "midtrans":
             if not re.match(ORDER_ID_PATTERN, order_id):
@@ -111,7 +111,7 @@ class StatusClient:
 
     async def fetch(self, provider: str, order_id: str) -> Answer:
         """The provider's answer about ``order_id``; ``ProviderUnavailable`` when none came."""
-        url, auth = self._request(provider, order_id)
+        url, auth = self.request_for(provider, order_id)
         assert self._session is not None, "use StatusClient in `async with`"
         attempts = self._settings.reconcile_attempts
         why = ""
