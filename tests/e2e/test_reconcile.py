@@ -122,6 +122,14 @@ async def test_missed_midtrans_settlement_is_recovered(client, database_url, tmp
         "customer says they paid",
     )
     assert [s.authorized for s in apis.seen] == [True]
+    # Finance's timeline says the fact came from reconciliation, not from a webhook.
+    r = await client.get("/v1/audit/orders/midtrans/INV-R1", headers=bearer(key))
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert t["order_status"] == "paid"
+    entries = [(e["category"], e["kind"], e["status"]) for e in t["entries"]]
+    assert entries == [("received", "pending", "pending"), ("reconciliation", "paid", "paid")]
+    assert t["entries"][-1]["body_sha256"] == check["body_sha256"]
 
 
 async def _paid(client: Any, key: str, provider: str, order_id: str) -> Any:
@@ -202,6 +210,12 @@ async def test_unverified_midtrans_answer_is_recorded_not_applied(
     assert check["reading"] == "unverified"
     assert json.loads(base64.b64decode(check["body_b64"]))["transaction_status"] == "settlement"
     await assert_not_applied(client, key, "midtrans", "INV-R3")
+    r = await client.get("/v1/audit/orders/midtrans/INV-R3", headers=bearer(key))
+    t = r.json()
+    assert t["order_status"] == "pending"
+    assert ("reconciliation", "unverified", None) in [
+        (e["category"], e["kind"], e["status"]) for e in t["entries"]
+    ]
 
 
 @pytest.mark.parametrize("provider", ["midtrans", "xendit"])
