@@ -11,6 +11,7 @@ Credentials go in the ``Authorization`` header only, never in a message or a log
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from dataclasses import dataclass
@@ -73,6 +74,12 @@ class RateLimit:
             await asyncio.sleep(delay)
 
 
+def basic_auth(user: str) -> dict[str, str]:
+    """HTTP Basic with the API key as user and an empty password (both providers)."""
+    token = base64.b64encode(f"{user}:".encode()).decode()
+    return {"Authorization": f"Basic {token}", "Accept": "application/json"}
+
+
 class StatusClient:
     """Asks Midtrans and Xendit about one order at a time; ``async with`` owns the session."""
 
@@ -90,7 +97,9 @@ class StatusClient:
         if self._session is not None:
             await self._session.close()
 
-    def request_for(self, provider: str, order_id: str) -> tuple[str, aiohttp.BasicAuth]:
+    def request_for(self, provider: str, order_id: str) -> tuple[str, dict[str, str]]:
+        """The URL and headers of the request about ``order_id``; raises ``NotConfigured``
+        or ``InvalidOrderId`` before anything is sent."""
         s = self._settings
         if provider == "midtrans":
             if not re.match(ORDER_ID_PATTERN, order_id):
@@ -99,19 +108,19 @@ class StatusClient:
             if not keys:
                 raise NotConfigured("LEDGER_MIDTRANS_SERVER_KEY is not set")
             base = s.midtrans_api_base.rstrip("/")
-            return f"{base}/v2/{quote(order_id, safe='')}/status", aiohttp.BasicAuth(keys[0], "")
+            return f"{base}/v2/{quote(order_id, safe='')}/status", basic_auth(keys[0])
         if provider == "xendit":
             if not _XENDIT_ID.match(order_id):
                 raise InvalidOrderId("a Xendit external_id is 1-255 printable ASCII characters")
             if not s.xendit_secret_key:
                 raise NotConfigured("LEDGER_XENDIT_SECRET_KEY is not set")
             url = f"{s.xendit_api_url.rstrip('/')}/v2/invoices?external_id={quote(order_id)}"
-            return url, aiohttp.BasicAuth(s.xendit_secret_key, "")
+            return url, basic_auth(s.xendit_secret_key)
         raise ValueError(f"no status API for provider {provider!r}")
 
     async def fetch(self, provider: str, order_id: str) -> Answer:
         """The provider's answer about ``order_id``; ``ProviderUnavailable`` when none came."""
-        url, auth = self.request_for(provider, order_id)
+        url, headers = self.request_for(provider, order_id)
         assert self._session is not None, "use StatusClient in `async with`"
         attempts = self._settings.reconcile_attempts
         why = ""
@@ -119,9 +128,7 @@ class StatusClient:
             await self._limits[provider].wait()
             wait = BACKOFF * 2**attempt
             try:
-                async with self._session.get(
-                    url, auth=auth, headers={"Accept": "application/json"}
-                ) as r:
+                async with self._session.get(url, headers=headers) as r:
                     body = await r.read()
                     if r.status != 429 and r.status < 500:
                         return Answer(provider, order_id, r.status, body)
