@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ledger.database import Conn
-from ledger.domain.events import RECEIVED_TOPIC
+from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC, decode_checked
 from ledger.payments import orderstatus
 from ledger.payments.facts import ORDER_PROVIDERS, read_payment
 from ledger.payments.rules import (
@@ -29,6 +29,7 @@ from ledger.payments.rules import (
     pg_text,
     table_digest,
 )
+from ledger.reconcile import answers
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
@@ -49,6 +50,7 @@ class Note(NamedTuple):
     payment_method: str | None
     customer: str | None
     provider_ref: str | None  # the provider's own id for the order (Xendit's invoice id)
+    source: str = "notification"  # or "reconciliation": a provider's status API answered
 
 
 def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
@@ -76,17 +78,47 @@ def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
     )
 
 
+def reconciled(rec: StoredRecord) -> Note | None:
+    """The order status a provider's status API gave (ADR 0017), or None: only a verified
+    status is folded; unknown orders, refusals and unverified answers stay in the log."""
+    st = decode_checked(rec.state)
+    if st.reading not in orderstatus.RANK or st.provider not in ORDER_PROVIDERS:
+        return None
+    p = answers.payment(st.provider, st.order_id, base64.b64decode(st.body_b64))
+    return Note(
+        rec.id,
+        st.provider,
+        pg_text(st.order_id),
+        rec.position,
+        pg_text(p.provider_status),
+        st.reading,
+        opt_text(p.noted_amount),
+        opt_text(p.currency),
+        opt_text(p.payment_method),
+        p.customer,
+        opt_text(p.invoice_id),
+        "reconciliation",
+    )
+
+
+def order_note(rec: StoredRecord) -> Note | None:
+    if rec.topic == CHECKED_TOPIC:
+        return reconciled(rec)
+    return note(rec, delivery_head(rec.state))
+
+
 class Orders:
     name = "orders"
     # 2: the order is folded when read; 3: one index (the key); 4: customers (0009);
-    # 5: Xendit's invoice id (provider_ref), so an order is found by either id
-    version = 5
-    topics: tuple[str, ...] = (RECEIVED_TOPIC,)
+    # 5: Xendit's invoice id (provider_ref), so an order is found by either id;
+    # 6: answers of the providers' status APIs (source 'reconciliation', ADR 0017)
+    version = 6
+    topics: tuple[str, ...] = (RECEIVED_TOPIC, CHECKED_TOPIC)
     schema_sql = SQL["schema"]
     queries = SQL
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        notes = [n for rec in records if (n := note(rec, delivery_head(rec.state)))]
+        notes = [n for rec in records if (n := order_note(rec))]
         if notes:
             await conn.execute(SQL["insert_history"], *columns(notes))
 

@@ -18,6 +18,8 @@ CREATE TABLE order_history (
     payment_method text NULL,
     customer text NULL,
     provider_ref text NULL,
+    -- 'notification' (a webhook) or 'reconciliation' (a provider's status API, ADR 0017)
+    source text NOT NULL DEFAULT 'notification',
     PRIMARY KEY (provider, order_id, event_id)
 );
 CREATE INDEX order_history_ref ON order_history (provider, provider_ref)
@@ -25,9 +27,10 @@ CREATE INDEX order_history_ref ON order_history (provider, provider_ref)
 
 -- name: insert_history
 INSERT INTO order_history (event_id, provider, order_id, position, provider_status, status,
-                           amount, currency, payment_method, customer, provider_ref)
+                           amount, currency, payment_method, customer, provider_ref, source)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                     $12::text[])
 ON CONFLICT (provider, order_id, event_id) DO NOTHING
 
 -- name: history
@@ -40,11 +43,11 @@ WITH wanted AS (
     ) AS order_id
 )
 SELECT h.order_id, event_id, position, provider_status, status, amount, currency,
-       payment_method, customer
+       payment_method, customer, source
 FROM order_history h JOIN wanted w ON h.order_id = w.order_id
 WHERE h.provider = $1 ORDER BY position
 
 -- name: digest
 SELECT event_id, provider, order_id, provider_status, status, amount, currency,
-       payment_method, customer, provider_ref
+       payment_method, customer, provider_ref, source
 FROM order_history ORDER BY provider, order_id, event_id

@@ -23,6 +23,7 @@ SECRET_FIELDS = (
     "xendit_token",
     "partner_secret",
     "partner_sync_secret",
+    "xendit_secret_key",
 )
 
 URL_FIELDS = (
@@ -92,6 +93,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # streams) get after SIGTERM/SIGINT before they are cancelled.
     request_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 8.0
+    # Reconciliation (ADR 0017): the providers' status APIs. Midtrans' base defaults by
+    # environment (``midtrans_api_base``); its key is the first of midtrans_server_key's.
+    midtrans_api_url: str | None = None
+    xendit_api_url: str = "https://api.xendit.co"
+    xendit_secret_key: str | None = None  # Xendit's API secret key (not the callback token)
+    reconcile_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # per attempt
+    reconcile_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    # Requests per second to one provider's status API, from this process.
+    reconcile_rate: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 5.0
     # Log lines: key=value for a terminal ("console") or one JSON object each ("json").
     log_format: Literal["console", "json"] = "console"
 
@@ -109,6 +119,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def secret_for(self, provider: str) -> str | None:
         value: str | None = getattr(self, PROVIDER_SECRETS[provider])
         return value
+
+    @property
+    def midtrans_api_base(self) -> str:
+        """``LEDGER_MIDTRANS_API_URL``, else Midtrans' sandbox in development and its
+        production API in production."""
+        if self.midtrans_api_url:
+            return self.midtrans_api_url
+        if self.env == "production":
+            return "https://api.midtrans.com"
+        return "https://api.sandbox.midtrans.com"
 
     @property
     def home_path(self) -> Path:

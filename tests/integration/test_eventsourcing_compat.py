@@ -148,3 +148,33 @@ async def test_a_quarantined_delivery_maps_to_its_own_event_class(client, record
     assert "partner body" in event.fault
     assert base64.b64decode(event.body_b64) == body
     assert isinstance(event.mutate(None), Delivery)
+
+
+async def test_a_status_api_answer_maps_to_reconciliation_checked(database_url, recorder):
+    """ADR 0017: ``Reconciliation.Checked`` is an eventsourcing event like the others."""
+    from ledger.domain.events import Reconciliation
+    from ledger.reconcile.answers import Reading
+    from ledger.reconcile.check import checked_event
+    from ledger.reconcile.clients import Answer
+    from ledger.store.eventstore import EventStore
+
+    body = b'{"status_code":"404","status_message":"Transaction doesn\'t exist."}'
+    event = checked_event(
+        Answer("midtrans", "INV-compat-9", 200, body), Reading("unknown_order", "404"), "c-1"
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        [appended] = await EventStore(pool).append_many([event])
+    finally:
+        await pool.close()
+    [n] = await asyncio.to_thread(recorder.select_notifications, appended.position, 1)
+    domain_event = Mapper(transcoder=MsgspecTranscoder()).to_domain_event(n)
+    assert type(domain_event) is Reconciliation.Checked
+    assert (domain_event.provider, domain_event.order_id, domain_event.reading) == (
+        "midtrans",
+        "INV-compat-9",
+        "unknown_order",
+    )
+    assert domain_event.body_sha256 == hashlib.sha256(body).hexdigest()
+    assert base64.b64decode(domain_event.body_b64) == body
+    assert isinstance(domain_event.mutate(None), Reconciliation)

@@ -30,6 +30,8 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     late: bool
     amount: str | None
     link: str
+    # "notification" (a webhook) or "reconciliation" (the provider's status API, ADR 0017)
+    source: str = "notification"
 
 
 class Order(msgspec.Struct, kw_only=True):
@@ -121,8 +123,9 @@ class OrdersController(KeyedController):
                     late=is_late,
                     amount=e.amount,
                     link=f"/v1/events/{e.event_id}",
+                    source=r["source"],
                 )
-                for e, is_late in zip(history, late, strict=True)
+                for e, is_late, r in zip(history, late, rows, strict=True)
             ],
             position=position,
         )

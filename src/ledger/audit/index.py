@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import uuid
+from base64 import b64decode
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,11 +31,13 @@ import asyncpg
 import msgspec
 
 from ledger.audit.trail import decode_operator_action
-from ledger.domain.events import OPERATOR_ACTION_TOPIC
+from ledger.domain.events import CHECKED_TOPIC, OPERATOR_ACTION_TOPIC, decode_checked
 from ledger.payments.customers import customer_key
 from ledger.payments.facts import payment_fact
+from ledger.payments.orderstatus import RANK
 from ledger.readmodels import poison
 from ledger.readmodels.contract import Conn
+from ledger.reconcile import answers
 from ledger.sql import package_sql
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoredRecord, StoreUnavailable
 
@@ -110,6 +113,8 @@ def interpret(rec: StoredRecord) -> IndexRow:
             currency=fact.currency,
             body_sha256=state.get("body_sha256"),
         )
+    if rec.topic == CHECKED_TOPIC and (checked := _reconciliation(rec)) is not None:
+        return checked
     if rec.topic == OPERATOR_ACTION_TOPIC:
         op = decode_operator_action(rec.state)
         return IndexRow(
@@ -136,6 +141,35 @@ def interpret(rec: StoredRecord) -> IndexRow:
         category="other",
         kind=rec.topic.rpartition(":")[2] or None,
         customer=customer_key(customer) if isinstance(customer, str) else None,
+    )
+
+
+def _reconciliation(rec: StoredRecord) -> IndexRow | None:
+    """A provider's status API answered (ADR 0017): category ``reconciliation``, so the
+    timelines show the fact came from reconciliation, not from a webhook. ``kind`` is our
+    reading (a status, ``unknown_order``, ``unverified``, ``refused``); ``status`` only for
+    a verified status (what the orders projection folds)."""
+    try:
+        st = decode_checked(rec.state)
+    except msgspec.DecodeError:
+        return None  # indexed like any other event
+    applied = st.reading in RANK
+    amount: str | None = None
+    if applied:
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            amount = answers.payment(st.provider, st.order_id, b64decode(st.body_b64)).amount
+    return IndexRow(
+        position=rec.position,
+        event_id=rec.id,
+        topic=rec.topic,
+        received_at=st.timestamp,
+        category="reconciliation",
+        provider=st.provider,
+        kind=st.reading,
+        order_id=st.order_id,
+        status=st.reading if applied else None,
+        amount=_decimal(amount),
+        body_sha256=st.body_sha256,
     )
 
 

@@ -232,7 +232,8 @@ async def timeline(
             effects=effects[r["event_id"]],
         )
         status = r["status"]
-        if r["order_id"] is not None and r["category"] == "received" and status in RANK:
+        folded = r["category"] in ("received", "reconciliation")  # as the orders view does
+        if r["order_id"] is not None and folded and status in RANK:
             key = (r["provider"], r["order_id"])
             before = best.get(key)
             entry.late = before is not None and RANK[status] < RANK[before]

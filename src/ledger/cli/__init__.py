@@ -10,7 +10,7 @@ from typing import Any
 import click
 import httpx
 
-from ledger.cli import audit, outbox, projections
+from ledger.cli import audit, outbox, projections, reconcile
 from ledger.cli.common import cli_settings, ledger_url, log_format, run
 from ledger.config import (
     Settings,
@@ -238,3 +238,4 @@ def trigger(provider: str, event: str, url: str, print_body: bool, **opts: Any) 
 audit.register(main, keys)
 projections.register(main)
 outbox.register(main)
+reconcile.register(main)

@@ -4,6 +4,6 @@ Stored topics name this package (``ledger.domain:Delivery.Received``), so the ag
 are importable from here: eventsourcing resolves a topic by importing its module (ADR 0014).
 """
 
-from ledger.domain.events import Delivery, OperatorAction, TokenSpend
+from ledger.domain.events import Delivery, OperatorAction, Reconciliation, TokenSpend
 
-__all__ = ["Delivery", "OperatorAction", "TokenSpend"]
+__all__ = ["Delivery", "OperatorAction", "Reconciliation", "TokenSpend"]

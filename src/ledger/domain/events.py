@@ -243,3 +243,79 @@ def encode_spend(state: SpendState) -> bytes:
 
 def decode_spend(state: bytes) -> SpendState:
     return _spend_decoder.decode(state)
+
+
+class Reconciliation(Aggregate, created_event_name="Checked"):
+    """One answer of a provider's status API about one order (ADR 0017).
+
+    The raw answer is kept (``body_b64``, its ``body_sha256``, the ``http_status``) beside
+    our ``reading`` of it: an order status (``ledger.payments.orderstatus``), or
+    ``unknown_order``, ``unverified`` (the answer's signature does not verify: recorded,
+    never applied) or ``refused`` (an answer that is no status: 401, 403, other 4xx).
+    ``check_id`` names the check that asked: one event per check and order.
+    """
+
+    class Checked(Aggregate.Created):
+        provider: str
+        order_id: str
+        check_id: str
+        http_status: int
+        body_sha256: str
+        body_b64: str
+        reading: str
+        provider_status: str | None
+
+    def __init__(
+        self,
+        provider: str,
+        order_id: str,
+        check_id: str,
+        http_status: int,
+        body_sha256: str,
+        body_b64: str,
+        reading: str,
+        provider_status: str | None,
+    ) -> None:
+        self.provider = provider
+        self.order_id = order_id
+        self.check_id = check_id
+        self.http_status = http_status
+        self.body_sha256 = body_sha256
+        self.body_b64 = body_b64
+        self.reading = reading
+        self.provider_status = provider_status
+
+
+class CheckedState(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored state of ``Reconciliation.Checked`` (what ``Mapper`` would write)."""
+
+    originator_topic: str
+    timestamp: datetime
+    provider: str
+    order_id: str
+    check_id: str
+    http_status: int
+    body_sha256: str
+    body_b64: str
+    reading: str
+    provider_status: str | None = None
+
+
+RECONCILIATION_TOPIC = "ledger.domain:Reconciliation"
+CHECKED_TOPIC = "ledger.domain:Reconciliation.Checked"
+
+_checked_encoder = msgspec.json.Encoder()
+_checked_decoder = msgspec.json.Decoder(CheckedState)
+
+
+def check_event_id(check_id: str, provider: str, order_id: str) -> uuid.UUID:
+    """The id of the answer one check got about one order (ADR 0017)."""
+    return uuid.uuid5(LEDGER_NAMESPACE, f"reconcile:{check_id}\x00{provider}\x00{order_id}")
+
+
+def encode_checked(state: CheckedState) -> bytes:
+    return _checked_encoder.encode(state)
+
+
+def decode_checked(state: bytes) -> CheckedState:
+    return _checked_decoder.decode(state)
