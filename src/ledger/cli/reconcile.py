@@ -83,7 +83,7 @@ async def _ledger_status(pool: asyncpg.Pool, provider: str, order_id: str) -> st
 
 
 async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Outcome:
-    from ledger.audit.trail import record_operator_action
+    from ledger.audit.trail import operator_event
     from ledger.cli.audit import CLI_SCOPE, cli_actor
     from ledger.database import create_pool, logins_for
     from ledger.reconcile.check import check_order
@@ -98,14 +98,15 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
         async with StatusClient(settings) as client:
             client.request_for(provider, order_id)  # configured, a valid id: else no trail
             # The run is on the trail even when the provider does not answer.
-            await record_operator_action(
-                appender,
-                cli_actor(),
-                CLI_SCOPE,
-                "reconcile",
-                f"{provider}:{order_id}",
-                reason,
-                action_id=check_id,
+            await appender.append(
+                operator_event(
+                    cli_actor(),
+                    CLI_SCOPE,
+                    "reconcile",
+                    f"{provider}:{order_id}",
+                    reason,
+                    action_id=check_id,
+                )
             )
             before = await _ledger_status(pool, provider, order_id)
             checked = await check_order(

@@ -11,8 +11,8 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from ledger.audit.trail import Appender
 from ledger.config import Settings
 from ledger.domain.events import (
     CHECKED_TOPIC,
@@ -24,7 +24,13 @@ from ledger.domain.events import (
 from ledger.ingest.providers.base import secret_list
 from ledger.reconcile.answers import Reading, read_answer
 from ledger.reconcile.clients import Answer, StatusClient
-from ledger.store.eventstore import NewEvent
+from ledger.store.eventstore import Appended, NewEvent
+
+
+class Appender(Protocol):
+    """Anything that appends one event and answers where it landed (group commit, store)."""
+
+    async def append(self, event: NewEvent) -> Appended: ...
 
 
 @dataclass(frozen=True, slots=True)
