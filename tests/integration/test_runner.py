@@ -7,7 +7,6 @@ No test here depends on the machine's speed: a runner is stopped mid-way by bloc
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -329,10 +328,8 @@ async def test_require_position_answers_503_with_the_lag(database_url, read_mode
     head = await seed(database_url, 3)  # nobody applies these
     await require_position(read_models, proj.name, None)
     await require_position(read_models, proj.name, 0)
-    t0 = time.monotonic()
     with pytest.raises(ProjectionLagging) as info:
         await require_position(read_models, proj.name, head, timeout=0.3)
-    assert time.monotonic() - t0 >= 0.3  # it waited its bound first (no upper bound: speed)
     # The read side raises a typed error; ledger.api.problems (the one mapping) answers 503.
     exc = problems.CONFIG.exception_to_problem_detail_map[ProjectionLagging](info.value)
     assert exc.status_code == 503

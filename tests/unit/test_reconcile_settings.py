@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import time
 
 import pytest
 
@@ -56,9 +56,22 @@ def test_requests_need_credentials_and_a_valid_order_id():
     assert url == "https://api.xendit.co/v2/invoices?external_id=BK-1%26x"
 
 
-async def test_rate_limit_spaces_requests():
+async def test_rate_limit_spaces_requests(monkeypatch: pytest.MonkeyPatch):
+    # A frozen clock and a recording sleep: the spacing is read from what each request was
+    # told to wait, not from how long the machine took.
+    from types import SimpleNamespace
+
+    from ledger.reconcile import clients
+
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr(clients, "time", SimpleNamespace(monotonic=lambda: 100.0))
+    monkeypatch.setattr(clients, "asyncio", SimpleNamespace(Lock=asyncio.Lock, sleep=sleep))
     limit = RateLimit(20.0)
-    start = time.monotonic()
     for _ in range(4):
         await limit.wait()
-    assert time.monotonic() - start >= 3 / 20.0  # the first is free, then one per 50 ms
+    # the first is free, then one per 50 ms
+    assert waits == pytest.approx([0.05, 0.10, 0.15])
