@@ -5,6 +5,7 @@ said, and a paid amount different from the registered one is never plain ``paid`
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from ledger.ingest.providers.base import hmac_sha256_hex
@@ -179,4 +180,55 @@ async def test_amount_rule_partial_and_over_payment(client, database_url):
         "partially_paid",
         "100000",
         "30000",
+    )
+
+
+async def test_order_view_export_and_summary_agree_on_amounts(client, database_url):
+    """One definition of expected and paid (issue 10): the Xendit down payment's order view,
+    its export row and the daily summary all say 100000 expected and 30000 paid; a
+    registered partner booking's export row carries the registered amount."""
+    writer = await make_key(database_url, "orders:write")
+    reader = await make_key(database_url, "audit:read")
+    await deliver(
+        client,
+        "xendit",
+        "PAID",
+        order_id="DP-2",
+        amount="100000",
+        edit=lambda o: o.update(paid_amount=30000),
+    )
+    assert (await put(client, writer, "partner/bk-7", TERMS)).status_code == 201
+    last = await deliver(client, "partner", "booking.paid", order_id="bk-7", amount="100000")
+    view = await order(client, reader, "xendit/DP-2", last)
+    assert (view["expected_amount"], view["paid_amount"]) == ("100000", "30000")
+    partner = await order(client, reader, "partner/bk-7", last)
+    assert (partner["status"], partner["expected_amount"], partner["paid_amount"]) == (
+        "paid",
+        "100000",
+        "100000",
+    )
+    r = await client.get("/v1/audit/export?format=jsonl", headers=bearer(reader))
+    assert r.status_code == 200, r.text
+    rows = {
+        (x["provider"], x["category"]): x
+        for x in map(json.loads, r.text.splitlines())
+        if x["order_id"] in ("DP-2", "bk-7")
+    }
+    dp = rows[("xendit", "received")]
+    assert (dp["expected_amount"], dp["paid_amount"]) == ("100000", "30000")
+    bk = rows[("partner", "received")]
+    assert (bk["expected_amount"], bk["paid_amount"]) == ("100000", "100000")
+    assert rows[("partner", "registration")]["expected_amount"] == "100000"
+    today = datetime.now(UTC).date().isoformat()
+    r = await client.get("/v1/audit/summary", params={"date": today}, headers=bearer(reader))
+    assert r.status_code == 200, r.text
+    by = {p["provider"]: p for p in r.json()["providers"]}
+    assert (
+        by["xendit"]["paid_amount"],
+        by["xendit"]["expected_amount"],
+        by["xendit"]["partially_paid_orders"],
+    ) == ("30000", "100000", 1)
+    assert (by["partner"]["paid_amount"], by["partner"]["expected_amount"]) == (
+        "100000",
+        "100000",
     )

@@ -35,7 +35,8 @@ EXPORT_COLUMNS = (
     "customer",
     "order_id",
     "status",
-    "amount",
+    "expected_amount",
+    "paid_amount",
     "currency",
     "body_sha256",
     "hash",
@@ -108,6 +109,11 @@ class ProviderDay(msgspec.Struct, kw_only=True):
     paid_notifications: int
     paid_orders: int
     paid_amount: str
+    # What the paid orders were expected to bring (registered, else stated: ADR 0016), and
+    # how many of them were paid short or over it.
+    expected_amount: str
+    partially_paid_orders: int
+    overpaid_orders: int
     failures: int
     refunds: int
     chargebacks: int
@@ -130,6 +136,9 @@ async def summary(conn: Conn, since: datetime, until: datetime) -> list[Provider
                 paid_notifications=c["paid_notifications"],
                 paid_orders=p["paid_orders"] if p else 0,
                 paid_amount=plain(p["paid_amount"]) if p else "0",
+                expected_amount=plain(p["expected_amount"]) if p else "0",
+                partially_paid_orders=p["partially_paid_orders"] if p else 0,
+                overpaid_orders=p["overpaid_orders"] if p else 0,
                 failures=c["failures"],
                 refunds=c["refunds"],
                 chargebacks=c["chargebacks"],
