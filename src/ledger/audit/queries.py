@@ -17,7 +17,7 @@ import msgspec
 
 from ledger.payments.amounts import plain, plain_or_none
 from ledger.payments.customers import customer_key
-from ledger.payments.orderstatus import RANK
+from ledger.payments.orderstatus import RANK, held
 from ledger.readmodels.contract import Conn
 from ledger.sql import package_sql
 
@@ -181,6 +181,9 @@ class TimelineEntry(msgspec.Struct, kw_only=True):
     raw: str
     order_status_after: str | None = None
     late: bool = False
+    # A notification held until the provider's status API confirms it (ADR 0016): it does
+    # not change the order by itself (a confirming answer later in the timeline does).
+    held: bool = False
     effects: list[Effect] = msgspec.field(default_factory=list)
 
 
@@ -242,8 +245,13 @@ async def timeline(
         )
         status = r["status"]
         folded = r["category"] in ("received", "reconciliation")  # as the orders view does
+        entry.held = r["category"] == "received" and held(r["provider"], status or "")
         if r["order_id"] is not None and folded and status in RANK:
             key = (r["provider"], r["order_id"])
+            if entry.held:
+                entry.order_status_after = best.get(key)
+                out.append(entry)
+                continue
             before = best.get(key)
             entry.late = before is not None and RANK[status] < RANK[before]
             if before is None or RANK[status] > RANK[before]:
