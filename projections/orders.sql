@@ -181,3 +181,27 @@ FROM order_registrations ORDER BY provider, order_id
 SELECT event_id, provider, order_id, checked_at, reading, provider_status, ledger_status,
        state, resolution
 FROM order_checks ORDER BY event_id
+
+-- name: review_unconfirmed
+-- Held notifications a status-API answer contradicted and none confirmed since (ADR 0016):
+-- kept in the log, never applied, listed in /v1/review under reason 'unconfirmed'.
+SELECT h.event_id, h.position, 'unconfirmed' AS reason,
+       'order ' || h.order_id || ': ' || c.resolution AS detail,
+       h.provider, h.provider_status AS kind,
+       coalesce(convert_from(e.state, 'UTF8')::jsonb ->> 'dedup_key', '') AS dedup_key
+FROM order_history h
+JOIN LATERAL (
+    SELECT resolution FROM order_checks c
+    WHERE c.provider = h.provider AND c.order_id = h.order_id AND c.position > h.position
+      AND c.state = 'unconfirmed'
+    ORDER BY c.position DESC LIMIT 1
+) c ON true
+LEFT JOIN public.stored_events e ON e.originator_id = h.event_id AND e.originator_version = 1
+WHERE h.held AND h.position > $1 AND ($3::text IS NULL OR $3 = 'unconfirmed')
+  AND NOT EXISTS (
+      SELECT 1 FROM order_history x
+      WHERE x.provider = h.provider AND x.order_id = h.order_id AND x.position > h.position
+        AND x.source = 'reconciliation' AND x.status = h.status
+  )
+ORDER BY h.position
+LIMIT $2
