@@ -19,10 +19,11 @@ from litestar.response import Response
 
 from ledger.api.accounts import LIVE_POSITION
 from ledger.api.auth import KeyedController, current_key
+from ledger.api.docs import json_body
 from ledger.api.params import MinPosition, OrderIdPath, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
 from ledger.payments import orderstatus
-from ledger.payments.registration import decode_body, register, terms
+from ledger.payments.registration import RegistrationBody, decode_body, register, terms
 from ledger.readmodels.access import ReadModels, require_position
 from ledger.store.eventstore import GroupCommitter
 
@@ -206,6 +207,7 @@ class OrdersController(KeyedController):
         summary="Register an order: customer and expected amount (idempotent)",
         opt={"scopes": ("orders:write",)},
         responses=responses(*KEYED, 409, 413),
+        operation_class=json_body(RegistrationBody),
     )
     async def register_order(
         self,

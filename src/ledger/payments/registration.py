@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -41,19 +41,35 @@ PROVIDERS = ("midtrans", "xendit", "partner")
 MAX_ID = 255
 MAX_TEXT = 200
 MAX_METADATA = 4096  # bytes of the metadata object as JSON
-AMOUNT = re.compile(r"(0|[1-9]\d{0,12})(\.\d{1,2})?")
-CURRENCY = re.compile(r"[A-Z]{3}")
+AMOUNT = re.compile(r"^(0|[1-9]\d{0,12})(\.\d{1,2})?$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _doc(description: str, example: str, **bounds: Any) -> Any:
+    return msgspec.Meta(description=description, examples=[example], **bounds)
 
 
 class RegistrationBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The request body, as documented; every field is checked again in ``terms``."""
+    """An order registration (ADR 0016). Shapes are declared here (and in OpenAPI); the
+    rules they cannot express (an address, a positive amount, storable text, the expiry's
+    calendar) are checked in ``terms``."""
 
-    customer: str
-    amount: str
-    currency: str
-    package: str | None = None
-    booking_id: str | None = None
-    expires_at: str | None = None
+    customer: Annotated[str, _doc("the customer's e-mail address", "budi@example.com")]
+    amount: Annotated[
+        str,
+        _doc("the expected amount, a decimal string", "299000.00", pattern=AMOUNT.pattern),
+    ]
+    currency: Annotated[str, _doc("ISO 4217 code", "IDR", pattern=CURRENCY.pattern)]
+    package: Annotated[str, _doc("what was ordered", "gold", max_length=MAX_TEXT)] | None = None
+    booking_id: (
+        Annotated[
+            str, _doc("the partner's booking id, for partner sync", "BK-1", max_length=MAX_ID)
+        ]
+        | None
+    ) = None
+    expires_at: (
+        Annotated[str, _doc("ISO 8601 time the order expires", "2026-12-01T12:00:00+07:00")] | None
+    ) = None
     metadata: dict[str, Any] | None = None
 
 
