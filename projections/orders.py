@@ -196,16 +196,19 @@ class Orders:
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
         notes: list[Note] = []
+        registrations: list[tuple[Any, ...]] = []
         checks: list[StoredRecord] = []
         for rec in records:
             if rec.topic == REGISTERED_TOPIC:
-                await conn.execute(SQL["insert_registration"], *registration_row(rec))
+                registrations.append(registration_row(rec))
                 continue
             n = order_note(rec)
             if n:
                 notes.append(n)
             if rec.topic == CHECKED_TOPIC:
                 checks.append(rec)
+        if registrations:
+            await conn.execute(SQL["insert_registration"], *columns(registrations))
         if notes:
             await conn.execute(SQL["insert_history"], *columns(notes))
         for rec in checks:  # rare: each judged against the rows before it, in log order

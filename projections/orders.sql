@@ -82,7 +82,10 @@ ON CONFLICT (provider, order_id, event_id) DO NOTHING
 INSERT INTO order_registrations (provider, order_id, event_id, position, registered_at,
                                  customer, amount, currency, package, booking_id, expires_at,
                                  metadata)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)
+SELECT p, o, e, pos, at, c, a, cur, pkg, b, x, m::jsonb
+FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::timestamptz[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[])
+     AS t(p, o, e, pos, at, c, a, cur, pkg, b, x, m)
 ON CONFLICT (provider, order_id) DO NOTHING
 
 -- name: insert_check
