@@ -228,16 +228,10 @@ class OutboxProjection:
             st = decode_registered(rec.state)
             ref = f"{st.provider}:{st.order_id}"
             reg = Registration(st.customer, st.booking_id, st.amount, st.currency)
-            await conn.execute(
-                SQL["insert_registration"],
-                ref,
-                reg.customer,
-                reg.booking_id,
-                reg.amount,
-                reg.currency,
+            row = await conn.fetchrow(
+                SQL["register"], ref, reg.customer, reg.booking_id, reg.amount, reg.currency
             )
-            row = await conn.fetchrow(SQL["get_order"], ref)
-            if row is None or row["email_owed"] is None:
+            if row is None:  # no e-mail owed
                 return None
             state, out = on_registered(reg, _state(row), self.targets.where)
             return Decision(ref, state, out, st.timestamp.isoformat(), reg.customer)

@@ -41,10 +41,17 @@ SET first_paid_position = EXCLUDED.first_paid_position,
     email_owed = EXCLUDED.email_owed,
     withheld = EXCLUDED.withheld
 
--- name: insert_registration
-INSERT INTO registrations (order_ref, customer, booking_id, amount, currency)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (order_ref) DO NOTHING
+-- name: register
+-- Keeps the registration (the first one stands) and, in the same round trip, answers the
+-- order's row when an e-mail is owed (none otherwise: the usual case, registered first).
+WITH kept AS (
+    INSERT INTO registrations (order_ref, customer, booking_id, amount, currency)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (order_ref) DO NOTHING
+)
+SELECT true AS known, first_paid_position, partner_status, partner_paid_amount, paid_amount,
+       email_owed, withheld
+FROM orders WHERE order_ref = $1 AND email_owed IS NOT NULL
 
 -- name: insert_messages
 -- Fully qualified: the outbox is outside the generation schemas, so a rebuild re-derives
