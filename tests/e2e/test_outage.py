@@ -90,6 +90,8 @@ def calls(doc: dict[str, Any], key: str) -> list[tuple[str, str, dict[str, Any]]
                 kw = {"headers": d.headers, "content": d.body}
             elif template.endswith("/spend"):
                 kw["json"] = {"amount": 1, "idempotency_key": f"out-{uuid.uuid4()}"}
+            elif template.startswith("/v1/orders/") and method == "put":
+                kw["json"] = {"customer": "a@example.com", "amount": "1000", "currency": "IDR"}
             found.append((method.upper(), path, {"template": template, **kw}))
     return found
 
@@ -138,7 +140,9 @@ async def test_every_route_answers_503_not_500_while_postgres_is_down_then_recov
 ):
     server, url = private_server
     async with live_server(url, LEDGER_RUN_OUTBOX="false") as http:
-        key = await make_key(url, "audit:read", "ops:admin", "tokens:write", name="outage")
+        key = await make_key(
+            url, "audit:read", "ops:admin", "tokens:write", "orders:write", name="outage"
+        )
         doc = (await http.get("/docs/openapi.json")).json()
         todo = [c for c in calls(doc, key) if c[1] != "/v1/stream"]
         todo.append(("GET", "/v1/stream", {"template": "/v1/stream", "headers": bearer(key)}))
