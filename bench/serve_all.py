@@ -281,17 +281,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             files = bodies_for(tmp, "ingest", out["app_noop"]["rps"], args)
             out["ingest"] = measure(s, "/webhooks/midtrans", files, args, "ingest alone")
 
-        port = bi.free_port()
         serve_url = with_database(server_url, serve_db)
         serve_env = base_env | {
             "LEDGER_HOME": str(tmp / "home-serve"),
             "LEDGER_DATABASE_URL": serve_url,
         }
-        cmd = [py, "-m", "ledger", "serve", "--port", str(port)]
-        files = bodies_for(tmp, "serve", out["app_noop"]["rps"], args)
-        with Server("serve", cmd, serve_env, tmp) as s:
-            out["serve"] = measure(s, "/webhooks/midtrans", files, args, "ledger serve")
-            out["drain"] = asyncio.run(drained(serve_url, 120))
+        out["serve_runs"] = []
+        for i, workers in enumerate(args.workers):
+            port = bi.free_port()
+            cmd = [py, "-m", "ledger", "serve", "--port", str(port)]
+            label = "ledger serve"
+            if workers:
+                cmd += ["--workers", str(workers)]
+                label += f" -w{workers}"
+            files = bodies_for(tmp, f"serve{i}", out["app_noop"]["rps"] * max(1, workers), args)
+            with Server(f"serve{i}", cmd, serve_env, tmp) as s:
+                run = measure(s, "/webhooks/midtrans", files, args, label)
+                run["label"], run["workers"] = label, workers
+                run["drain"] = asyncio.run(drained(serve_url, 120))
+            out["serve_runs"].append(run)
         events, keys, commits = asyncio.run(bi.log_counts(serve_url))
         out["serve_log"] = {"events": events, "distinct_dedup_keys": keys, "commits": commits}
 
@@ -307,15 +315,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
-    ceiling, app_noop, ing, srv = r["ceiling_rps"], r["app_noop"], r["ingest"], r["serve"]
+    ceiling, app_noop, ing = r["ceiling_rps"], r["app_noop"], r["ingest"]
     print(f"ratios (one run; load average {r['loadavg_start']} -> {r['loadavg_end']}):")
     print(f"  in-app no-op / bare no-op   {app_noop['rps'] / ceiling:5.2f}x")
     print(f"  ingest alone / in-app no-op {ing['rps'] / app_noop['rps']:5.2f}x  (target >= 0.6x)")
-    print(f"  ledger serve / bare no-op   {srv['rps'] / ceiling:5.2f}x  (target >= 0.35x)")
-    print(f"  ledger serve p99            {srv['p99_ms']:6.2f} ms (target <= 25 ms)")
-    d = r["drain"]
-    print(f"  after the load: projections and audit index at the head ({d['head']}) in"
-          f" {d['seconds']} s; log {r['serve_log']}")  # fmt: skip
+    for srv in r["serve_runs"]:
+        name = f"{srv['label']} / bare no-op"
+        print(f"  {name:27} {srv['rps'] / ceiling:5.2f}x  (target >= 0.35x),"
+              f" p99 {srv['p99_ms']:.2f} ms (target <= 25 ms)")  # fmt: skip
+        d = srv["drain"]
+        print(f"    after the load: projections and audit index at the head ({d['head']}) in"
+              f" {d['seconds']} s")  # fmt: skip
+    print(f"  log of the serve runs: {r['serve_log']} (events = distinct keys: no duplicates)")
 
 
 if __name__ == "__main__":
@@ -328,6 +339,8 @@ if __name__ == "__main__":
         parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
         parser.add_argument("--warmup", type=float, default=3.0, help="seconds before each")
         parser.add_argument("--connections", type=int, default=64)
+        parser.add_argument("--workers", type=int, nargs="+", default=[0],
+                            help="one serve run per value: --workers N (0: the default)")  # fmt: skip
         parser.add_argument("--profile", type=Path, help="py-spy raw profiles into this folder")
         parser.add_argument("--json", type=Path, help="append the raw result as one JSON line")
         ns = parser.parse_args()
