@@ -202,3 +202,30 @@ async def test_health_and_ready(client):
     r = await client.get("/ready")
     assert r.status_code == 200
     assert r.json()["status"] == "ready"
+
+
+def _sample(metrics: str, line_start: str) -> float:
+    """The value of the exposition line starting with ``line_start`` (0 when absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_webhooks_are_counted_and_timed_in_metrics(client, database_url):
+    """The webhook routes are left out of litestar's per-request middleware (issue 11):
+    ``ledger.metrics`` counts what was recorded or refused and times each delivery."""
+    admin = bearer(await make_key(database_url, "ops:admin"))
+    recorded = 'ledger_webhooks_recorded_total{outcome="accepted",provider="midtrans"}'
+    refused = 'ledger_webhooks_refused_total{provider="midtrans"}'
+    timed = 'ledger_webhook_seconds_count{provider="midtrans"}'
+    before = (await client.get("/metrics", headers=admin)).text
+    d = signed("midtrans", "settlement")
+    assert (await client.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+    forged = json.loads(d.body) | {"gross_amount": "1.00"}
+    r = await client.post(d.path, content=json.dumps(forged).encode(), headers=d.headers)
+    assert r.status_code == 401
+    after = (await client.get("/metrics", headers=admin)).text
+    assert _sample(after, recorded) == _sample(before, recorded) + 1
+    assert _sample(after, refused) == _sample(before, refused) + 1
+    assert _sample(after, timed) == _sample(before, timed) + 1

@@ -22,6 +22,19 @@ from ledger.config import (
 )
 
 
+def _workers(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """``--workers``: a process count (1-64) or ``auto`` (None: decided from the CPUs)."""
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise click.BadParameter(f"{value!r} is neither auto nor a number from 1 to 64")
+    return n
+
+
 @click.group()
 @click.option(
     "-v",
@@ -50,12 +63,14 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option(
     "--workers",
-    default=1,
+    default="auto",
     show_default=True,
-    type=click.IntRange(1, 64),
-    help="server processes; every component is safe to run in several at once",
+    metavar="N|auto",
+    callback=_workers,
+    help="server processes (1-64); auto: one per usable CPU, less one when PostgreSQL is "
+    "on this machine, at most 2 (ADR 0018); every component is safe in several at once",
 )
-def serve(host: str, port: int, workers: int) -> None:
+def serve(host: str, port: int, workers: int | None) -> None:
     """Serve the API (embedded PostgreSQL and dev secrets when none are configured).
 
     One serve per LEDGER_HOME (it holds $LEDGER_HOME/serve.lock). SIGTERM and SIGINT stop
@@ -77,7 +92,7 @@ def serve(host: str, port: int, workers: int) -> None:
         lifecycle.ignore_further_signals()
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def _serve(settings: Settings, host: str, port: int, workers: int | None) -> None:
     import os
 
     import uvicorn
@@ -94,6 +109,17 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from None
     _banner(supplied, settings, created is not None, url, host, port)
+    if workers is None:  # --workers auto (ADR 0018)
+        from ledger.cli.lifecycle import auto_workers, database_is_local, usable_cpus
+
+        cpus, local = usable_cpus(), database_is_local(url)
+        workers = auto_workers(cpus, local_database=local)
+        logging.getLogger("ledger.serve").info(
+            "server processes: %d (--workers auto: %d usable CPUs, PostgreSQL %s)",
+            workers,
+            cpus,
+            "on this machine" if local else "elsewhere",
+        )
     common: dict[str, Any] = {
         "host": host,
         "port": port,

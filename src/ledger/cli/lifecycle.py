@@ -144,3 +144,36 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+# -- how many server processes by default (ADR 0018) -------------------------------------
+
+# Each serve process holds up to ~34 PostgreSQL connections (a pool of 20, two per
+# projection lane, the listeners): two fit PostgreSQL's default max_connections (100) with
+# room for `ledger worker`, migrations and psql. More: pass --workers and raise it.
+MAX_AUTO_WORKERS = 2
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def database_is_local(url: str) -> bool:
+    """PostgreSQL on this machine (the embedded server, loopback or a Unix socket)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    host = parse_qs(parts.query).get("host", [parts.hostname or ""])[0]
+    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
+def auto_workers(cpus: int, *, local_database: bool) -> int:
+    """``ledger serve``'s default process count (ADR 0018): one per usable CPU, less one
+    when PostgreSQL runs on the same machine (it needs a core too), at least 1, at most
+    :data:`MAX_AUTO_WORKERS`."""
+    spare = cpus - 1 if local_database else cpus
+    return max(1, min(spare, MAX_AUTO_WORKERS))

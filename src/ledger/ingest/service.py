@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,9 +34,10 @@ from ledger.domain.events import (
     encode_state,
 )
 from ledger.errors import LedgerError
-from ledger.ingest.providers import Provider, Unusable
+from ledger.ingest.providers import Provider, Unauthorized, Unusable
 from ledger.ingest.providers.base import check_single, kept_headers
 from ledger.ingest.safetext import escape
+from ledger.metrics import Metrics
 from ledger.store.eventstore import Appended, GroupCommitter, NewEvent
 
 log = logging.getLogger("ledger.ingest.service")
@@ -58,11 +60,19 @@ class UnknownProvider(LedgerError):
 
 
 class Ingest:
-    """Turns one HTTP delivery into one durable event (or a refusal)."""
+    """Turns one HTTP delivery into one durable event (or a refusal), and counts both in
+    ``metrics`` (so the webhook route needs no second dependency: litestar resolves two
+    dependencies of a handler concurrently, in an anyio task group per request)."""
 
-    def __init__(self, providers: Mapping[str, Provider], committer: GroupCommitter) -> None:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        committer: GroupCommitter,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.providers = providers
         self.committer = committer
+        self.metrics = metrics or Metrics()
 
     async def receive(
         self,
@@ -78,12 +88,16 @@ class Ingest:
         p = self.providers.get(provider)
         if p is None:
             raise UnknownProvider(provider)
-        check_single(repeated)  # raises Unauthorized: nothing recorded
+        started = time.perf_counter()
         sha = hashlib.sha256(body).hexdigest()
         fault: str | None = None
         try:
+            check_single(repeated)  # raises Unauthorized: nothing recorded
             accepted = p.accept(headers, body)  # raises Unauthorized: nothing recorded
             key, kind, topic = accepted.dedup_key, accepted.kind, RECEIVED_TOPIC
+        except Unauthorized:
+            self.metrics.refused(provider)
+            raise
         except Unusable as exc:
             # The quarantine event holds the raw bytes (base64 in the bytea state) and only
             # our own, escaped, words about them: it always stores, and nothing in it is
@@ -122,6 +136,8 @@ class Ingest:
                 fault=conflicted.fault,
                 flag="dedup-conflict",
             )
+        self.metrics.recorded(provider, outcome.status)
+        self.metrics.timed(provider, time.perf_counter() - started)
         log.info(
             "webhook provider=%s dedup_key=%s outcome=%s position=%d%s",
             provider,

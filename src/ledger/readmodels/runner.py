@@ -10,7 +10,8 @@ One worker task per (projection, generation) that is live or being rebuilt. A wo
   split-brain overlap then backs off), applies the batch with ``search_path`` set to the
   generation's schema, advances the position and NOTIFYs ``ledger_projections``;
 - wakes on ``ledger_events`` notifications and polls every ``poll_interval`` anyway, so a
-  lost notification never stalls it;
+  lost notification never stalls it; while the head keeps moving it waits ``settle``
+  seconds between batches, so a stream of commits is applied in a few larger batches;
 - on a failing ``apply`` keeps its position, records ``state='failed'`` and the error, logs
   once and retries with backoff. After ``poison_after`` failed attempts of the same batch
   (ADR 0010) the next one applies it under savepoints, bisecting down to the events that
@@ -92,6 +93,7 @@ class ProjectionRunner(Worker):
         *,
         batch_size: int = 2000,
         poll_interval: float = 1.0,
+        settle: float = 0.05,
         lock_retry: float = 1.0,
         retire_grace: float = 5.0,
         backoff_max: float = 30.0,
@@ -103,6 +105,9 @@ class ProjectionRunner(Worker):
         self._discover = projections is None
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        # At the head under a steady stream: the least time between two batches of one
+        # projection (each is a transaction; issue 11). 0: a batch per notification.
+        self.settle = settle
         self.lock_retry = lock_retry
         self.retire_grace = retire_grace
         self.backoff_max = backoff_max

@@ -52,6 +52,7 @@ class Worker:
     app_name: str
     batch_size: int
     poll_interval: float
+    settle: float
     lock_retry: float
     backoff_max: float
     poison_after: int | None
@@ -76,6 +77,7 @@ class Worker:
                         await self._pause(wake, self.lock_retry)
                         continue
                     wake.clear()
+                    applied = self.applied
                     step = await self._step(lane, proj, generation, failures, first_failure)
                 except TRANSIENT_ERRORS as exc:
                     log.warning(
@@ -121,6 +123,12 @@ class Worker:
                     return
                 if step is Step.IDLE:
                     await self._pause(wake, self.poll_interval)
+                    if self.applied != applied and self.settle > 0:
+                        # The head moves under a steady stream (every commit notifies):
+                        # gather ``settle`` seconds of commits into the next batch rather
+                        # than a transaction per commit for each projection. The first
+                        # event after a quiet spell is applied at once.
+                        await self._pause(self._halt, self.settle)
         finally:
             await lane.close()
 
