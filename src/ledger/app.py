@@ -41,7 +41,13 @@ from ledger.api.webhooks import WebhookController
 from ledger.audit.index import AuditIndexer
 from ledger.audit.keys import KeyRing
 from ledger.config import Settings, load_settings
-from ledger.database import Logins, prepare_logins, resolve_database_url, service_pool
+from ledger.database import (
+    Logins,
+    prepare_logins,
+    replica_pool,
+    resolve_database_url,
+    service_pool,
+)
 from ledger.ingest.providers import build_providers
 from ledger.ingest.service import Ingest
 from ledger.live.hub import StreamHub
@@ -69,6 +75,8 @@ class Services:
     spender: Spender  # one per process: it holds the per-customer locks
     read_models: ReadModels
     metrics: Metrics = field(default_factory=Metrics)
+    # Reads on LEDGER_READ_DATABASE_URL's replica (ADR 0019); None: reads use read_models.
+    replica_models: ReadModels | None = None
     database_url: str = ""
     # Keyword arguments for the ProjectionRunner (``ledger worker`` and tests tune them).
     runner_options: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +151,15 @@ async def running_services(
     # timeout: connecting gives up after 4 s, so a server that does not answer is a 503
     # within 5 s (an unreachable one fails at once: refused or missing socket).
     pool = await service_pool(logins, production=production, max_size=20, timeout=4.0)
+    read_pool = None
+    if cfg.read_database_url:
+        try:
+            read_pool = await replica_pool(
+                cfg.read_database_url, logins, production=production, max_size=20, timeout=4.0
+            )
+        except BaseException:
+            await pool.close()
+            raise
     url = logins.app  # the runner, the listeners and the stream log in like the pool
     store = EventStore(pool)
     committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
@@ -160,6 +177,9 @@ async def running_services(
         read_models=read_models,
         projections=projections,
         spender=Spender(store, committer, read_models),
+        replica_models=None
+        if read_pool is None
+        else ReadModels(read_pool, projections=projections, primary=pool),
         runner_options=runner_options or {},
     )
     started: list[Component] = []
@@ -173,6 +193,8 @@ async def running_services(
             await comp.stop()
         await committer.stop()
         await pool.close()
+        if read_pool is not None:
+            await read_pool.close()
 
 
 def route_handlers() -> list[Any]:
@@ -233,6 +255,11 @@ def _read_models(state: State) -> ReadModels:
     return _services(state).read_models
 
 
+def _replica_models(state: State) -> ReadModels:
+    services = _services(state)
+    return services.replica_models or services.read_models
+
+
 def _spender(state: State) -> Spender:
     return _services(state).spender
 
@@ -268,6 +295,7 @@ def dependencies() -> dict[str, Provide]:
         "ingest": _ingest,
         "keyring": _keyring,
         "read_models": _read_models,
+        "replica_models": _replica_models,  # routes opt in: ledger.api.reads.ON_REPLICA
         "spender": _spender,
         "metrics": _metrics,
         "hub": _hub,

@@ -16,6 +16,7 @@ from ledger.api.accounts import LIVE_POSITION
 from ledger.api.auth import KeyedController
 from ledger.api.params import MinPosition, OrderIdPath, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
+from ledger.api.reads import ON_REPLICA
 from ledger.payments import orderstatus
 from ledger.readmodels.access import ReadModels, require_position
 
@@ -69,6 +70,7 @@ class OrdersController(KeyedController):
         "/{provider:str}/{order_id:str}",
         summary="An order's status and full history",
         responses=responses(*KEYED, 404),
+        dependencies=ON_REPLICA,
     )
     async def get_order(
         self,

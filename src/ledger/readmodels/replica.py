@@ -1,0 +1,80 @@
+"""Reads on a streaming replica (ADR 0019): its typed errors and how far behind it is.
+
+A ``ReadModels`` built with ``primary=`` reads on a replica (``LEDGER_READ_DATABASE_URL``).
+A replica replays the primary's WAL, so a position it has applied is exactly the primary's
+state at that position: ``?min_position=N`` waits until the replica's own tracking row
+shows N (it polls: LISTEN/NOTIFY do not reach a hot standby), else ``ReplicaLagging``.
+Connection failures and queries the replay cancelled become ``ReplicaUnavailable``: both
+answer 503 with Retry-After, never 500, and the primary (webhooks, spends) is unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+
+from ledger.database import UNREACHABLE, Conn, PrivilegeError
+from ledger.errors import ProjectionLagging
+from ledger.sql import package_sql
+from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
+
+SQL = package_sql("replica")
+
+# What a query on a replica may meet besides an outage: replay cancelled it (a conflict
+# with recovery, SQLSTATE 40001/40P01), or the session was refused at connect time.
+_FAILURES: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE_ERRORS,
+    *UNREACHABLE,
+    asyncpg.TransactionRollbackError,
+    PrivilegeError,
+)
+
+
+class ReplicaUnavailable(StoreUnavailable):
+    """The read replica cannot answer now (down, starting, or replay cancelled the query);
+    nothing was read. Retry later."""
+
+
+class ReplicaLagging(ProjectionLagging):
+    """The replica has not replayed the position a reader asked for (yet)."""
+
+    def __init__(
+        self, name: str, reached: int, wanted: int, *, behind: int, seconds: float | None
+    ) -> None:
+        super().__init__(name, reached, wanted)
+        self.behind = behind  # the primary's head minus the replica's
+        self.seconds = seconds  # age of the last replayed commit; None: unknown
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds a client should wait: about the replay lag, from 1 to 30."""
+        if self.seconds is None:
+            return 1
+        return max(1, min(30, math.ceil(self.seconds)))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayLag:
+    head: int  # the replica's log head
+    seconds: float | None
+
+
+async def replay_lag(conn: Conn) -> ReplayLag:
+    """How far the server behind ``conn`` is: its head and its replay lag in seconds."""
+    row = await conn.fetchrow(SQL["replay_lag"])
+    assert row is not None
+    seconds = row["seconds"]
+    return ReplayLag(int(row["head"]), None if seconds is None else round(float(seconds), 3))
+
+
+@asynccontextmanager
+async def answering() -> AsyncIterator[None]:
+    """Around a replica query: its failures become ``ReplicaUnavailable`` (a 503)."""
+    try:
+        yield
+    except _FAILURES as exc:
+        raise ReplicaUnavailable(f"the read replica failed: {type(exc).__name__}") from exc
