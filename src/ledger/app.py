@@ -41,13 +41,7 @@ from ledger.api.webhooks import WebhookController
 from ledger.audit.index import AuditIndexer
 from ledger.audit.keys import KeyRing
 from ledger.config import Settings, load_settings
-from ledger.database import (
-    Logins,
-    prepare_logins,
-    replica_pool,
-    resolve_database_url,
-    service_pool,
-)
+from ledger.database import Logins, prepare_logins, resolve_database_url, service_pool
 from ledger.ingest.providers import build_providers
 from ledger.ingest.service import Ingest
 from ledger.live.hub import StreamHub
@@ -55,6 +49,7 @@ from ledger.metrics import Metrics
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.readmodels.access import ReadModels
 from ledger.readmodels.contract import Projection, discover
+from ledger.readmodels.replica import replica_pool
 from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import EventStore, GroupCommitter
 

@@ -189,7 +189,8 @@ async def session_rights(conn: Any) -> Rights:
     return Rights(r["login"], r["superuser"], r["owner"], r["createrole"], r["migrated"])
 
 
-async def _rights_of(url: str) -> Rights:
+async def rights_of(url: str) -> Rights:
+    """What ``url`` logs in as (one short-lived connection)."""
     conn = await asyncpg.connect(url)
     try:
         return await session_rights(conn)
@@ -294,7 +295,7 @@ async def prepare_logins(
     - Production refuses a ``url`` that is a superuser or may act as the owner. Development
       then logs the service in as ``ledger_app`` on the same server instead, warning once.
     """
-    rights = await _rights_of(url)
+    rights = await rights_of(url)
     if production and rights.privileged:
         raise PrivilegeError(
             "refusing to start in production: LEDGER_DATABASE_URL logs in as "
@@ -306,7 +307,7 @@ async def prepare_logins(
         return Logins(app=url, owner=None)
     await _migrate(owner)
     if not migrate_url:
-        rights = await _rights_of(url)  # a first migration made it the owner
+        rights = await rights_of(url)  # a first migration made it the owner
     if not rights.privileged:
         return Logins(app=url, owner=owner)
     app = await app_login(url)
@@ -347,55 +348,3 @@ async def logins_for(url: str, settings: Settings) -> Logins:
         migrate_url=settings.migrate_database_url,
         production=settings.env == "production",
     )
-
-
-# --- Reads on a streaming replica (ADR 0019) ---------------------------------------------
-
-
-async def _replica_login(read_url: str, logins: Logins, *, production: bool) -> str:
-    """The URL the replica pool logs in with: ``read_url`` when it is a plain login; in
-    development a superuser/owner URL is swapped for ``ledger_app``, whose role and password
-    the replica has replayed from the primary (a replica is read only: nothing to set)."""
-    try:
-        rights = await _rights_of(read_url)
-    except UNREACHABLE:
-        # A replica that is down must not stop the service: webhooks never need it. Every
-        # pooled session is checked when it connects (``_refuse_privileged``).
-        log.warning("LEDGER_READ_DATABASE_URL does not answer yet; reads answer 503 until it does")
-        return read_url
-    if not rights.privileged:
-        return read_url
-    if production:
-        raise PrivilegeError(
-            "refusing to start in production: LEDGER_READ_DATABASE_URL logs in as "
-            f"{rights.describe()}. Use the login role of LEDGER_DATABASE_URL (granted "
-            f"{APP_ROLE}); the replica has it already"
-        )
-    log.warning(
-        "LEDGER_READ_DATABASE_URL logs in as %s: development reads as %s instead",
-        rights.describe(),
-        APP_ROLE,
-    )
-    return with_user(read_url, APP_ROLE, urlsplit(logins.app).password)
-
-
-async def _refuse_privileged(conn: asyncpg.Connection) -> None:
-    # Production, on every new replica session: the check startup could not make when the
-    # replica was down then.
-    rights = await session_rights(conn)
-    if rights.privileged:
-        raise PrivilegeError(
-            f"the replica pool logs in as {rights.describe()}; refusing it in production"
-        )
-
-
-async def replica_pool(
-    read_url: str, logins: Logins, *, production: bool = False, **kw: Any
-) -> asyncpg.Pool:
-    """The pool for ``LEDGER_READ_DATABASE_URL``: sessions run as ``ledger_app`` like the
-    primary's, and production refuses a login that is a superuser or may act as the owner.
-    It opens connections on demand, so a replica that is down costs reads a 503 (the
-    caller maps the connection errors), never the service its start."""
-    url = await _replica_login(read_url, logins, production=production)
-    init = _refuse_privileged if production else None
-    return await create_pool(url, min_size=0, init=init, **kw)
