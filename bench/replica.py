@@ -202,7 +202,10 @@ async def measure(
 
         await asyncio.gather(load(), read_loop(), sample_lag())
 
-    print(f"ingest: {posted} webhooks acknowledged in {seconds:.0f} s at {rate:.0f}/s asked")
+    print(
+        f"ingest: {posted} webhooks acknowledged in {seconds:.0f} s "
+        f"({posted / seconds:.0f}/s; {rate:.0f}/s asked)"
+    )
     print(f"({failed} not 200); reads one at a time, alternating the two servers")
     print(f"{'server':8} {'kind':13} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'503s':>5}")
     for (name, kind), values in sorted(lat.items()):
