@@ -91,6 +91,8 @@ async def answering() -> AsyncIterator[None]:
     try:
         yield
     except _FAILURES as exc:
+        if isinstance(exc, PrivilegeError):  # a deployment fault: say so where operators look
+            log.error("%s", exc)
         raise ReplicaUnavailable(f"the read replica failed: {type(exc).__name__}") from exc
 
 
