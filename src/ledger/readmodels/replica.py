@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -123,7 +123,8 @@ async def _replica_login(read_url: str, logins: Logins, *, production: bool) -> 
         rights.describe(),
         APP_ROLE,
     )
-    return with_user(read_url, APP_ROLE, urlsplit(logins.app).password)
+    password = urlsplit(logins.app).password
+    return with_user(read_url, APP_ROLE, None if password is None else unquote(password))
 
 
 async def _refuse_privileged(conn: asyncpg.Connection) -> None:
