@@ -7,6 +7,14 @@ maps to (``ledger.payments.orderstatus``). The order is folded from its rows whe
 gives the same answer, and a batch is one insert (rebuilds stay fast). A ``pending`` or
 ``expire`` that arrives after ``paid`` is kept in the history and reads as late (computed from
 positions); it never downgrades the order.
+
+Registered orders (ADR 0016) are kept beside the history (``order_registrations``): the
+customer and the expected amount the merchant's app declared. A notification that lowers
+what the merchant keeps, from a provider whose signature does not cover its status
+(Midtrans), is stored ``held``: it does not count until the provider's status API confirms
+it. Each answer of a status API (ADR 0017) is also judged against what the ledger knew
+before it (``order_checks``: missed, unconfirmed, mismatch or ok), in log order, so a
+rebuild judges the same way.
 """
 
 from __future__ import annotations
@@ -14,11 +22,15 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import msgspec
 
 from ledger.database import Conn
 from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC, decode_checked
+from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
 from ledger.payments import orderstatus
 from ledger.payments.facts import ORDER_PROVIDERS, read_payment
 from ledger.payments.rules import (
@@ -51,6 +63,9 @@ class Note(NamedTuple):
     customer: str | None
     provider_ref: str | None  # the provider's own id for the order (Xendit's invoice id)
     source: str = "notification"  # or "reconciliation": a provider's status API answered
+    total_amount: str | None = None  # the order's total, as the provider states it
+    paid_amount: str | None = None  # what the provider says was paid
+    held: bool = False  # awaiting the provider's confirmation (ADR 0016)
 
 
 def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
@@ -75,6 +90,10 @@ def note(rec: StoredRecord, state: DeliveryHead) -> Note | None:
         opt_text(p.payment_method),
         p.customer,
         opt_text(p.invoice_id),
+        "notification",
+        opt_text(p.amount),
+        opt_text(p.paid_amount),
+        orderstatus.held(state.provider, p.status),
     )
 
 
@@ -98,6 +117,8 @@ def reconciled(rec: StoredRecord) -> Note | None:
         p.customer,
         opt_text(p.invoice_id),
         "reconciliation",
+        opt_text(p.amount),
+        opt_text(p.paid_amount),
     )
 
 
@@ -107,23 +128,114 @@ def order_note(rec: StoredRecord) -> Note | None:
     return note(rec, delivery_head(rec.state))
 
 
+def registration_row(rec: StoredRecord) -> tuple[Any, ...]:
+    st = decode_registered(rec.state)
+    expires = None if st.expires_at is None else datetime.fromisoformat(st.expires_at)
+    return (
+        st.provider,
+        st.order_id,
+        rec.id,
+        rec.position,
+        st.timestamp,
+        st.customer,
+        st.amount,
+        st.currency,
+        st.package,
+        st.booking_id,
+        expires,
+        msgspec.json.encode(st.metadata).decode(),
+    )
+
+
+def judge(reading: str, before: Sequence[Any]) -> tuple[str | None, str, str]:
+    """What an answer of a status API meant, given the order's rows before it:
+    (the ledger's status then, state, resolution). ``before`` rows are ``history_before``."""
+    counted = [r for r in before if not r["held"]]
+    ledger = orderstatus.fold(r["status"] for r in counted) if counted else None
+    waiting = [
+        r["status"]
+        for i, r in enumerate(before)
+        if r["held"] and not any(x["source"] == "reconciliation" for x in before[i + 1 :])
+    ]
+    if reading == "unverified":
+        return ledger, "mismatch", "the answer's signature does not verify; nothing applied"
+    if reading == "unknown_order":
+        if ledger is None:
+            return ledger, "ok", "neither the ledger nor the provider knows a payment"
+        return ledger, "mismatch", f"the provider knows no such order; the ledger's {ledger} stands"
+    if waiting:
+        if reading in waiting:
+            return (
+                ledger,
+                "ok",
+                f"confirmed the held {reading} notification; the order is {reading}",
+            )
+        held_ = ", ".join(sorted(set(waiting)))
+        return (
+            ledger,
+            "unconfirmed",
+            f"the provider says {reading}: the held {held_} notification is not applied",
+        )
+    if ledger is None or orderstatus.rank(reading) > orderstatus.rank(ledger):
+        return ledger, "missed", f"recovered: the order becomes {reading}"
+    if reading == ledger:
+        return ledger, "ok", "the ledger agrees"
+    return ledger, "mismatch", f"the provider says {reading}; the ledger's {ledger} ranks above it"
+
+
 class Orders:
     name = "orders"
     # 2: the order is folded when read; 3: one index (the key); 4: customers (0009);
     # 5: Xendit's invoice id (provider_ref), so an order is found by either id;
-    # 6: answers of the providers' status APIs (source 'reconciliation', ADR 0017)
-    version = 6
-    topics: tuple[str, ...] = (RECEIVED_TOPIC, CHECKED_TOPIC)
+    # 6: answers of the providers' status APIs (source 'reconciliation', ADR 0017);
+    # 7: registered orders, total and paid amounts, held notifications, judged answers
+    version = 7
+    topics: tuple[str, ...] = (RECEIVED_TOPIC, CHECKED_TOPIC, REGISTERED_TOPIC)
     schema_sql = SQL["schema"]
     queries = SQL
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        notes = [n for rec in records if (n := order_note(rec))]
+        notes: list[Note] = []
+        checks: list[StoredRecord] = []
+        for rec in records:
+            if rec.topic == REGISTERED_TOPIC:
+                await conn.execute(SQL["insert_registration"], *registration_row(rec))
+                continue
+            n = order_note(rec)
+            if n:
+                notes.append(n)
+            if rec.topic == CHECKED_TOPIC:
+                checks.append(rec)
         if notes:
             await conn.execute(SQL["insert_history"], *columns(notes))
+        for rec in checks:  # rare: each judged against the rows before it, in log order
+            await self._judge(conn, rec)
+
+    async def _judge(self, conn: Conn, rec: StoredRecord) -> None:
+        st = decode_checked(rec.state)
+        if st.reading == "refused" or st.provider not in ORDER_PROVIDERS:
+            return  # no answer about the order (401, 403, ...): nothing to judge
+        order_id = pg_text(st.order_id)
+        before = await conn.fetch(SQL["history_before"], st.provider, order_id, rec.position)
+        ledger, state, resolution = judge(st.reading, before)
+        await conn.execute(
+            SQL["insert_check"],
+            rec.id,
+            st.provider,
+            order_id,
+            rec.position,
+            st.timestamp,
+            st.reading,
+            opt_text(st.provider_status),
+            ledger,
+            state,
+            resolution,
+        )
 
     async def digest(self, conn: Conn) -> str:
-        return await table_digest(conn, [SQL["digest"]])
+        return await table_digest(
+            conn, [SQL["digest"], SQL["digest_registrations"], SQL["digest_checks"]]
+        )
 
 
 PROJECTION = Orders()

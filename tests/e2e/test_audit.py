@@ -23,7 +23,7 @@ from ledger.audit import queries
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.domain.events import RECEIVED_TOPIC
-from ledger.payments.orderstatus import fold, midtrans_status
+from ledger.payments.orderstatus import fold, held, midtrans_status
 from ledger.projections.token_balances import PROJECTION, TokenBalances
 from ledger.store.eventstore import EventStore, NewEvent, StoredRecord
 from tests.support import bearer, make_key, signed, until
@@ -226,7 +226,7 @@ async def test_export_streams_a_large_range_in_bounded_pages(client, database_ur
     assert positions == sorted(positions)
     first = dict(zip(rows[0], rows[1], strict=True))
     assert first["order_id"] == "INV-0"
-    assert first["amount"] == "1000.00"
+    assert (first["expected_amount"], first["paid_amount"]) == ("1000.00", "1000.00")
     assert len(first["hash"]) == 64
 
     r = await client.get("/v1/audit/export", params={**march, "format": "jsonl"}, headers=reader)
@@ -319,7 +319,9 @@ async def test_order_status_as_of_any_position_matches_folding_the_log(
     for pos, state in log:
         body = json.loads(base64.b64decode(json.loads(state)["body_b64"]))
         if body["order_id"] == "INV-AS":
-            seen.append(midtrans_status(body["transaction_status"], body.get("fraud_status")))
+            status = midtrans_status(body["transaction_status"], body.get("fraud_status"))
+            if not held("midtrans", status):  # a refund waits for Midtrans' API (ADR 0016)
+                seen.append(status)
         folded.append((pos, fold(seen)))
     for pos, expected in folded:
         r = await client.get(

@@ -21,7 +21,7 @@ from litestar.testing import AsyncTestClient
 
 from tests.support import live_server, make_key
 
-SCOPES = ("audit:read", "ops:admin", "tokens:write")
+SCOPES = ("audit:read", "ops:admin", "tokens:write", "orders:write")
 # Per key: examples per operation and a time budget (the run stops by itself well within).
 MAX_EXAMPLES = int(os.environ.get("LEDGER_FUZZ_EXAMPLES", "15"))
 MAX_SECONDS = int(os.environ.get("LEDGER_FUZZ_SECONDS", "35"))

@@ -283,3 +283,73 @@ async def test_unreachable_api_means_try_later(database_url, tmp_path):
     assert run.code == 75, run.out + run.err
     assert run.err.startswith("try later: xendit status API: ")
     assert "Traceback" not in run.err
+
+
+async def test_replayed_refund_is_held_then_contradicted_and_listed(
+    client, database_url, tmp_path, apis
+):
+    """Issue 10: a Midtrans signature does not cover ``transaction_status``, so a captured
+    settlement replayed as ``refund`` verifies. It is held (ADR 0016); Midtrans' status API
+    says settlement, so it is never applied: the order stays paid, the notification is
+    marked unconfirmed and listed for review, and the check is judged ``unconfirmed``."""
+    key = await make_key(database_url, "audit:read")
+    d = signed("midtrans", "settlement", order_id="INV-RR", transaction_id="t-rr")
+    r = await client.post(d.path, content=d.body, headers=d.headers)
+    assert r.status_code == 200, r.text
+    forged = json.loads(d.body) | {"transaction_status": "refund"}
+    r = await client.post(d.path, content=json.dumps(forged).encode(), headers=d.headers)
+    assert r.status_code == 200, r.text  # it verifies: same order, status code and amount
+    replayed = r.json()["position"]
+    o = await order(client, key, "midtrans", "INV-RR", replayed)
+    assert o["status"] == "paid"
+    assert [(h["status"], h["confirmation"]) for h in o["history"]] == [
+        ("paid", None),
+        ("refunded", "held"),
+    ]
+    apis.midtrans["INV-RR"] = midtrans_status_body("INV-RR", "settlement", MIDTRANS_KEY)
+    run = await reconcile(database_url, tmp_path, apis.url, "midtrans", "INV-RR")
+    assert run.code == 0, run.err
+
+    async def contradicted() -> Any:
+        o = await order(client, key, "midtrans", "INV-RR", replayed)
+        return o if o["history"][-1]["source"] == "reconciliation" else None
+
+    o = await until(contradicted, what="the check folded")
+    assert o["status"] == "paid"
+    assert [(h["status"], h["confirmation"]) for h in o["history"]][1] == (
+        "refunded",
+        "unconfirmed",
+    )
+    r = await client.get("/v1/review?reason=unconfirmed", headers=bearer(key))
+    assert r.status_code == 200, r.text
+    [item] = r.json()["items"]
+    assert (item["position"], item["reason"], item["provider"]) == (
+        replayed,
+        "unconfirmed",
+        "midtrans",
+    )
+    assert "the held refunded notification is not applied" in item["detail"]
+    assert item["dedup_key"].startswith("midtrans:INV-RR:t-rr:refund")
+
+
+async def test_a_genuine_refund_is_confirmed_by_the_api(client, database_url, tmp_path, apis):
+    key = await make_key(database_url, "audit:read")
+    await post(client, "midtrans", "settlement", order_id="INV-RF", transaction_id="t-rf")
+    refund = await post(client, "midtrans", "refund", order_id="INV-RF", transaction_id="t-rf")
+    assert (await order(client, key, "midtrans", "INV-RF", refund))["status"] == "paid"
+    apis.midtrans["INV-RF"] = midtrans_status_body("INV-RF", "refund", MIDTRANS_KEY)
+    run = await reconcile(database_url, tmp_path, apis.url, "midtrans", "INV-RF")
+    assert run.code == 0, run.err
+
+    async def refunded() -> Any:
+        o = await order(client, key, "midtrans", "INV-RF", refund)
+        return o if o["status"] == "refunded" else None
+
+    o = await until(refunded, what="the refund confirmed")
+    assert [(h["status"], h["confirmation"], h["source"]) for h in o["history"]] == [
+        ("paid", None, "notification"),
+        ("refunded", "confirmed", "notification"),
+        ("refunded", None, "reconciliation"),
+    ]
+    r = await client.get("/v1/review?reason=unconfirmed", headers=bearer(key))
+    assert r.json()["items"] == []

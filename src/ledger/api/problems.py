@@ -23,6 +23,7 @@ from ledger.errors import (
     UnknownProjection,
 )
 from ledger.outbox.dispatcher import NotRetryable
+from ledger.payments.registration import InvalidRegistration, RegistrationConflict
 from ledger.readmodels.replica import ReplicaLagging, ReplicaUnavailable
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
@@ -256,6 +257,25 @@ def _from_idempotency(exc: Exception) -> ProblemDetailsException:
     )
 
 
+def _from_invalid_registration(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, InvalidRegistration)
+    return problem(
+        400, "invalid-registration", "Invalid order registration", str(exc), field=exc.field
+    )
+
+
+def _from_registration_conflict(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, RegistrationConflict)
+    return problem(
+        409,
+        "registration-conflict",
+        "The order was registered with different terms",
+        f"the order was first registered with a different {', '.join(exc.fields)}; "
+        "the first registration stands (register a new order id for new terms)",
+        fields=exc.fields,
+    )
+
+
 def _from_spend_busy(exc: Exception) -> ProblemDetailsException:
     return problem(503, "spend-busy", "Try again", str(exc), headers={"Retry-After": "1"})
 
@@ -296,6 +316,8 @@ CONFIG = ProblemDetailsConfig(
         InsufficientTokens: _from_insufficient,
         IdempotencyConflict: _from_idempotency,
         SpendBusy: _from_spend_busy,
+        InvalidRegistration: _from_invalid_registration,
+        RegistrationConflict: _from_registration_conflict,
         NotRetryable: _from_not_retryable,
         ReasonRequired: _from_reason_required,
         LedgerError: _from_ledger_error,

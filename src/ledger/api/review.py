@@ -5,8 +5,10 @@ Accepts ``?min_position=N`` (read-your-writes), like every read-model route.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
+import asyncpg
 import msgspec
 from litestar import get
 from litestar.di import NamedDependency
@@ -16,6 +18,7 @@ from ledger.api.accounts import LIVE_POSITION
 from ledger.api.auth import KeyedController
 from ledger.api.params import Limit, MinPosition, Position
 from ledger.api.problems import KEYED, responses
+from ledger.errors import ProjectionUnavailable
 from ledger.readmodels import poison
 from ledger.readmodels.access import ReadModels, require_position
 
@@ -56,15 +59,21 @@ class ReviewController(KeyedController):
     ) -> ReviewPage:
         """Quarantined, dedup conflicts, unknown package or customer, amount mismatch,
         unreadable expiry, events a consumer of the log set aside (``poisoned:<consumer>``;
-        ``reason=poisoned`` lists them all): each with its reason and a link to the raw
-        event."""
+        ``reason=poisoned`` lists them all), held notifications the provider's status API
+        contradicted (``unconfirmed``): each with its reason and a link to the raw event."""
         await require_position(read_models, "review", min_position)
         async with read_models.reading("review") as conn:
             position = int(await conn.fetchval(LIVE_POSITION, "review") or 0)
             rows = await conn.fetch(read_models.query("review", "page"), after, limit + 1, reason)
             # Events a consumer of the log set aside (ADR 0010): reason poisoned:<consumer>.
             poisoned = await poison.review_rows(conn, after, limit + 1, reason)
-            rows = poison.merge_review(rows, poisoned, limit + 1)
+        # Held notifications the provider's status API contradicted (ADR 0016).
+        unconfirmed: list[asyncpg.Record] = []
+        with contextlib.suppress(ProjectionUnavailable):
+            async with read_models.reading("orders") as conn:
+                query = read_models.query("orders", "review_unconfirmed")
+                unconfirmed = list(await conn.fetch(query, after, limit + 1, reason))
+        rows = poison.merge_review([*rows, *unconfirmed], poisoned, limit + 1)
         has_more = len(rows) > limit
         page = list(rows[:limit])
         # Never split one event's reasons across pages: the cursor is a position.

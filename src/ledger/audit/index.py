@@ -32,6 +32,7 @@ import msgspec
 
 from ledger.audit.trail import decode_operator_action
 from ledger.domain.events import CHECKED_TOPIC, OPERATOR_ACTION_TOPIC, decode_checked
+from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
 from ledger.payments.customers import customer_key
 from ledger.payments.facts import payment_fact
 from ledger.payments.orderstatus import RANK
@@ -115,6 +116,8 @@ def interpret(rec: StoredRecord) -> IndexRow:
         )
     if rec.topic == CHECKED_TOPIC and (checked := _reconciliation(rec)) is not None:
         return checked
+    if rec.topic == REGISTERED_TOPIC and (registered := _registration(rec)) is not None:
+        return registered
     if rec.topic == OPERATOR_ACTION_TOPIC:
         op = decode_operator_action(rec.state)
         return IndexRow(
@@ -155,9 +158,11 @@ def _reconciliation(rec: StoredRecord) -> IndexRow | None:
         return None  # indexed like any other event
     applied = st.reading in RANK
     amount: str | None = None
+    paid: str | None = None
     if applied:
         with contextlib.suppress(msgspec.DecodeError, ValueError):
-            amount = answers.payment(st.provider, st.order_id, b64decode(st.body_b64)).amount
+            p = answers.payment(st.provider, st.order_id, b64decode(st.body_b64))
+            amount, paid = p.amount, p.paid_amount
     return IndexRow(
         position=rec.position,
         event_id=rec.id,
@@ -169,7 +174,31 @@ def _reconciliation(rec: StoredRecord) -> IndexRow | None:
         order_id=st.order_id,
         status=st.reading if applied else None,
         amount=_decimal(amount),
+        paid_amount=_decimal(paid),
         body_sha256=st.body_sha256,
+    )
+
+
+def _registration(rec: StoredRecord) -> IndexRow | None:
+    """The merchant registered an order (ADR 0016): category ``registration``; ``amount``
+    is the expected amount, which the export and the summary prefer to a provider's."""
+    try:
+        st = decode_registered(rec.state)
+    except msgspec.DecodeError:
+        return None  # indexed like any other event
+    return IndexRow(
+        position=rec.position,
+        event_id=rec.id,
+        topic=rec.topic,
+        received_at=st.timestamp,
+        category="registration",
+        provider=st.provider,
+        kind="registered",
+        customer=st.customer,
+        order_id=st.order_id,
+        amount=_decimal(st.amount),
+        currency=st.currency,
+        actor=st.key_id or None,
     )
 
 

@@ -28,7 +28,7 @@ from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
 log = logging.getLogger("ledger.audit.keys")
 SQL = package_sql("keys")
-SCOPES = frozenset({"audit:read", "tokens:write", "ops:admin"})
+SCOPES = frozenset({"audit:read", "tokens:write", "orders:write", "ops:admin"})
 CACHE_SECONDS = 5.0
 CHANNEL = "ledger_keys"
 HEALTH_CHECK_SECONDS = 30.0  # how often an idle listening connection is checked

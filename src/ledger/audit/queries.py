@@ -17,7 +17,7 @@ import msgspec
 
 from ledger.payments.amounts import plain, plain_or_none
 from ledger.payments.customers import customer_key
-from ledger.payments.orderstatus import RANK
+from ledger.payments.orderstatus import RANK, held
 from ledger.readmodels.contract import Conn
 from ledger.sql import package_sql
 
@@ -35,7 +35,8 @@ EXPORT_COLUMNS = (
     "customer",
     "order_id",
     "status",
-    "amount",
+    "expected_amount",
+    "paid_amount",
     "currency",
     "body_sha256",
     "hash",
@@ -108,6 +109,11 @@ class ProviderDay(msgspec.Struct, kw_only=True):
     paid_notifications: int
     paid_orders: int
     paid_amount: str
+    # What the paid orders were expected to bring (registered, else stated: ADR 0016), and
+    # how many of them were paid short or over it.
+    expected_amount: str
+    partially_paid_orders: int
+    overpaid_orders: int
     failures: int
     refunds: int
     chargebacks: int
@@ -130,6 +136,9 @@ async def summary(conn: Conn, since: datetime, until: datetime) -> list[Provider
                 paid_notifications=c["paid_notifications"],
                 paid_orders=p["paid_orders"] if p else 0,
                 paid_amount=plain(p["paid_amount"]) if p else "0",
+                expected_amount=plain(p["expected_amount"]) if p else "0",
+                partially_paid_orders=p["partially_paid_orders"] if p else 0,
+                overpaid_orders=p["overpaid_orders"] if p else 0,
                 failures=c["failures"],
                 refunds=c["refunds"],
                 chargebacks=c["chargebacks"],
@@ -172,6 +181,9 @@ class TimelineEntry(msgspec.Struct, kw_only=True):
     raw: str
     order_status_after: str | None = None
     late: bool = False
+    # A notification held until the provider's status API confirms it (ADR 0016): it does
+    # not change the order by itself (a confirming answer later in the timeline does).
+    held: bool = False
     effects: list[Effect] = msgspec.field(default_factory=list)
 
 
@@ -233,8 +245,13 @@ async def timeline(
         )
         status = r["status"]
         folded = r["category"] in ("received", "reconciliation")  # as the orders view does
+        entry.held = r["category"] == "received" and held(r["provider"], status or "")
         if r["order_id"] is not None and folded and status in RANK:
             key = (r["provider"], r["order_id"])
+            if entry.held:
+                entry.order_status_after = best.get(key)
+                out.append(entry)
+                continue
             before = best.get(key)
             entry.late = before is not None and RANK[status] < RANK[before]
             if before is None or RANK[status] > RANK[before]:

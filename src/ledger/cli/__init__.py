@@ -168,7 +168,11 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True)
 @click.option(
-    "--scope", "scopes", required=True, multiple=True, help="audit:read, tokens:write, ops:admin"
+    "--scope",
+    "scopes",
+    required=True,
+    multiple=True,
+    help="audit:read, tokens:write, orders:write, ops:admin",
 )
 @click.option("--reason", required=True, help="why (recorded in the operator trail)")
 def keys_create(name: str, scopes: tuple[str, ...], reason: str) -> None:

@@ -5,5 +5,6 @@ are importable from here: eventsourcing resolves a topic by importing its module
 """
 
 from ledger.domain.events import Delivery, OperatorAction, Reconciliation, TokenSpend
+from ledger.domain.orders import OrderRegistration
 
-__all__ = ["Delivery", "OperatorAction", "Reconciliation", "TokenSpend"]
+__all__ = ["Delivery", "OperatorAction", "OrderRegistration", "Reconciliation", "TokenSpend"]

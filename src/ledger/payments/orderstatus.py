@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from ledger.errors import LedgerError
@@ -165,3 +166,62 @@ def late_flags(history: Sequence[Entry]) -> list[bool]:
         flags.append(r < best)
         best = max(best, r)
     return flags
+
+
+# Notifications that lower what the merchant keeps are confirmed with the provider's status
+# API before they count (ADR 0016): a Midtrans signature does not cover
+# ``transaction_status``, so a captured settlement can be replayed as a refund. Xendit's
+# invoice callbacks have no such status (EXPIRED after PAID never downgrades), and the
+# partner signs its whole body and has no status API.
+CONFIRMED_BY_API: dict[str, frozenset[str]] = {
+    "midtrans": frozenset(
+        {"partially_refunded", "refunded", "partially_charged_back", "charged_back"}
+    ),
+}
+
+
+def held(provider: str, status: str, source: str = "notification") -> bool:
+    """Is this notification held until the provider's status API confirms it?"""
+    return source == "notification" and status in CONFIRMED_BY_API.get(provider, frozenset())
+
+
+def confirmation(held_status: str, later_answers: Sequence[str]) -> str:
+    """A held notification's state from the verified API statuses recorded after it:
+    ``confirmed`` (one of them says the same), ``unconfirmed`` (they say otherwise) or
+    ``held`` (none yet)."""
+    if not later_answers:
+        return "held"
+    return "confirmed" if held_status in later_answers else "unconfirmed"
+
+
+# The amount rule (ADR 0016): an order whose paid amount differs from what was expected is
+# never plain ``paid``.
+AmountCheck = Literal["match", "short", "over", "currency"]
+
+
+def settle(
+    status: str,
+    expected: str | None,
+    expected_currency: str | None,
+    paid: str | None,
+    paid_currency: str | None,
+) -> tuple[str, AmountCheck | None]:
+    """The status an order reads once its paid amount is compared with the expected one,
+    and the comparison. ``partially_paid``: less than expected was paid (a Xendit or partner
+    down payment); ``amount_mismatch``: more than expected, or another currency. Only a
+    ``pending`` or ``paid`` order is judged; refunds and chargebacks keep their status."""
+    if expected is None or paid is None or status not in ("pending", "paid"):
+        return status, None
+    try:
+        want, got = Decimal(expected), Decimal(paid)
+    except InvalidOperation:
+        return status, None
+    if got <= 0 and status == "pending":
+        return status, None
+    if expected_currency and paid_currency and expected_currency != paid_currency:
+        return "amount_mismatch", "currency"
+    if got < want:
+        return "partially_paid", "short"
+    if got > want:
+        return "amount_mismatch", "over"
+    return ("paid", "match") if status == "paid" else (status, None)

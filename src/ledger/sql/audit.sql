@@ -86,9 +86,18 @@ WHERE received_at >= $1 AND received_at < $2
 -- A primary-key range scan: cost per page is independent of the export's size. The export
 -- columns come out as text, formatted here (times in UTC with microseconds, exact decimals,
 -- hex hashes); the last two columns are for the cursor and the time filter.
+-- expected_amount and paid_amount have the order view's one definition (ADR 0016): expected
+-- is the registered amount, else the total the provider states; paid what it says was paid.
 SELECT position::text, event_id::text,
        to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-       category, provider, kind, dedup_key, customer, order_id, status, amount::text,
+       category, provider, kind, dedup_key, customer, order_id, status,
+       coalesce(
+           (SELECT r.amount FROM audit_index r
+            WHERE i.order_id IS NOT NULL AND r.order_id = i.order_id
+              AND r.category = 'registration' AND r.provider = i.provider
+            ORDER BY r.position LIMIT 1),
+           i.amount)::text,
+       paid_amount::text,
        currency, body_sha256, encode(hash, 'hex'),
        position AS cursor, received_at AS at
 FROM audit_index i
@@ -117,22 +126,39 @@ ORDER BY provider
 
 -- name: summary_paid
 -- Money counts once per order: an order is paid on the day of its first paid notification
--- (a Midtrans capture followed by its settlement, or a redelivery, is not paid twice).
+-- or verified status-API answer (a Midtrans capture followed by its settlement, a
+-- redelivery or a recovered payment's later webhook is not paid twice). Paid and expected
+-- amounts have the order view's definition (ADR 0016): expected is the registered amount,
+-- else the total the provider states; paid what the provider says was paid.
 WITH day_paid AS (
     SELECT DISTINCT provider, coalesce(order_id, event_id::text) AS ref
     FROM audit_index
     WHERE received_at >= $1 AND received_at < $2
-      AND category = 'received' AND status = 'paid' AND provider IS NOT NULL
+      AND category IN ('received', 'reconciliation') AND status = 'paid'
+      AND provider IS NOT NULL
 ), first_paid AS (
     SELECT DISTINCT ON (i.provider, coalesce(i.order_id, i.event_id::text))
-           i.provider, i.received_at, coalesce(i.paid_amount, i.amount) AS paid
+           i.provider, i.order_id, i.received_at, coalesce(i.paid_amount, i.amount) AS paid,
+           i.amount AS stated
     FROM audit_index i
     JOIN day_paid d ON d.provider = i.provider AND d.ref = coalesce(i.order_id, i.event_id::text)
-    WHERE i.category = 'received' AND i.status = 'paid'
+    WHERE i.category IN ('received', 'reconciliation') AND i.status = 'paid'
     ORDER BY i.provider, coalesce(i.order_id, i.event_id::text), i.position
+), judged AS (
+    SELECT f.provider, f.received_at, f.paid,
+           coalesce(
+               (SELECT r.amount FROM audit_index r
+                WHERE f.order_id IS NOT NULL AND r.order_id = f.order_id
+                  AND r.category = 'registration' AND r.provider = f.provider
+                ORDER BY r.position LIMIT 1),
+               f.stated) AS expected
+    FROM first_paid f
 )
-SELECT provider, count(*) AS paid_orders, coalesce(sum(paid), 0) AS paid_amount
-FROM first_paid
+SELECT provider, count(*) AS paid_orders, coalesce(sum(paid), 0) AS paid_amount,
+       coalesce(sum(expected), 0) AS expected_amount,
+       count(*) FILTER (WHERE paid < expected) AS partially_paid_orders,
+       count(*) FILTER (WHERE paid > expected) AS overpaid_orders
+FROM judged
 WHERE received_at >= $1 AND received_at < $2
 GROUP BY provider
 
