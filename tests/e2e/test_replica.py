@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
@@ -126,7 +127,7 @@ class Node:
 async def _exists_on_replica(replica_url: str) -> bool:
     try:
         return bool(await fetchval(replica_url, "SELECT pg_is_in_recovery()"))
-    except Exception:  # not replayed yet: the database does not exist there
+    except asyncpg.InvalidCatalogNameError:  # not replayed yet: no such database there
         return False
 
 
