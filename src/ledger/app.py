@@ -49,6 +49,7 @@ from ledger.metrics import Metrics
 from ledger.outbox.dispatcher import Dispatcher
 from ledger.readmodels.access import ReadModels
 from ledger.readmodels.contract import Projection, discover
+from ledger.readmodels.replica import replica_pool
 from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import EventStore, GroupCommitter
 
@@ -69,6 +70,8 @@ class Services:
     spender: Spender  # one per process: it holds the per-customer locks
     read_models: ReadModels
     metrics: Metrics = field(default_factory=Metrics)
+    # Reads on LEDGER_READ_DATABASE_URL's replica (ADR 0019); None: reads use read_models.
+    replica_models: ReadModels | None = None
     database_url: str = ""
     # Keyword arguments for the ProjectionRunner (``ledger worker`` and tests tune them).
     runner_options: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +146,15 @@ async def running_services(
     # timeout: connecting gives up after 4 s, so a server that does not answer is a 503
     # within 5 s (an unreachable one fails at once: refused or missing socket).
     pool = await service_pool(logins, production=production, max_size=20, timeout=4.0)
+    read_pool = None
+    if cfg.read_database_url:
+        try:
+            read_pool = await replica_pool(
+                cfg.read_database_url, logins, production=production, max_size=20, timeout=4.0
+            )
+        except BaseException:
+            await pool.close()
+            raise
     url = logins.app  # the runner, the listeners and the stream log in like the pool
     store = EventStore(pool)
     committer = GroupCommitter(store, max_batch=cfg.group_commit_max)
@@ -160,6 +172,9 @@ async def running_services(
         read_models=read_models,
         projections=projections,
         spender=Spender(store, committer, read_models),
+        replica_models=None
+        if read_pool is None
+        else ReadModels(read_pool, projections=projections, primary=pool),
         runner_options=runner_options or {},
     )
     started: list[Component] = []
@@ -173,6 +188,8 @@ async def running_services(
             await comp.stop()
         await committer.stop()
         await pool.close()
+        if read_pool is not None:
+            await read_pool.close()
 
 
 def route_handlers() -> list[Any]:
@@ -233,6 +250,11 @@ def _read_models(state: State) -> ReadModels:
     return _services(state).read_models
 
 
+def _replica_models(state: State) -> ReadModels:
+    services = _services(state)
+    return services.replica_models or services.read_models
+
+
 def _spender(state: State) -> Spender:
     return _services(state).spender
 
@@ -268,6 +290,7 @@ def dependencies() -> dict[str, Provide]:
         "ingest": _ingest,
         "keyring": _keyring,
         "read_models": _read_models,
+        "replica_models": _replica_models,  # routes opt in: ledger.api.reads.ON_REPLICA
         "spender": _spender,
         "metrics": _metrics,
         "hub": _hub,

@@ -28,6 +28,7 @@ SECRET_FIELDS = (
 
 URL_FIELDS = (
     "database_url",
+    "read_database_url",
     "migrate_database_url",
     "partner_sync_url",
     "smtp_url",
@@ -56,6 +57,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # The owner's login, for migrations only (ADR 0011); the service logs in with
     # database_url, which production refuses if it is a superuser or the log's owner.
     migrate_database_url: str | None = None
+    # A streaming replica of database_url for read models, audit queries, exports and the
+    # stream's backlog (ADR 0019); None: every query goes to the primary.
+    read_database_url: str | None = None
     # Fallback expiry of cached API-key answers; a revocation reaches every process at
     # once through NOTIFY (ADR 0011), this bounds it when a notification is lost.
     key_cache_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0

@@ -40,6 +40,15 @@ ACQUIRE_TIMEOUT = 3.0
 # A session: a dedicated connection or one lent by the pool (the one definition).
 Conn = asyncpg.Connection | PoolConnectionProxy
 
+# Connecting failed: the server is down, starting, shutting down or refusing sessions.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
 
 def start_embedded(pgdata: Path, *, cleanup: str | None = "stop") -> str:
     """Start (or attach to) the embedded PostgreSQL in ``pgdata``; return its URL."""
@@ -180,7 +189,8 @@ async def session_rights(conn: Any) -> Rights:
     return Rights(r["login"], r["superuser"], r["owner"], r["createrole"], r["migrated"])
 
 
-async def _rights_of(url: str) -> Rights:
+async def rights_of(url: str) -> Rights:
+    """What ``url`` logs in as (one short-lived connection)."""
     conn = await asyncpg.connect(url)
     try:
         return await session_rights(conn)
@@ -285,7 +295,7 @@ async def prepare_logins(
     - Production refuses a ``url`` that is a superuser or may act as the owner. Development
       then logs the service in as ``ledger_app`` on the same server instead, warning once.
     """
-    rights = await _rights_of(url)
+    rights = await rights_of(url)
     if production and rights.privileged:
         raise PrivilegeError(
             "refusing to start in production: LEDGER_DATABASE_URL logs in as "
@@ -297,7 +307,7 @@ async def prepare_logins(
         return Logins(app=url, owner=None)
     await _migrate(owner)
     if not migrate_url:
-        rights = await _rights_of(url)  # a first migration made it the owner
+        rights = await rights_of(url)  # a first migration made it the owner
     if not rights.privileged:
         return Logins(app=url, owner=owner)
     app = await app_login(url)

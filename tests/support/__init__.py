@@ -6,6 +6,7 @@
 - ``browser``: headless Chromium over the DevTools protocol.
 - ``polling``: ``until`` and ``PATIENCE``, the one way a test waits.
 - ``readmodels``: a counting test projection, a seeded log, folding into a scratch schema.
+- ``replica``: a dedicated primary and its ``pg_basebackup -R`` streaming replica.
 
 The names most tests use are re-exported here.
 """

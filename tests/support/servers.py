@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -50,8 +51,16 @@ async def serve(
 ) -> AsyncIterator[str]:
     """The real app behind uvicorn on loopback; its base URL. Requests really run
     concurrently (litestar's in-process test client handles one request at a time)."""
-    port = free_port()
     app = create_app(test_settings(**env), database_url=database_url)
+    async with serve_app(app, graceful_shutdown=graceful_shutdown) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, *, graceful_shutdown: float | None = 2) -> AsyncIterator[str]:
+    """``app`` (built by the caller, who may reach its ``state`` once started) behind
+    uvicorn on loopback; its base URL."""
+    port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

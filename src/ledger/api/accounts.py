@@ -17,6 +17,7 @@ from ledger.accounts.spend import Spender
 from ledger.api.auth import KeyedController
 from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, problem, responses
+from ledger.api.reads import ON_REPLICA
 from ledger.payments.rules import normalize_customer
 from ledger.readmodels.access import ReadModels, require_position
 
@@ -81,6 +82,7 @@ class AccountsController(KeyedController):
         summary="A customer's token balance",
         opt={"scopes": ("audit:read", "tokens:write")},
         responses=responses(*KEYED),
+        dependencies=ON_REPLICA,
     )
     async def get_account(
         self,

@@ -66,9 +66,9 @@ async def _timeline(
     as_of: str | None,
 ) -> Timeline:
     upto = parse_time("as_of", as_of)
-    await audit.catch_up(pool)
+    reads = await read_models.audit_pool(await audit.catch_up(pool))
     credits = await _credits_schema(read_models)
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+    async with reads.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         rows = await conn.fetch(queries.SQL[query], *args, after, limit + 1, at_position, upto)
         has_more = len(rows) > limit
         rows = rows[:limit]
@@ -87,13 +87,14 @@ async def _timeline(
 
 @asynccontextmanager
 async def _snapshot(
-    pool: asyncpg.Pool, at_position: int | None, upto: datetime | None
+    pool: asyncpg.Pool, read_models: ReadModels, at_position: int | None, upto: datetime | None
 ) -> AsyncIterator[tuple[Conn, int]]:
-    """A connection in one repeatable-read snapshot of the caught-up index, and the last
-    position at the cut-off (``at_position`` or ``upto``), so an as-of answer reads one state."""
-    await audit.catch_up(pool)
+    """A connection in one repeatable-read snapshot of the caught-up index (on the replica
+    when one is configured), and the last position at the cut-off (``at_position`` or
+    ``upto``), so an as-of answer reads one state."""
+    reads = await read_models.audit_pool(await audit.catch_up(pool))
     async with (
-        pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+        reads.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
         conn.transaction(isolation="repeatable_read"),
     ):
         yield conn, await asof.cutoff(conn, at_position, upto)
@@ -175,7 +176,7 @@ class AuditTimelinesController(AuditReader):
         upto = parse_time("as_of", as_of)
         # The live read model's catalogue, so the as-of answer credits as it does.
         catalogue = read_models.catalogue("token_balances")
-        async with _snapshot(pool, at_position, upto) as (conn, position):
+        async with _snapshot(pool, read_models, at_position, upto) as (conn, position):
             return await asof.balance_as_of(
                 conn, customer_param(customer), position, catalogue, upto
             )
@@ -188,6 +189,7 @@ class AuditTimelinesController(AuditReader):
     async def subscriptions(
         self,
         pool: NamedDependency[asyncpg.Pool],
+        read_models: NamedDependency[ReadModels],
         customer: CustomerPath,
         at_position: OptionalPosition = None,
         as_of: AsOf = None,
@@ -195,6 +197,6 @@ class AuditTimelinesController(AuditReader):
         """Status (active, cancelled, expired) of each license right after the cut-off;
         expiry is judged at ``as_of``, or when the cut-off event was recorded."""
         upto = parse_time("as_of", as_of)
-        async with _snapshot(pool, at_position, upto) as (conn, position):
+        async with _snapshot(pool, read_models, at_position, upto) as (conn, position):
             at = await asof.evaluation_time(conn, position, at_position, upto)
             return await asof.subscriptions_as_of(conn, customer_param(customer), position, at)

@@ -22,6 +22,7 @@ from ledger.api.auth import KeyedController, current_key
 from ledger.api.docs import json_body
 from ledger.api.params import MinPosition, OrderIdPath, ProviderPath
 from ledger.api.problems import KEYED, problem, responses
+from ledger.api.reads import ON_REPLICA
 from ledger.payments import orderstatus
 from ledger.payments.registration import RegistrationBody, decode_body, register, terms
 from ledger.readmodels.access import ReadModels, require_position
@@ -249,6 +250,7 @@ class OrdersController(KeyedController):
         summary="An order's status, registration and full history",
         opt={"scopes": ("audit:read", "orders:write")},
         responses=responses(*KEYED, 404),
+        dependencies=ON_REPLICA,
     )
     async def get_order(
         self,

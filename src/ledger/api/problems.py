@@ -24,6 +24,7 @@ from ledger.errors import (
 )
 from ledger.outbox.dispatcher import NotRetryable
 from ledger.payments.registration import InvalidRegistration, RegistrationConflict
+from ledger.readmodels.replica import ReplicaLagging, ReplicaUnavailable
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
 MEDIA_TYPE = "application/problem+json"
@@ -162,6 +163,48 @@ def _from_lagging(exc: Exception) -> ProblemDetailsException:
     )
 
 
+def _from_replica_lagging(exc: Exception) -> ProblemDetailsException:
+    assert isinstance(exc, ReplicaLagging)
+    seconds = "" if exc.seconds is None else f", {exc.seconds:g} s"
+    return problem(
+        503,
+        "replica-lagging",
+        "The read replica has not replayed that position yet",
+        f"on the read replica, {exc.name!r} has applied up to position {exc.reached}; "
+        f"position {exc.wanted} was asked for. The replica is {exc.behind} positions"
+        f"{seconds} behind the primary. Retry shortly.",
+        headers={"Retry-After": str(exc.retry_after)},
+        projection=exc.name,
+        reached=exc.reached,
+        wanted=exc.wanted,
+        lag=exc.wanted - exc.reached,
+        replica_lag_positions=exc.behind,
+        replica_lag_seconds=exc.seconds,
+    )
+
+
+def _from_replica_unavailable(exc: Exception) -> ProblemDetailsException:
+    return problem(
+        503,
+        "replica-unavailable",
+        "The read replica is unavailable",
+        f"{exc}; nothing was read, retry later (writes are not affected)",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _from_rolled_back(exc: Exception) -> ProblemDetailsException:
+    # A serialization failure, a deadlock, or a replica's replay cancelling a query: the
+    # same request succeeds when retried.
+    return problem(
+        503,
+        "try-again",
+        "The query was cancelled; retry",
+        f"the database cancelled the query ({type(exc).__name__}); retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _from_projection_unavailable(exc: Exception) -> ProblemDetailsException:
     assert isinstance(exc, ProjectionUnavailable)
     return problem(
@@ -264,7 +307,9 @@ CONFIG = ProblemDetailsConfig(
     exception_to_problem_detail_map={
         HTTPException: _from_http,
         StoreUnavailable: _from_unavailable,
+        ReplicaUnavailable: _from_replica_unavailable,
         ProjectionLagging: _from_lagging,
+        ReplicaLagging: _from_replica_lagging,
         ProjectionUnavailable: _from_projection_unavailable,
         PositionBeyondHead: _from_beyond_head,
         UnknownProjection: _from_unknown_projection,
@@ -279,6 +324,7 @@ CONFIG = ProblemDetailsConfig(
         **dict.fromkeys(UNAVAILABLE_ERRORS, _from_unavailable),
         asyncpg.PostgresConnectionError: _from_unavailable,
         asyncpg.DataError: _from_data_error,
+        asyncpg.TransactionRollbackError: _from_rolled_back,
         OverflowError: _from_data_error,
         Exception: _from_unexpected,
     },

@@ -28,10 +28,13 @@ from ledger.api.auth import require_key
 from ledger.api.docs import BEARER
 from ledger.api.params import ACQUIRE_TIMEOUT, MAX_POSITION
 from ledger.api.problems import KEYED, problem, responses
+from ledger.api.reads import ON_REPLICA
 from ledger.audit.keys import KeyRing
 from ledger.domain.events import DELIVERY_TOPICS
 from ledger.live.hub import StreamHub
+from ledger.readmodels.access import ReadModels
 from ledger.store.eventstore import SQL as STORE_SQL
+from ledger.store.eventstore import EventStore
 
 SCOPES = ("audit:read", "ops:admin")
 # A stream ends after this long; EventSource reconnects (``retry: 1000``) with Last-Event-ID
@@ -110,11 +113,13 @@ async def start_position(
     summary="Live payments and status changes (server-sent events, resumable)",
     security=BEARER,
     responses=responses(*KEYED),
+    dependencies=ON_REPLICA,
 )
 async def stream(
     request: Request[Any, Any, Any],
     pool: NamedDependency[asyncpg.Pool],
     hub: NamedDependency[StreamHub],
+    read_models: NamedDependency[ReadModels],
     after: Annotated[
         int | None,
         QueryParameter(ge=0, le=MAX_POSITION, description="start after this position"),
@@ -129,10 +134,12 @@ async def stream(
 ) -> ServerSentEvent:
     del access_token  # checked by the guard
     start = await start_position(request, pool, after, backlog)
+    # The backlog from the read replica when one is configured (ADR 0019), the tail live.
+    replica = EventStore(read_models.pool) if read_models.on_replica else None
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(data=None, comment=f"from position {start}", retry=1000)
-        async for fact in hub.follow(start, max_seconds=MAX_STREAM_SECONDS):
+        async for fact in hub.follow(start, max_seconds=MAX_STREAM_SECONDS, backlog=replica):
             if fact is None:
                 yield ServerSentEventMessage(data=None, comment="keepalive")
                 continue

@@ -16,6 +16,7 @@ from ledger.api.accounts import LIVE_POSITION, customer_param
 from ledger.api.auth import KeyedController
 from ledger.api.params import CustomerPath, MinPosition
 from ledger.api.problems import KEYED, responses
+from ledger.api.reads import ON_REPLICA
 from ledger.payments.rules import FOREVER, subscription_status
 from ledger.readmodels.access import ReadModels, require_position
 
@@ -44,6 +45,7 @@ class SubscriptionsController(KeyedController):
         "/{customer:str}",
         summary="A customer's subscriptions, status as of now",
         responses=responses(*KEYED),
+        dependencies=ON_REPLICA,
     )
     async def get_subscriptions(
         self,

@@ -15,12 +15,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 import msgspec
 from litestar.channels.backends.asyncpg import AsyncPgChannelsBackend
 
 from ledger.domain.events import DELIVERY_TOPICS
 from ledger.payments.facts import PaymentFact, payment_fact
-from ledger.store.eventstore import EventStore, StoredRecord
+from ledger.store.eventstore import EventStore, StoredRecord, StoreUnavailable
 
 log = logging.getLogger("ledger.live.hub")
 
@@ -83,8 +84,14 @@ class StreamHub:
         batch: int = 500,
         keepalive: float = 15.0,
         max_seconds: float | None = None,
+        backlog: EventStore | None = None,
     ) -> AsyncIterator[PaymentFact | None]:
         """Facts after position ``after`` in log order; None means "idle, send a ping".
+
+        ``backlog``: a store on a read replica (ADR 0019) the backlog is read from, page by
+        page, until a page is not full (the replica's head); then the primary's store goes
+        on from there, so nothing is missed (positions commit in order, ADR 0002). A
+        replica that fails hands over to the primary at once.
 
         Ends when the hub stops or after ``max_seconds``: the client reconnects with
         ``Last-Event-ID`` and misses nothing, and a server shutdown never waits on a stream
@@ -92,18 +99,28 @@ class StreamHub:
         wake = asyncio.Event()
         self._waiters.add(wake)
         last = after
+        source = backlog or self.store
         loop = asyncio.get_running_loop()
         until = loop.time() + max_seconds if max_seconds else None
         try:
             while not self.closed:
                 wake.clear()  # before reading: a notify during the read wakes us again
-                rows = await self.store.read_after(last, batch, DELIVERY_TOPICS)
+                try:
+                    rows = await source.read_after(last, batch, DELIVERY_TOPICS)
+                except (StoreUnavailable, asyncpg.TransactionRollbackError):
+                    if source is self.store:
+                        raise
+                    source = self.store  # the replica failed: the primary has it all
+                    continue
                 for rec in rows:
                     last = rec.position
                     fact = _readable_fact(rec)
                     if fact is not None:
                         yield fact
                 if len(rows) == batch:
+                    continue
+                if source is not self.store:  # the backlog is read: the tail is the primary's
+                    source = self.store
                     continue
                 wait = keepalive
                 if until is not None:

@@ -34,12 +34,14 @@ from ledger.errors import (
     UnknownProjection,
 )
 from ledger.payments.rules import Catalogue
+from ledger.readmodels import replica
 from ledger.readmodels.contract import Projection, schema_name
-from ledger.readmodels.poison import PoisonedEvent
+from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
 from ledger.sql import package_sql
 from ledger.store.eventstore import SQL as STORE_SQL
 
 SQL = package_sql("runner")
+REPLICA_SQL = package_sql("replica")
 
 
 __all__ = ["ProjectionLagging", "ProjectionStatus", "ReadModels", "require_position"]
@@ -91,11 +93,30 @@ class ReadModels:
         *,
         poll: float = 0.015,
         projections: Mapping[str, Projection] | None = None,
+        primary: asyncpg.Pool | None = None,
+        wait_timeout: float = 2.0,
     ) -> None:
+        # Where reads run. With ``primary`` given, ``pool`` is a streaming replica's
+        # (ADR 0019): positions and rows come from the replica, the log's head from the
+        # primary, and the replica's failures are ``ReplicaUnavailable``.
         self.pool = pool
+        self.primary = primary or pool
+        self.on_replica = self.primary is not pool
         self.poll = poll
+        # How long ``?min_position`` waits for a position before answering 503.
+        self.wait_timeout = wait_timeout
         # The read models of this code base, handed in by the composition root.
         self.projections: dict[str, Projection] = dict(projections or {})
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[Conn]:
+        """A connection to where reads run (a replica's failures: ``ReplicaUnavailable``)."""
+        if not self.on_replica:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                yield conn
+            return
+        async with replica.answering(), self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            yield conn
 
     def query(self, projection: str, name: str) -> str:
         """The named read query of a projection (its ``queries``), to run on a connection
@@ -113,21 +134,23 @@ class ReadModels:
         return found if isinstance(found, Catalogue) else Catalogue.from_env()
 
     async def position(self, name: str) -> int:
-        """The position the live generation has applied (0 if it never ran)."""
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            value = await conn.fetchval(SQL["live_position"], name)
+        """The position the live generation has applied where reads run (0 if it never
+        ran); ``audit_index``: the audit index's position."""
+        query = REPLICA_SQL["audit_position"] if name == AUDIT_INDEX else SQL["live_position"]
+        async with self._session() as conn:
+            value = await conn.fetchval(query, *(() if name == AUDIT_INDEX else (name,)))
         return int(value or 0)
 
     async def head(self) -> int:
-        """The log's head: the highest committed position (0 for an empty log)."""
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        """The log's head on the primary: the highest committed position (0 when empty)."""
+        async with self.primary.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             value = await conn.fetchval(STORE_SQL["head"])
         return int(value or 0)
 
     async def live_schema(self, name: str) -> str:
         """The schema of the live generation (``p_<name>_g<N>``); ``ProjectionUnavailable`` if
         not registered."""
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        async with self._session() as conn:
             generation = await conn.fetchval(SQL["live_generation"], name)
         if generation is None:
             raise ProjectionUnavailable(name)
@@ -158,16 +181,32 @@ class ReadModels:
         position: int,
         timeout: float = 2.0,  # noqa: ASYNC109 -- see wait_for
     ) -> None:
-        """Raise ``ProjectionLagging`` unless ``position`` is reached within ``timeout``."""
-        if not await self.wait_for(name, position, timeout):
-            raise ProjectionLagging(name, await self.position(name), position)
+        """Raise ``ProjectionLagging`` unless ``position`` is reached within ``timeout``
+        (on a replica ``ReplicaLagging``, which also says how far its replay is behind)."""
+        if await self.wait_for(name, position, timeout):
+            return
+        reached = await self.position(name)
+        if not self.on_replica:
+            raise ProjectionLagging(name, reached, position)
+        async with self._session() as conn:
+            lag = await replica.replay_lag(conn)
+        behind = max(0, await self.head() - lag.head)
+        raise replica.ReplicaLagging(name, reached, position, behind=behind, seconds=lag.seconds)
+
+    async def audit_pool(self, indexed: int) -> asyncpg.Pool:
+        """The pool to query the audit index on, once it holds position ``indexed`` (what
+        ``ledger.audit.index.catch_up`` returned on the primary): the primary's at once, a
+        replica's when it has replayed that far (else ``ReplicaLagging``)."""
+        if self.on_replica:
+            await self.require(AUDIT_INDEX, indexed, self.wait_timeout)
+        return self.pool
 
     @asynccontextmanager
     async def reading(self, name: str) -> AsyncIterator[Conn]:
         """A pool connection in a read-only, repeatable-read transaction whose
         ``search_path`` is the live generation's schema (then ``public``)."""
         async with (
-            self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn,
+            self._session() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             generation = await conn.fetchval(SQL["live_generation"], name)
@@ -228,14 +267,18 @@ async def require_position(
     read_models: ReadModels,
     name: str,
     min_position: int | None,
-    timeout: float = 2.0,  # noqa: ASYNC109 -- see ReadModels.wait_for
+    timeout: float | None = None,  # noqa: ASYNC109 -- see ReadModels.wait_for
 ) -> None:
-    """For query routes' ``?min_position=N``: wait (bounded) until the projection has
-    applied N, else raise ``ProjectionLagging`` naming how far it got. A position beyond the
-    log's head cannot be a write the client saw: ``PositionBeyondHead``, at once (no wait)."""
+    """For query routes' ``?min_position=N``: wait (bounded: ``timeout``, by default the
+    read models' ``wait_timeout``) until the projection has applied N where reads run, else
+    raise ``ProjectionLagging`` naming how far it got (``ReplicaLagging`` on a replica). A
+    position beyond the primary's head cannot be a write the client saw:
+    ``PositionBeyondHead``, at once (no wait)."""
     if min_position is None or min_position <= 0:
         return
     head = await read_models.head()
     if min_position > head:
         raise PositionBeyondHead(min_position, head)
-    await read_models.require(name, min_position, timeout)
+    await read_models.require(
+        name, min_position, read_models.wait_timeout if timeout is None else timeout
+    )
