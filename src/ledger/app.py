@@ -33,6 +33,7 @@ from ledger.api.orders import OrdersController
 from ledger.api.outbox import OutboxController
 from ledger.api.params import RejectUnstorable
 from ledger.api.projections import ProjectionsController
+from ledger.api.reconciliation import ReconciliationController
 from ledger.api.review import ReviewController
 from ledger.api.slow_clients import BodyReadDeadline
 from ledger.api.stream import stream
@@ -116,6 +117,14 @@ def components(services: Services) -> list[Component]:
     found.extend(outbox_components(services))
     if services.settings.run_projections:  # derived data, like the projections
         found.append(AuditIndexer(services.pool))
+    from ledger.reconcile.background import Reconciler
+
+    # Every LEDGER_RECONCILE_INTERVAL (0: off); one pass at a time across processes.
+    found.append(
+        Reconciler(
+            services.settings, services.database_url, services.read_models, services.committer
+        )
+    )
     return found
 
 
@@ -205,6 +214,7 @@ def route_handlers() -> list[Any]:
         OrdersController,
         SubscriptionsController,
         ReviewController,
+        ReconciliationController,
         OutboxController,
         stream,
         admin_page,

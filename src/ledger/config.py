@@ -106,6 +106,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     reconcile_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
     # Requests per second to one provider's status API, from this process.
     reconcile_rate: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 5.0
+    # The background reconciler (serve/worker): seconds between passes (0: off), and how long
+    # a registered order stays pending before the status API is asked about it.
+    reconcile_interval: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
+    reconcile_after: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 900.0
     # Log lines: key=value for a terminal ("console") or one JSON object each ("json").
     log_format: Literal["console", "json"] = "console"
 

@@ -13,17 +13,17 @@ import sys
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
 import click
 
 from ledger.cli.common import cli_settings, ledger_url, run
 from ledger.config import read_dev_secrets
+from ledger.readmodels.access import ReadModels
 from ledger.store.eventstore import Appended, EventStore, NewEvent
 
 EX_TEMPFAIL = 75
 
 
-class _Appender:
+class StoreAppender:
     """The trail's ``Appender`` over a plain ``EventStore`` (the CLI has no group commit)."""
 
     def __init__(self, store: EventStore) -> None:
@@ -61,13 +61,11 @@ def did(o: Outcome) -> str:
     return f"{where}; the provider refused (HTTP {o.http_status}), nothing applied"
 
 
-async def _ledger_status(pool: asyncpg.Pool, provider: str, order_id: str) -> str | None:
+async def ledger_status(rm: ReadModels, provider: str, order_id: str) -> str | None:
+    """The order's status in the ledger now (None: no notification about it)."""
     from ledger.errors import ProjectionUnavailable
     from ledger.payments import orderstatus
-    from ledger.readmodels.access import ReadModels
-    from ledger.readmodels.runner import available
 
-    rm = ReadModels(pool, projections=available())
     try:
         async with rm.reading("orders") as conn:
             rows = await conn.fetch(rm.query("orders", "history"), provider, order_id)
@@ -86,6 +84,7 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
     from ledger.audit.trail import operator_event
     from ledger.cli.audit import CLI_SCOPE, cli_actor
     from ledger.database import create_pool, logins_for
+    from ledger.readmodels.runner import available
     from ledger.reconcile.check import check_order
     from ledger.reconcile.clients import StatusClient
 
@@ -93,7 +92,7 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
     logins = await logins_for(url, settings)
     pool = await create_pool(logins.app, min_size=1, max_size=2)
     try:
-        appender = _Appender(EventStore(pool))
+        appender = StoreAppender(EventStore(pool))
         check_id = uuid.uuid4()
         async with StatusClient(settings) as client:
             client.request_for(provider, order_id)  # configured, a valid id: else no trail
@@ -108,7 +107,9 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
                     action_id=check_id,
                 )
             )
-            before = await _ledger_status(pool, provider, order_id)
+            before = await ledger_status(
+                ReadModels(pool, projections=available()), provider, order_id
+            )
             checked = await check_order(
                 client, appender, settings, provider, order_id, str(check_id)
             )
@@ -125,12 +126,17 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
 
 
 @click.command("reconcile")
-@click.option("--provider", required=True, type=click.Choice(["midtrans", "xendit"]))
-@click.option("--order-id", required=True, help="the order (Midtrans order_id, Xendit external_id)")
+@click.option("--provider", type=click.Choice(["midtrans", "xendit"]), help="only this provider")
+@click.option(
+    "--order-id",
+    help="check this order now, whatever its age or state (needs --provider); without it, "
+    "one pass over the candidates: held notifications and registered orders still unpaid "
+    "after LEDGER_RECONCILE_AFTER",
+)
 @click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
-def reconcile(provider: str, order_id: str, reason: str) -> None:
-    """Check ORDER with the provider's status API now, whatever its age or state; print the
-    ledger's status, the provider's, and what was done. Exit 75: try later."""
+def reconcile(provider: str | None, order_id: str | None, reason: str) -> None:
+    """Check orders with the providers' status APIs now; print, per order, the ledger's
+    status, the provider's, and what was done. Exit 75: try later."""
     from ledger.audit.trail import ReasonRequired, check_reason
     from ledger.reconcile.clients import ProviderUnavailable, ReconcileError
     from ledger.store.eventstore import StoreUnavailable
@@ -139,9 +145,15 @@ def reconcile(provider: str, order_id: str, reason: str) -> None:
         why = check_reason(reason)
     except ReasonRequired as exc:
         raise click.BadParameter(str(exc), param_hint="--reason") from None
+    if order_id is not None and provider is None:
+        raise click.BadParameter("--order-id needs --provider", param_hint="--provider")
     url = ledger_url(cli_settings())
     try:
-        o: Outcome = run(_reconcile(url, provider, order_id, why))
+        if order_id is None:
+            from ledger.cli.reconcile_pass import reconcile_pass
+
+            sys.exit(run(reconcile_pass(url, provider, why)))
+        o: Outcome = run(_reconcile(url, provider or "", order_id, why))
     except ProviderUnavailable as exc:
         click.echo(f"try later: {exc}", err=True)
         sys.exit(EX_TEMPFAIL)
