@@ -114,6 +114,15 @@ async def test_missed_settlement_of_a_registered_order_is_recovered(client, data
     r = await client.get(item["link"], headers=bearer(key))
     assert r.status_code == 200, r.text
     assert r.json()["topic"] == CHECKED_TOPIC
+    assert (await day_counts(client, key, item["checked_at"]))["recovered"] == 1
+
+
+async def day_counts(client: Any, key: str, checked_at: str) -> dict[str, Any]:
+    """Midtrans' row of the daily summary of the day of ``checked_at`` (UTC)."""
+    r = await client.get(f"/v1/audit/summary?date={checked_at[:10]}", headers=bearer(key))
+    assert r.status_code == 200, r.text
+    [row] = [p for p in r.json()["providers"] if p["provider"] == "midtrans"]
+    return {k: row[k] for k in ("recovered", "unconfirmed", "mismatched")}
 
 
 async def _is(value: Any, expected: Any) -> bool:
@@ -140,6 +149,11 @@ async def test_replayed_refund_is_unconfirmed_and_the_order_stays_paid(client, d
         "refunded",
         "unconfirmed",
     )
+    assert await day_counts(client, key, item["checked_at"]) == {
+        "recovered": 0,
+        "unconfirmed": 1,
+        "mismatched": 0,
+    }
 
 
 async def test_api_down_means_try_later_and_the_service_stays_healthy(database_url):

@@ -33,6 +33,7 @@ from ledger.api.reads import ON_REPLICA
 from ledger.api.times import From, To, day_window, parse_time
 from ledger.audit import chain, queries
 from ledger.audit import index as audit
+from ledger.errors import ProjectionUnavailable
 from ledger.payments.amounts import plain_or_none
 from ledger.readmodels.access import ReadModels
 
@@ -238,6 +239,12 @@ class AuditController(AuditReader):
         reads = await read_models.audit_pool(await audit.catch_up(pool))
         async with reads.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             days = await queries.summary(conn, since, until)
+        try:  # reconciliation: recovered, unconfirmed and mismatched orders (orders model)
+            async with read_models.reading("orders") as conn:
+                checks = await conn.fetch(read_models.query("orders", "check_counts"), since, until)
+        except ProjectionUnavailable:
+            checks = []
+        days = queries.with_check_counts(days, checks)
         return Summary(
             date=day.isoformat(),
             tz=tz,

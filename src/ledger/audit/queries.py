@@ -117,6 +117,12 @@ class ProviderDay(msgspec.Struct, kw_only=True):
     failures: int
     refunds: int
     chargebacks: int
+    # Orders whose status-API answers that day were (orders projection, ``order_checks``):
+    # missed (a webhook that never came, recovered), unconfirmed (a held notification the
+    # provider contradicted, not applied), mismatch (any other disagreement).
+    recovered: int = 0
+    unconfirmed: int = 0
+    mismatched: int = 0
 
 
 async def summary(conn: Conn, since: datetime, until: datetime) -> list[ProviderDay]:
@@ -259,3 +265,35 @@ async def timeline(
             entry.order_status_after = best[key]
         out.append(entry)
     return out
+
+
+_CHECK_FIELDS = {"missed": "recovered", "unconfirmed": "unconfirmed", "mismatch": "mismatched"}
+
+
+def with_check_counts(days: list[ProviderDay], counts: Sequence[Any]) -> list[ProviderDay]:
+    """``days`` with the orders projection's ``check_counts`` rows (provider, state, orders)
+    added; a provider with checks but no delivery that day gets a row of its own."""
+    by_provider = {d.provider: d for d in days}
+    for r in counts:
+        name = _CHECK_FIELDS.get(r["state"])
+        if name is None:
+            continue
+        day = by_provider.get(r["provider"])
+        if day is None:
+            day = ProviderDay(
+                provider=r["provider"],
+                deliveries=0,
+                received=0,
+                quarantined=0,
+                conflicted=0,
+                paid_notifications=0,
+                paid_orders=0,
+                paid_amount="0",
+                failures=0,
+                refunds=0,
+                chargebacks=0,
+            )
+            by_provider[r["provider"]] = day
+            days.append(day)
+        setattr(day, name, getattr(day, name) + int(r["orders"]))
+    return days
