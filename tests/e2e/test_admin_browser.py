@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import make_key, signed, until
+from tests.support import SECRETS, make_key, signed, until
 from tests.support.browser import CHROMIUM, chromium
+from tests.support.providerapis import midtrans_status_body, provider_apis
 from tests.support.servers import Partner, serve
 
 pytestmark = pytest.mark.skipif(
@@ -115,3 +116,79 @@ async def test_admin_page_shows_a_webhook_live(database_url):
         await partner.stop()
     (seen,) = partner.seen.values()
     assert seen.applied == 1
+
+
+async def test_admin_page_shows_review_reconciliation_and_a_payments_chart(database_url):
+    """Issue 10: the review and reconciliation panels list what the read models hold, and
+    the payments-per-minute chart starts from the log's last hour and moves with the stream."""
+    key = await make_key(database_url, "ops:admin", "audit:read")
+    writer = await make_key(database_url, "orders:write")
+    async with (
+        provider_apis(SECRETS["LEDGER_MIDTRANS_SERVER_KEY"], "xnd_test") as apis,
+        serve(
+            database_url,
+            LEDGER_MIDTRANS_API_URL=apis.url,
+            LEDGER_RECONCILE_INTERVAL="0.2",
+            LEDGER_RECONCILE_AFTER="0",
+            LEDGER_RECONCILE_RATE="100",
+        ) as base,
+        chromium() as page,
+        httpx.AsyncClient() as http,
+    ):
+        # Before the page opens: one payment (the chart's backlog), one delivery for review
+        # (a package nobody sells), one registered order whose webhook never comes.
+        for d in (
+            signed("midtrans", "settlement", order_id="INV-CHART-1"),
+            signed("mayar", "payment.success", customer="a@example.com", package="diamond"),
+        ):
+            assert (await http.post(base + d.path, content=d.body, headers=d.headers)).is_success
+        apis.midtrans["INV-MISSED-1"] = midtrans_status_body(
+            "INV-MISSED-1", "settlement", SECRETS["LEDGER_MIDTRANS_SERVER_KEY"]
+        )
+        r = await http.put(
+            base + "/v1/orders/midtrans/INV-MISSED-1",
+            json={"customer": "b@example.com", "amount": "299000.00", "currency": "IDR"},
+            headers={"authorization": f"Bearer {writer}"},
+        )
+        assert r.status_code == 201, r.text
+
+        async def recovered() -> bool:
+            r = await http.get(
+                base + "/v1/reconciliation?state=missed",
+                headers={"authorization": f"Bearer {key}"},
+            )
+            return bool(r.json()["items"])
+
+        await until(recovered, what="the missed webhook recovered")
+
+        await page.call("Page.navigate", url=base + "/admin")
+        await page.until("document.readyState === 'complete' && !!document.getElementById('key')")
+        await page.js(
+            f"document.getElementById('key').value = {json.dumps(key)};"
+            "document.getElementById('login-form').requestSubmit(); true"
+        )
+        await page.until("document.getElementById('conn').textContent === 'live'")
+        # Review: the unknown package, linked to its event.
+        await page.until("document.querySelectorAll('#review tr').length >= 1")
+        assert "diamond" in await page.js("document.getElementById('review').textContent")
+        # Reconciliation: the recovered order, with the ledger's and the provider's status.
+        await page.until("!!document.querySelector('#recon tr[data-state=\"missed\"]')")
+        row = await page.js(
+            "Array.from(document.querySelector('#recon tr[data-state=\"missed\"]').cells)"
+            ".map(c => c.textContent)"
+        )
+        assert row[1:4] == ["midtrans INV-MISSED-1", "missed", "-"]
+        assert row[4].startswith("paid")
+        # The chart: drawn on a canvas from the backlog (the settlement before the page
+        # opened), then one more bar's worth from the stream.
+        await page.until("Number(document.getElementById('chart').dataset.total) >= 1")
+        before = int(await page.js("document.getElementById('chart').dataset.total"))
+        d = signed("midtrans", "settlement", order_id="INV-CHART-2")
+        assert (await http.post(base + d.path, content=d.body, headers=d.headers)).is_success
+        await page.until(f"Number(document.getElementById('chart').dataset.total) === {before + 1}")
+        painted = await page.js(
+            "(() => { const c = document.getElementById('chart');"
+            " const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n; })()"
+        )
+        assert painted > 0

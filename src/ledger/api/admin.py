@@ -4,7 +4,11 @@ The page itself is public; it asks for an API key once (kept in the browser's
 localStorage) and sends it with every data call: ``/v1/stream`` (live feed),
 ``/v1/outbox`` (dead letters, retry, search), ``/v1/audit/events`` (search the log by order
 id or customer; scope ``audit:read``) and ``/v1/projections`` (lag, and the poisoned events
-each consumer of the log set aside, with a retry button: ``/v1/projections/{name}/retry``).
+each consumer of the log set aside, with a retry button: ``/v1/projections/{name}/retry``),
+``/v1/review`` (deliveries that need a person) and ``/v1/reconciliation`` (where a provider's
+status API disagreed with the ledger, and how it was resolved). A chart of payments per minute
+over the last hour is drawn by the page on a canvas: a backlog from ``/v1/audit/events``
+(``from`` an hour ago), then the stream's ``payment`` messages.
 """
 
 from __future__ import annotations
