@@ -7,8 +7,9 @@ own connection, so across every ``serve``/``worker`` process and ``ledger reconc
 one pass runs at a time; one that finds the lock taken does nothing (``None``).
 
 Only providers whose API credentials are configured are asked. A provider that gives no
-answer (down, slow, 429 after every retry) is left for the next pass: its remaining orders
-are skipped, with one log line, never an error per order. Answers are appended through the
+answer (down, slow, 429 after every retry), or refuses our key (401/403: recorded once), is
+left for the next pass: its remaining orders are skipped, with one log line, never an error
+per order. Answers are appended through the
 caller's appender (the service's group commit), so they reach the orders and outbox
 projections of the running service like any event.
 """
@@ -182,6 +183,11 @@ async def _check_all(
                 results[i] = Result(c, before, skipped=str(exc))
                 return
             results[i] = Result(c, before, checked)
+            if checked.reading.reading == "refused" and c.provider not in report.unavailable:
+                # 401/403: every other order would be refused too (one event, not thousands).
+                why = f"{c.provider} status API refused (HTTP {checked.answer.http_status})"
+                report.unavailable[c.provider] = why + ": check its API key; try later"
+                log.warning("reconciliation: %s; check its API key", why)
 
     await asyncio.gather(*(one(i, c) for i, c in enumerate(found)))
     report.results.extend(results[i] for i in range(len(found)))
