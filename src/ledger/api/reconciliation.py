@@ -21,6 +21,7 @@ from ledger.api.accounts import LIVE_POSITION
 from ledger.api.auth import KeyedController
 from ledger.api.params import Limit, MinPosition, Position, Time
 from ledger.api.problems import KEYED, responses
+from ledger.api.reads import ON_REPLICA
 from ledger.api.times import parse_time
 from ledger.readmodels.access import ReadModels, require_position
 
@@ -55,6 +56,7 @@ class ReconciliationController(KeyedController):
     path = "/v1/reconciliation"
     tags = ["read models"]
     opt = {"scopes": ("audit:read",)}
+    dependencies = ON_REPLICA  # read-only: on LEDGER_READ_DATABASE_URL's replica if set
 
     @get("/", summary="Answers of the providers' status APIs, judged", responses=responses(*KEYED))
     async def list_checks(
