@@ -309,6 +309,9 @@ async def test_replayed_refund_is_held_then_contradicted_and_listed(
     apis.midtrans["INV-RR"] = midtrans_status_body("INV-RR", "settlement", MIDTRANS_KEY)
     run = await reconcile(database_url, tmp_path, apis.url, "midtrans", "INV-RR")
     assert run.code == 0, run.err
+    assert "ledger    paid" in run.out
+    assert "held      refunded (awaiting the provider's confirmation)" in run.out
+    assert "the held refunded notification is contradicted: not applied" in run.out
 
     async def contradicted() -> Any:
         o = await order(client, key, "midtrans", "INV-RR", replayed)
@@ -340,6 +343,7 @@ async def test_a_genuine_refund_is_confirmed_by_the_api(client, database_url, tm
     apis.midtrans["INV-RF"] = midtrans_status_body("INV-RF", "refund", MIDTRANS_KEY)
     run = await reconcile(database_url, tmp_path, apis.url, "midtrans", "INV-RF")
     assert run.code == 0, run.err
+    assert "confirmed the held refunded notification" in run.out
 
     async def refunded() -> Any:
         o = await order(client, key, "midtrans", "INV-RF", refund)

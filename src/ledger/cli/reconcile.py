@@ -41,6 +41,7 @@ class Outcome:
     http_status: int
     position: int
     applicable: bool
+    held: tuple[str, ...] = ()  # held notifications awaiting the provider's word (ADR 0016)
 
 
 def did(o: Outcome) -> str:
@@ -48,6 +49,13 @@ def did(o: Outcome) -> str:
     from ledger.payments import orderstatus
 
     where = f"recorded the answer at position {o.position}"
+    if o.applicable and o.held:
+        if o.provider in o.held:
+            return f"{where}; confirmed the held {o.provider} notification, the order's now"
+        return (
+            f"{where}; the held {', '.join(o.held)} notification is contradicted: not applied, "
+            "listed in /v1/review (unconfirmed)"
+        )
     if o.applicable:
         if o.ledger is None or orderstatus.rank(o.provider) > orderstatus.rank(o.ledger):
             return f"{where}; applied: the order becomes {o.provider}"
@@ -61,8 +69,11 @@ def did(o: Outcome) -> str:
     return f"{where}; the provider refused (HTTP {o.http_status}), nothing applied"
 
 
-async def ledger_status(rm: ReadModels, provider: str, order_id: str) -> str | None:
-    """The order's status in the ledger now (None: no notification about it)."""
+async def ledger_view(
+    rm: ReadModels, provider: str, order_id: str
+) -> tuple[str | None, tuple[str, ...]]:
+    """The order's status in the ledger now (None: no notification counts) and the statuses
+    of held notifications no status-API answer has followed yet (ADR 0016)."""
     from ledger.errors import ProjectionUnavailable
     from ledger.payments import orderstatus
 
@@ -70,14 +81,25 @@ async def ledger_status(rm: ReadModels, provider: str, order_id: str) -> str | N
         async with rm.reading("orders") as conn:
             rows = await conn.fetch(rm.query("orders", "history"), provider, order_id)
     except ProjectionUnavailable:
-        return None
-    if not rows:
-        return None
+        return None, ()
     entries = [
         orderstatus.Entry(r["position"], str(r["event_id"]), r["provider_status"], r["status"])
         for r in rows
+        if not r["held"]
     ]
-    return orderstatus.decide(entries).status
+    waiting = tuple(
+        dict.fromkeys(
+            r["status"]
+            for i, r in enumerate(rows)
+            if r["held"] and not any(x["source"] == "reconciliation" for x in rows[i + 1 :])
+        )
+    )
+    return (orderstatus.decide(entries).status if entries else None), waiting
+
+
+async def ledger_status(rm: ReadModels, provider: str, order_id: str) -> str | None:
+    """The order's status in the ledger now (None: no notification counts)."""
+    return (await ledger_view(rm, provider, order_id))[0]
 
 
 async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Outcome:
@@ -107,7 +129,7 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
                     action_id=check_id,
                 )
             )
-            before = await ledger_status(
+            before, held = await ledger_view(
                 ReadModels(pool, projections=available()), provider, order_id
             )
             checked = await check_order(
@@ -122,6 +144,7 @@ async def _reconcile(url: str, provider: str, order_id: str, reason: str) -> Out
         checked.answer.http_status,
         checked.position,
         checked.reading.applicable,
+        held,
     )
 
 
@@ -165,6 +188,8 @@ def reconcile(provider: str | None, order_id: str | None, reason: str) -> None:
     shown = o.provider + (f" ({o.provider_status})" if o.provider_status else "")
     click.echo(f"order     {provider} {order_id}")
     click.echo(f"ledger    {o.ledger or 'no notification'}")
+    if o.held:
+        click.echo(f"held      {', '.join(o.held)} (awaiting the provider's confirmation)")
     click.echo(f"provider  {shown}, HTTP {o.http_status}")
     click.echo(f"did       {did(o)}")
     sys.exit(0 if o.applicable or o.provider == "unknown_order" else 1)
