@@ -18,54 +18,14 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from eventsourcing.domain import Aggregate
 
-from ledger.domain.events import LEDGER_NAMESPACE
-
-
-class OrderRegistration(Aggregate, created_event_name="Registered"):
-    """The merchant's registration of one order (ADR 0016). ``key_id`` is the key that
-    registered it; the terms are the other fields."""
-
-    class Registered(Aggregate.Created):
-        provider: str
-        order_id: str
-        customer: str
-        amount: str
-        currency: str
-        package: str | None
-        booking_id: str | None
-        expires_at: str | None
-        metadata: dict[str, Any]
-        key_id: str
-
-    def __init__(
-        self,
-        provider: str,
-        order_id: str,
-        customer: str,
-        amount: str,
-        currency: str,
-        package: str | None,
-        booking_id: str | None,
-        expires_at: str | None,
-        metadata: dict[str, Any],
-        key_id: str,
-    ) -> None:
-        self.provider = provider
-        self.order_id = order_id
-        self.customer = customer
-        self.amount = amount
-        self.currency = currency
-        self.package = package
-        self.booking_id = booking_id
-        self.expires_at = expires_at
-        self.metadata = metadata
-        self.key_id = key_id
+from ledger.domain.events import LEDGER_NAMESPACE, aggregate_for
 
 
 class RegisteredState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of ``OrderRegistration.Registered`` (what ``Mapper`` would write)."""
+    """The stored state of ``OrderRegistration.Registered`` (what ``Mapper`` would write):
+    the merchant's registration of one order (ADR 0016). ``key_id`` is the key that
+    registered it; the terms are the other fields."""
 
     originator_topic: str
     timestamp: datetime
@@ -80,6 +40,8 @@ class RegisteredState(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     key_id: str = ""
 
+
+OrderRegistration = aggregate_for(RegisteredState, "OrderRegistration", "Registered")
 
 REGISTRATION_TOPIC = "ledger.domain:OrderRegistration"
 REGISTERED_TOPIC = "ledger.domain:OrderRegistration.Registered"
