@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from eventsourcing.domain import Aggregate
@@ -34,6 +34,24 @@ def delivery_id(dedup_key: str) -> uuid.UUID:
 def conflict_id(dedup_key: str, body_sha256: str) -> uuid.UUID:
     """The id of a delivery that reused ``dedup_key`` with a different body."""
     return uuid.uuid5(LEDGER_NAMESPACE, f"{dedup_key}#{body_sha256}")
+
+
+# msgspec's encoder serves every Struct; each state has its own prebuilt decoder.
+_encoder = msgspec.json.Encoder()
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class StateCodec(Generic[S]):
+    """A state Struct to and from the bytes stored in ``stored_events.state``."""
+
+    def __init__(self, state: type[S]) -> None:
+        self._decoder = msgspec.json.Decoder(state)
+
+    def encode(self, state: S) -> bytes:
+        return _encoder.encode(state)
+
+    def decode(self, raw: bytes) -> S:
+        return self._decoder.decode(raw)
 
 
 # What eventsourcing's base created event already holds: every stored state carries it.
@@ -125,16 +143,10 @@ OperatorAction = aggregate_for(OperatorActionState, "OperatorAction", "Recorded"
 OPERATOR_TOPIC = "ledger.domain:OperatorAction"
 OPERATOR_ACTION_TOPIC = "ledger.domain:OperatorAction.Recorded"
 
-_state_encoder = msgspec.json.Encoder()
-_state_decoder = msgspec.json.Decoder(DeliveryState)
-
-
-def encode_state(state: DeliveryState) -> bytes:
-    return _state_encoder.encode(state)
-
-
-def decode_delivery(state: bytes) -> DeliveryState:
-    return _state_decoder.decode(state)
+_delivery = StateCodec(DeliveryState)
+encode_state, decode_delivery = _delivery.encode, _delivery.decode
+_operator_action = StateCodec(OperatorActionState)
+encode_operator_action, decode_operator_action = _operator_action.encode, _operator_action.decode
 
 
 class MsgspecTranscoder(Transcoder):
@@ -182,21 +194,13 @@ TokenSpend = aggregate_for(SpendState, "TokenSpend", "Spent")
 SPEND_TOPIC = "ledger.domain:TokenSpend"
 SPENT_TOPIC = "ledger.domain:TokenSpend.Spent"
 
-_spend_encoder = msgspec.json.Encoder()
-_spend_decoder = msgspec.json.Decoder(SpendState)
+_spend = StateCodec(SpendState)
+encode_spend, decode_spend = _spend.encode, _spend.decode
 
 
 def spend_id(customer: str, idempotency_key: str) -> uuid.UUID:
     """The id of the spend a customer asked for under ``idempotency_key``."""
     return uuid.uuid5(LEDGER_NAMESPACE, f"spend:{customer}\x00{idempotency_key}")
-
-
-def encode_spend(state: SpendState) -> bytes:
-    return _spend_encoder.encode(state)
-
-
-def decode_spend(state: bytes) -> SpendState:
-    return _spend_decoder.decode(state)
 
 
 class CheckedState(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,18 +231,10 @@ Reconciliation = aggregate_for(CheckedState, "Reconciliation", "Checked")
 RECONCILIATION_TOPIC = "ledger.domain:Reconciliation"
 CHECKED_TOPIC = "ledger.domain:Reconciliation.Checked"
 
-_checked_encoder = msgspec.json.Encoder()
-_checked_decoder = msgspec.json.Decoder(CheckedState)
+_checked = StateCodec(CheckedState)
+encode_checked, decode_checked = _checked.encode, _checked.decode
 
 
 def check_event_id(check_id: str, provider: str, order_id: str) -> uuid.UUID:
     """The id of the answer one check got about one order (ADR 0017)."""
     return uuid.uuid5(LEDGER_NAMESPACE, f"reconcile:{check_id}\x00{provider}\x00{order_id}")
-
-
-def encode_checked(state: CheckedState) -> bytes:
-    return _checked_encoder.encode(state)
-
-
-def decode_checked(state: bytes) -> CheckedState:
-    return _checked_decoder.decode(state)

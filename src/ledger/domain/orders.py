@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.domain.events import LEDGER_NAMESPACE, aggregate_for
+from ledger.domain.events import LEDGER_NAMESPACE, StateCodec, aggregate_for
 
 
 class RegisteredState(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,8 +49,8 @@ REGISTERED_TOPIC = "ledger.domain:OrderRegistration.Registered"
 # The terms of a registration: what a repeat must match (who sent it and when do not count).
 TERMS = ("customer", "amount", "currency", "package", "booking_id", "expires_at", "metadata")
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(RegisteredState)
+_registered = StateCodec(RegisteredState)
+encode_registered, decode_registered = _registered.encode, _registered.decode
 
 
 def registration_id(provider: str, order_id: str) -> uuid.UUID:
@@ -65,14 +65,6 @@ def canonical_amount(value: str | Decimal) -> str:
     if d == d.to_integral_value():
         return format(d.quantize(1), "f")
     return format(d.normalize(), "f")
-
-
-def encode_registered(state: RegisteredState) -> bytes:
-    return _encoder.encode(state)
-
-
-def decode_registered(state: bytes) -> RegisteredState:
-    return _decoder.decode(state)
 
 
 def differing_terms(first: RegisteredState, second: RegisteredState) -> list[str]:
