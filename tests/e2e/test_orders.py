@@ -8,16 +8,9 @@ from typing import Any
 
 from tests.support import bearer, make_key, signed, until
 from tests.support.db import post_unusable_xendit
+from tests.support.readmodels import post_position
 
 MAYAR = {"content-type": "application/json", "x-callback-token": "test-mayar-token"}
-
-
-async def post(client: Any, provider: str, event: str, **kw: str) -> int:
-    d = signed(provider, event, **kw)
-    r = await client.post(d.path, content=d.body, headers=d.headers)
-    assert r.status_code == 200, r.text
-    position: int = r.json()["position"]
-    return position
 
 
 async def post_mayar(client: Any, event: str, **data: Any) -> Any:
@@ -27,8 +20,8 @@ async def post_mayar(client: Any, event: str, **data: Any) -> Any:
 
 async def test_order_reads_paid_whatever_the_arrival_order(client, database_url):
     key = await make_key(database_url, "audit:read")
-    await post(client, "midtrans", "settlement", order_id="INV-7", transaction_id="t7")
-    last = await post(client, "midtrans", "pending", order_id="INV-7", transaction_id="t7")
+    await post_position(client, "midtrans", "settlement", order_id="INV-7", transaction_id="t7")
+    last = await post_position(client, "midtrans", "pending", order_id="INV-7", transaction_id="t7")
     r = await client.get(f"/v1/orders/midtrans/INV-7?min_position={last}", headers=bearer(key))
     assert r.status_code == 200, r.text
     o = r.json()
@@ -47,7 +40,7 @@ async def test_order_reads_paid_whatever_the_arrival_order(client, database_url)
     assert (await client.get(link, headers=bearer(key))).status_code == 200
     # A Midtrans refund is held until Midtrans' status API confirms it (ADR 0016): its
     # signature does not cover the status, so it could be a replayed settlement.
-    last = await post(client, "midtrans", "refund", order_id="INV-7", transaction_id="t7")
+    last = await post_position(client, "midtrans", "refund", order_id="INV-7", transaction_id="t7")
     o = (
         await client.get(f"/v1/orders/midtrans/INV-7?min_position={last}", headers=bearer(key))
     ).json()
@@ -57,14 +50,14 @@ async def test_order_reads_paid_whatever_the_arrival_order(client, database_url)
 
 async def test_xendit_and_partner_orders(client, database_url):
     key = await make_key(database_url, "audit:read")
-    await post(client, "xendit", "PENDING", order_id="BK-1", amount="45000")
-    last = await post(client, "xendit", "PAID", order_id="BK-1", amount="45000")
+    await post_position(client, "xendit", "PENDING", order_id="BK-1", amount="45000")
+    last = await post_position(client, "xendit", "PAID", order_id="BK-1", amount="45000")
     o = (
         await client.get(f"/v1/orders/xendit/BK-1?min_position={last}", headers=bearer(key))
     ).json()
     assert (o["status"], o["amount"], o["payment_method"]) == ("paid", "45000", "QRIS")
     assert [h["late"] for h in o["history"]] == [False, False]
-    last = await post(client, "partner", "booking.paid", order_id="b-9", amount="32000")
+    last = await post_position(client, "partner", "booking.paid", order_id="b-9", amount="32000")
     o = (
         await client.get(f"/v1/orders/partner/b-9?min_position={last}", headers=bearer(key))
     ).json()
@@ -201,14 +194,14 @@ async def test_rebuilding_each_read_model_reproduces_its_digest(client, database
     """Blue/green rebuild from position 0 with unchanged code matches the live digest."""
     admin = await make_key(database_url, "ops:admin")
     writer = await make_key(database_url, "tokens:write")
-    await post(client, "mayar", "payment.success", customer="r@x.com", package="gold")
+    await post_position(client, "mayar", "payment.success", customer="r@x.com", package="gold")
     await post_mayar(client, "payment.success", id="u", customerEmail="r@x.com", package="zinc")
     await post_mayar(
         client, "subscription.activated", id="s", customerEmail="r@x.com", licenseCode="L"
     )
-    await post(client, "midtrans", "settlement", order_id="INV-R", transaction_id="tr")
-    await post(client, "midtrans", "pending", order_id="INV-R", transaction_id="tr")
-    await post(client, "xendit", "PAID", order_id="BK-R")
+    await post_position(client, "midtrans", "settlement", order_id="INV-R", transaction_id="tr")
+    await post_position(client, "midtrans", "pending", order_id="INV-R", transaction_id="tr")
+    await post_position(client, "xendit", "PAID", order_id="BK-R")
     r = await client.post(
         "/v1/accounts/r@x.com/spend",
         json={"amount": 40, "idempotency_key": "r1"},

@@ -126,61 +126,80 @@ async def test_bad_registrations_name_the_field(client, database_url):
     assert r.status_code == 401
 
 
+def _paid_30000(o: Any) -> None:
+    o.update(paid_amount=30000)
+
+
+def _down_payment(o: Any) -> None:
+    o.update(status="DP")
+
+
+# (registered first?, provider, event, order id, amount, edit of the body, what the order says)
+AMOUNT_CASES: list[tuple[bool, str, str, str, str, Any, dict[str, str]]] = [
+    # A Xendit down payment: 30,000 paid of a 100,000 invoice reads partially_paid, with one
+    # definition of expected and paid, registered or not.
+    (
+        False,
+        "xendit",
+        "PAID",
+        "DP-1",
+        "100000",
+        _paid_30000,
+        {
+            "status": "partially_paid",
+            "expected_amount": "100000",
+            "paid_amount": "30000",
+            "amount_check": "short",
+        },
+    ),
+    # Registered for 100,000, paid 150,000 in full: never plain paid.
+    (
+        True,
+        "midtrans",
+        "settlement",
+        "OVER-1",
+        "150000.00",
+        None,
+        {
+            "status": "amount_mismatch",
+            "expected_amount": "100000",
+            "paid_amount": "150000.00",
+            "amount_check": "over",
+        },
+    ),
+    # Registered and paid exactly: paid, and the registered customer is the order's.
+    (
+        True,
+        "midtrans",
+        "settlement",
+        "OK-1",
+        "100000.00",
+        None,
+        {"status": "paid", "amount_check": "match", "customer": "budi@example.com"},
+    ),
+    # A partner down payment against a registered booking: partially paid.
+    (
+        True,
+        "partner",
+        "booking.paid",
+        "bk-5",
+        "30000",
+        _down_payment,
+        {"status": "partially_paid", "expected_amount": "100000", "paid_amount": "30000"},
+    ),
+]
+
+
 async def test_amount_rule_partial_and_over_payment(client, database_url):
     writer = await make_key(database_url, "orders:write")
     reader = await make_key(database_url, "audit:read")
-    # A Xendit down payment: 30,000 paid of a 100,000 invoice reads partially_paid, with one
-    # definition of expected and paid, registered or not.
-    dp = await deliver(
-        client,
-        "xendit",
-        "PAID",
-        order_id="DP-1",
-        amount="100000",
-        edit=lambda o: o.update(paid_amount=30000),
-    )
-    o = await order(client, reader, "xendit/DP-1", dp)
-    assert (o["status"], o["expected_amount"], o["paid_amount"], o["amount_check"]) == (
-        "partially_paid",
-        "100000",
-        "30000",
-        "short",
-    )
-    # Registered for 100,000, paid 150,000 in full: never plain paid.
-    assert (await put(client, writer, "midtrans/OVER-1", TERMS)).status_code == 201
-    last = await deliver(client, "midtrans", "settlement", order_id="OVER-1", amount="150000.00")
-    o = await order(client, reader, "midtrans/OVER-1", last)
-    assert (o["status"], o["expected_amount"], o["paid_amount"], o["amount_check"]) == (
-        "amount_mismatch",
-        "100000",
-        "150000.00",
-        "over",
-    )
-    # Registered and paid exactly: paid, and the registered customer is the order's.
-    assert (await put(client, writer, "midtrans/OK-1", TERMS)).status_code == 201
-    last = await deliver(client, "midtrans", "settlement", order_id="OK-1", amount="100000.00")
-    o = await order(client, reader, "midtrans/OK-1", last)
-    assert (o["status"], o["amount_check"], o["customer"]) == (
-        "paid",
-        "match",
-        "budi@example.com",
-    )
-    # A partner down payment against a registered booking: partially paid.
-    assert (await put(client, writer, "partner/bk-5", TERMS)).status_code == 201
-    last = await deliver(
-        client,
-        "partner",
-        "booking.paid",
-        order_id="bk-5",
-        amount="30000",
-        edit=lambda o: o.update(status="DP"),
-    )
-    o = await order(client, reader, "partner/bk-5", last)
-    assert (o["status"], o["expected_amount"], o["paid_amount"]) == (
-        "partially_paid",
-        "100000",
-        "30000",
-    )
+    for registered, provider, event, order_id, amount, edit, expected in AMOUNT_CASES:
+        path = f"{provider}/{order_id}"
+        if registered:
+            assert (await put(client, writer, path, TERMS)).status_code == 201
+        last = await deliver(client, provider, event, edit, order_id=order_id, amount=amount)
+        o = await order(client, reader, path, last)
+        assert {k: o[k] for k in expected} == expected, path
 
 
 async def test_order_view_export_and_summary_agree_on_amounts(client, database_url):

@@ -193,6 +193,12 @@ async def post(client: Any, provider: str, event: str, **kw: str) -> dict[str, A
     return ack
 
 
+async def post_position(client: Any, provider: str, event: str, **kw: str) -> int:
+    """``post``, answering the position the delivery was recorded at."""
+    position: int = (await post(client, provider, event, **kw))["position"]
+    return position
+
+
 async def read_log(url: str) -> list[StoredRecord]:
     async with connection(url) as conn:
         rows = await conn.fetch(

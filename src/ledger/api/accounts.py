@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request
 from litestar.di import NamedDependency
 from litestar.response import Response
 
 from ledger.accounts.spend import Spender
-from ledger.api.auth import KeyedController
+from ledger.api.auth import KeyedController, keyed_get, keyed_post
 from ledger.api.params import CustomerPath, MinPosition
-from ledger.api.problems import KEYED, problem, responses
+from ledger.api.problems import problem
 from ledger.api.reads import ON_REPLICA
 from ledger.payments.rules import normalize_customer
 from ledger.readmodels.access import ReadModels, require_position
@@ -77,11 +77,10 @@ class AccountsController(KeyedController):
     path = "/v1/accounts"
     tags = ["accounts"]
 
-    @get(
+    @keyed_get(
         "/{customer:str}",
-        summary="A customer's token balance",
+        "A customer's token balance",
         opt={"scopes": ("audit:read", "tokens:write")},
-        responses=responses(*KEYED),
         dependencies=ON_REPLICA,
     )
     async def get_account(
@@ -114,12 +113,13 @@ class AccountsController(KeyedController):
             last_event_position=row["last_position"],
         )
 
-    @post(
+    @keyed_post(
         "/{customer:str}/spend",
+        "Spend tokens (idempotent, never overdraws)",
+        409,
+        413,
         status_code=201,
-        summary="Spend tokens (idempotent, never overdraws)",
         opt={"scopes": ("tokens:write",)},
-        responses=responses(*KEYED, 409, 413),
     )
     async def spend(
         self,

@@ -14,12 +14,11 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
-from ledger.api.auth import KeyedController
+from ledger.api.auth import KeyedController, keyed_get
 from ledger.api.docs import CsvOrJsonLines
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
@@ -28,7 +27,6 @@ from ledger.api.params import (
     Position,
     Text,
 )
-from ledger.api.problems import KEYED, responses
 from ledger.api.reads import ON_REPLICA
 from ledger.api.times import From, To, day_window, parse_time
 from ledger.audit import chain, queries
@@ -141,21 +139,13 @@ class AuditReader(KeyedController):
 
 
 class AuditController(AuditReader):
-    @get(
-        "/head",
-        summary="The latest position and its chain hash (keep daily digests)",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/head", "The latest position and its chain hash (keep daily digests)")
     async def head(self, pool: NamedDependency[asyncpg.Pool]) -> Head:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             position, digest = await chain.head(conn)
         return Head(position=position, hash=digest.hex() if digest else None)
 
-    @get(
-        "/events",
-        summary="Search the log by provider, customer, order, type and time",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/events", "Search the log by provider, customer, order, type and time")
     async def events(
         self,
         pool: NamedDependency[asyncpg.Pool],
@@ -191,11 +181,10 @@ class AuditController(AuditReader):
             has_more=has_more,
         )
 
-    @get(
+    @keyed_get(
         "/export",
-        summary="Stream events received in [from, to) as CSV or JSON lines",
+        "Stream events received in [from, to) as CSV or JSON lines",
         operation_class=CsvOrJsonLines,
-        responses=responses(*KEYED),
     )
     async def export(
         self,
@@ -221,11 +210,7 @@ class AuditController(AuditReader):
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    @get(
-        "/summary",
-        summary="Per provider for one day: deliveries, paid, refunds, failures",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/summary", "Per provider for one day: deliveries, paid, refunds, failures")
     async def summary(
         self,
         pool: NamedDependency[asyncpg.Pool],

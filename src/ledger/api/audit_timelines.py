@@ -12,11 +12,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import get
 from litestar.di import NamedDependency
 
 from ledger.api.accounts import customer_param
 from ledger.api.audit import AuditReader
+from ledger.api.auth import keyed_get
 from ledger.api.params import (
     ACQUIRE_TIMEOUT,
     CustomerPath,
@@ -26,7 +26,6 @@ from ledger.api.params import (
     Position,
     ProviderPath,
 )
-from ledger.api.problems import KEYED, responses
 from ledger.api.times import AsOf, parse_time
 from ledger.audit import asof, queries
 from ledger.audit import index as audit
@@ -101,11 +100,7 @@ async def _snapshot(
 
 
 class AuditTimelinesController(AuditReader):
-    @get(
-        "/orders/{provider:str}/{order_id:str}",
-        summary="An order's deliveries and effects",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/orders/{provider:str}/{order_id:str}", "An order's deliveries and effects")
     async def order_timeline(
         self,
         pool: NamedDependency[asyncpg.Pool],
@@ -131,11 +126,7 @@ class AuditTimelinesController(AuditReader):
             as_of,
         )
 
-    @get(
-        "/customers/{customer:str}",
-        summary="A customer's events and their effects",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/customers/{customer:str}", "A customer's events and their effects")
     async def customer_timeline(
         self,
         pool: NamedDependency[asyncpg.Pool],
@@ -160,11 +151,7 @@ class AuditTimelinesController(AuditReader):
             as_of,
         )
 
-    @get(
-        "/customers/{customer:str}/balance",
-        summary="Tokens as of a position or a time",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/customers/{customer:str}/balance", "Tokens as of a position or a time")
     async def balance(
         self,
         pool: NamedDependency[asyncpg.Pool],
@@ -181,11 +168,7 @@ class AuditTimelinesController(AuditReader):
                 conn, customer_param(customer), position, catalogue, upto
             )
 
-    @get(
-        "/customers/{customer:str}/subscriptions",
-        summary="Subscriptions as of a point",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/customers/{customer:str}/subscriptions", "Subscriptions as of a point")
     async def subscriptions(
         self,
         pool: NamedDependency[asyncpg.Pool],

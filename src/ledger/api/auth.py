@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller
+from litestar import Controller, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from ledger.api.docs import BEARER
-from ledger.api.problems import problem
+from ledger.api.problems import KEYED, problem, responses
 from ledger.audit.keys import ApiKey, KeyRing
 from ledger.audit.trail import ReasonRequired, check_reason
 
@@ -60,6 +61,17 @@ class KeyedController(Controller):
 
     guards = [require_key]
     security = BEARER
+
+
+def keyed_get(path: str, summary: str, *answers: int, **options: Any) -> HTTPRouteHandler:
+    """A GET route of a ``KeyedController``: its OpenAPI entry lists the problems every keyed
+    route may answer (``KEYED``) and the route's own ``answers`` (status codes)."""
+    return get(path, summary=summary, responses=responses(*KEYED, *answers), **options)
+
+
+def keyed_post(path: str, summary: str, *answers: int, **options: Any) -> HTTPRouteHandler:
+    """A POST route of a ``KeyedController`` (``keyed_get``'s problems likewise)."""
+    return post(path, summary=summary, responses=responses(*KEYED, *answers), **options)
 
 
 def current_key(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey:

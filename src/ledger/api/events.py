@@ -8,13 +8,12 @@ import uuid
 from typing import Any
 
 import msgspec
-from litestar import get
 from litestar.di import NamedDependency
 from litestar.response import Response
 
-from ledger.api.auth import KeyedController
+from ledger.api.auth import KeyedController, keyed_get
 from ledger.api.params import IdPath, Limit, Position
-from ledger.api.problems import KEYED, problem, responses
+from ledger.api.problems import problem
 from ledger.domain.events import MsgspecTranscoder
 from ledger.store.eventstore import EventStore, StoredRecord
 
@@ -76,7 +75,7 @@ class EventsController(KeyedController):
     tags = ["audit"]
     opt = {"scopes": ("audit:read",)}
 
-    @get("/", summary="Events in log order after a position", responses=responses(*KEYED))
+    @keyed_get("/", "Events in log order after a position")
     async def list_events(
         self,
         store: NamedDependency[EventStore],
@@ -92,11 +91,7 @@ class EventsController(KeyedController):
             has_more=has_more,
         )
 
-    @get(
-        "/{event_id:str}",
-        summary="One event, with the raw body as received",
-        responses=responses(*KEYED, 404),
-    )
+    @keyed_get("/{event_id:str}", "One event, with the raw body as received", 404)
     async def get_event(self, store: NamedDependency[EventStore], event_id: IdPath) -> EventDetail:
         rec = await _find(store, event_id)
         body = raw_body(rec)
@@ -113,10 +108,10 @@ class EventsController(KeyedController):
             body_base64=base64.b64encode(body).decode() if body is not None else None,
         )
 
-    @get(
+    @keyed_get(
         "/{event_id:str}/raw",
-        summary="The exact bytes a provider sent (with the provider's content type)",
-        responses=responses(*KEYED, 404),
+        "The exact bytes a provider sent (with the provider's content type)",
+        404,
     )
     async def get_raw(
         self, store: NamedDependency[EventStore], event_id: IdPath

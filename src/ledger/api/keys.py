@@ -9,12 +9,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Request, get, post
+from litestar import Request
 from litestar.di import NamedDependency
 
-from ledger.api.auth import KeyedController, current_key, reason_header
+from ledger.api.auth import KeyedController, current_key, keyed_get, keyed_post, reason_header
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath
-from ledger.api.problems import KEYED, problem, responses
+from ledger.api.problems import problem
 from ledger.audit.keys import KeyRing, list_keys, revoke_key
 from ledger.audit.trail import append_in, operator_event
 
@@ -48,21 +48,12 @@ class KeysController(KeyedController):
     tags = ["operators"]
     opt = {"scopes": ("ops:admin",)}
 
-    @get(
-        "/",
-        summary="API keys: ids, names, scopes, created/revoked (never secrets)",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/", "API keys: ids, names, scopes, created/revoked (never secrets)")
     async def list_keys(self, pool: NamedDependency[asyncpg.Pool]) -> list[KeyView]:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             return [_key_view(k) for k in await list_keys(conn)]
 
-    @post(
-        "/{key_id:str}/revoke",
-        status_code=200,
-        summary="Revoke a key (X-Ledger-Reason)",
-        responses=responses(*KEYED, 404, 413),
-    )
+    @keyed_post("/{key_id:str}/revoke", "Revoke a key (X-Ledger-Reason)", 404, 413, status_code=200)
     async def revoke(
         self,
         request: Request[Any, Any, Any],

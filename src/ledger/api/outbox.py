@@ -12,13 +12,13 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import Request, get, post
+from litestar import Request
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from ledger.api.auth import KeyedController, current_key, reason_missing
+from ledger.api.auth import KeyedController, current_key, keyed_get, keyed_post, reason_missing
 from ledger.api.params import ACQUIRE_TIMEOUT, IdPath, Limit
-from ledger.api.problems import KEYED, problem, responses
+from ledger.api.problems import problem
 from ledger.audit.trail import ReasonRequired
 from ledger.outbox.dispatcher import (
     Dispatcher,
@@ -81,7 +81,7 @@ class OutboxController(KeyedController):
     tags = ["outbox"]
     opt = {"scopes": ("ops:admin",)}
 
-    @get("/", summary="Outbox messages, newest first", responses=responses(*KEYED))
+    @keyed_get("/", "Outbox messages, newest first")
     async def list_outbox(
         self,
         pool: NamedDependency[asyncpg.Pool],
@@ -97,11 +97,7 @@ class OutboxController(KeyedController):
             rows = await list_messages(conn, message_state, q, limit)
         return MessagePage(items=[msgspec.convert(r, Message) for r in rows])
 
-    @get(
-        "/{message_id:str}",
-        summary="One message with every attempt",
-        responses=responses(*KEYED, 404),
-    )
+    @keyed_get("/{message_id:str}", "One message with every attempt", 404)
     async def get_outbox(self, pool: NamedDependency[asyncpg.Pool], message_id: IdPath) -> Message:
         mid = _id(message_id)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
@@ -110,11 +106,8 @@ class OutboxController(KeyedController):
             raise problem(404, "message-not-found", "No such message", f"no message {mid}")
         return msgspec.convert(row, Message)
 
-    @post(
-        "/{message_id:str}/retry",
-        status_code=202,
-        summary="Deliver a message again now",
-        responses=responses(*KEYED, 404, 409, 413),
+    @keyed_post(
+        "/{message_id:str}/retry", "Deliver a message again now", 404, 409, 413, status_code=202
     )
     async def retry(
         self,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
@@ -28,6 +30,7 @@ from ledger.readmodels.replica import ReplicaLagging, ReplicaUnavailable
 from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoreUnavailable
 
 MEDIA_TYPE = "application/problem+json"
+E = TypeVar("E", bound=Exception)
 
 TITLES = {
     400: ("bad-request", "The request is malformed"),
@@ -147,19 +150,113 @@ def _from_unexpected(exc: Exception) -> ProblemDetailsException:
 # -- the typed errors of ledger.errors and each concept's package: the one mapping --------
 
 
-def _from_lagging(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, ProjectionLagging)
-    return problem(
+@dataclass(frozen=True)
+class Answer(Generic[E]):
+    """How one typed error answers: its status, ``/problems/<slug>`` and title; the detail is
+    the error's own message unless ``detail`` words it; ``members`` adds problem members;
+    ``retry_after`` (seconds) marks a fault that passes."""
+
+    status: int
+    slug: str
+    title: str
+    detail: Callable[[E], str] = str
+    members: Callable[[E], dict[str, Any]] = lambda _: {}
+    retry_after: str | None = None
+
+
+ANSWERS: dict[type[LedgerError], Answer[Any]] = {
+    ProjectionLagging: Answer[ProjectionLagging](
         503,
         "projection-lagging",
         "The projection has not caught up yet",
-        f"projection {exc.name!r} has applied up to position {exc.reached}; "
-        f"position {exc.wanted} was asked for. Retry shortly.",
-        headers={"Retry-After": "1"},
-        projection=exc.name,
-        reached=exc.reached,
-        wanted=exc.wanted,
-        lag=exc.wanted - exc.reached,
+        lambda e: (
+            f"projection {e.name!r} has applied up to position {e.reached}; "
+            f"position {e.wanted} was asked for. Retry shortly."
+        ),
+        lambda e: {
+            "projection": e.name,
+            "reached": e.reached,
+            "wanted": e.wanted,
+            "lag": e.wanted - e.reached,
+        },
+        retry_after="1",
+    ),
+    ProjectionUnavailable: Answer[ProjectionUnavailable](
+        503,
+        "projection-unavailable",
+        "The projection is not available",
+        lambda e: f"projection {e.name!r} has not been started on this database yet; retry shortly",
+        lambda e: {"projection": e.name},
+        retry_after="1",
+    ),
+    PositionBeyondHead: Answer[PositionBeyondHead](
+        400,
+        "min-position-beyond-head",
+        "min_position is beyond the log's head",
+        lambda e: (
+            f"query parameter 'min_position' is {e.wanted} but the log's head is "
+            f"{e.head}; pass a position this service returned"
+        ),
+        lambda e: {"parameter": "min_position", "head": e.head},
+    ),
+    UnknownProjection: Answer(404, "projection-not-found", "No such projection"),
+    InsufficientTokens: Answer[InsufficientTokens](
+        409,
+        "insufficient-tokens",
+        "Not enough tokens",
+        lambda e: f"the balance is {e.balance} tokens; {e.amount} were asked for",
+        lambda e: {"balance": e.balance, "amount": e.amount},
+    ),
+    IdempotencyConflict: Answer[IdempotencyConflict](
+        409,
+        "idempotency-key-reused",
+        "The idempotency key was used for a different spend",
+        lambda e: (
+            f"idempotency_key was first used to spend {e.first.amount} tokens; "
+            "use a new key for a new spend"
+        ),
+    ),
+    SpendBusy: Answer(503, "spend-busy", "Try again", retry_after="1"),
+    InvalidRegistration: Answer[InvalidRegistration](
+        400,
+        "invalid-registration",
+        "Invalid order registration",
+        members=lambda e: {"field": e.field},
+    ),
+    RegistrationConflict: Answer[RegistrationConflict](
+        409,
+        "registration-conflict",
+        "The order was registered with different terms",
+        lambda e: (
+            f"the order was first registered with a different {', '.join(e.fields)}; "
+            "the first registration stands (register a new order id for new terms)"
+        ),
+        lambda e: {"fields": e.fields},
+    ),
+    NotRetryable: Answer(409, "not-retryable", "The message cannot be retried"),
+    ReasonRequired: Answer[ReasonRequired](
+        400,
+        "reason-required",
+        "A reason is required",
+        lambda e: f"send why in the X-Ledger-Reason header ({e})",
+    ),
+}
+
+
+def _from_typed(exc: Exception) -> ProblemDetailsException:
+    """The answer ``ANSWERS`` gives the error (its nearest class there); a typed error with no
+    entry reached the edge: a bug, like any other."""
+    answer = next((ANSWERS[c] for c in type(exc).__mro__ if c in ANSWERS), None)
+    if answer is None:
+        return _from_unexpected(exc)
+    retry = None if answer.retry_after is None else {"Retry-After": answer.retry_after}
+    return problem(
+        answer.status,
+        answer.slug,
+        answer.title,
+        answer.detail(exc),
+        headers=retry,
+        **answer.members(exc),
     )
 
 
@@ -205,99 +302,6 @@ def _from_rolled_back(exc: Exception) -> ProblemDetailsException:
     )
 
 
-def _from_projection_unavailable(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, ProjectionUnavailable)
-    return problem(
-        503,
-        "projection-unavailable",
-        "The projection is not available",
-        f"projection {exc.name!r} has not been started on this database yet; retry shortly",
-        headers={"Retry-After": "1"},
-        projection=exc.name,
-    )
-
-
-def _from_beyond_head(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, PositionBeyondHead)
-    return problem(
-        400,
-        "min-position-beyond-head",
-        "min_position is beyond the log's head",
-        f"query parameter 'min_position' is {exc.wanted} but the log's head is {exc.head}; "
-        "pass a position this service returned",
-        parameter="min_position",
-        head=exc.head,
-    )
-
-
-def _from_unknown_projection(exc: Exception) -> ProblemDetailsException:
-    return problem(404, "projection-not-found", "No such projection", str(exc))
-
-
-def _from_insufficient(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, InsufficientTokens)
-    return problem(
-        409,
-        "insufficient-tokens",
-        "Not enough tokens",
-        f"the balance is {exc.balance} tokens; {exc.amount} were asked for",
-        balance=exc.balance,
-        amount=exc.amount,
-    )
-
-
-def _from_idempotency(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, IdempotencyConflict)
-    return problem(
-        409,
-        "idempotency-key-reused",
-        "The idempotency key was used for a different spend",
-        f"idempotency_key was first used to spend {exc.first.amount} tokens; "
-        "use a new key for a new spend",
-    )
-
-
-def _from_invalid_registration(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, InvalidRegistration)
-    return problem(
-        400, "invalid-registration", "Invalid order registration", str(exc), field=exc.field
-    )
-
-
-def _from_registration_conflict(exc: Exception) -> ProblemDetailsException:
-    assert isinstance(exc, RegistrationConflict)
-    return problem(
-        409,
-        "registration-conflict",
-        "The order was registered with different terms",
-        f"the order was first registered with a different {', '.join(exc.fields)}; "
-        "the first registration stands (register a new order id for new terms)",
-        fields=exc.fields,
-    )
-
-
-def _from_spend_busy(exc: Exception) -> ProblemDetailsException:
-    return problem(503, "spend-busy", "Try again", str(exc), headers={"Retry-After": "1"})
-
-
-def _from_not_retryable(exc: Exception) -> ProblemDetailsException:
-    return problem(409, "not-retryable", "The message cannot be retried", str(exc))
-
-
-def _from_reason_required(exc: Exception) -> ProblemDetailsException:
-    return problem(
-        400,
-        "reason-required",
-        "A reason is required",
-        f"send why in the X-Ledger-Reason header ({exc})",
-    )
-
-
-def _from_ledger_error(exc: Exception) -> ProblemDetailsException:
-    # A typed error with no mapping above reached the edge: a bug, like any other.
-    return _from_unexpected(exc)
-
-
 def problem_handler(request: Request[Any, Any, Any], exc: ProblemDetailsException) -> Response[Any]:
     return exc.to_response(request)
 
@@ -308,19 +312,9 @@ CONFIG = ProblemDetailsConfig(
         HTTPException: _from_http,
         StoreUnavailable: _from_unavailable,
         ReplicaUnavailable: _from_replica_unavailable,
-        ProjectionLagging: _from_lagging,
         ReplicaLagging: _from_replica_lagging,
-        ProjectionUnavailable: _from_projection_unavailable,
-        PositionBeyondHead: _from_beyond_head,
-        UnknownProjection: _from_unknown_projection,
-        InsufficientTokens: _from_insufficient,
-        IdempotencyConflict: _from_idempotency,
-        SpendBusy: _from_spend_busy,
-        InvalidRegistration: _from_invalid_registration,
-        RegistrationConflict: _from_registration_conflict,
-        NotRetryable: _from_not_retryable,
-        ReasonRequired: _from_reason_required,
-        LedgerError: _from_ledger_error,
+        LedgerError: _from_typed,
+        **dict.fromkeys(ANSWERS, _from_typed),
         **dict.fromkeys(UNAVAILABLE_ERRORS, _from_unavailable),
         asyncpg.PostgresConnectionError: _from_unavailable,
         asyncpg.DataError: _from_data_error,

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Request, get, post
+from litestar import Request
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from ledger.api.auth import KeyedController, current_key, reason_missing
+from ledger.api.auth import KeyedController, current_key, keyed_get, keyed_post, reason_missing
 from ledger.api.params import ACQUIRE_TIMEOUT
-from ledger.api.problems import KEYED, problem, responses
+from ledger.api.problems import problem
 from ledger.audit import index as audit
 from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
 from ledger.readmodels import poison
@@ -112,11 +112,7 @@ class ProjectionsController(KeyedController):
     tags = ["operations"]
     opt = {"scopes": ("ops:admin",)}
 
-    @get(
-        "/",
-        summary="Every projection: version, generations, position, lag, state",
-        responses=responses(*KEYED),
-    )
+    @keyed_get("/", "Every projection: version, generations, position, lag, state")
     async def list_projections(
         self,
         read_models: NamedDependency[ReadModels],
@@ -136,7 +132,7 @@ class ProjectionsController(KeyedController):
             index = await _audit_status(conn, await poison.annotate(conn, items))
         return ProjectionList(items=items, head=head, audit_index=index)
 
-    @get("/{name:str}", summary="One projection's status", responses=responses(*KEYED, 404))
+    @keyed_get("/{name:str}", "One projection's status", 404)
     async def get_projection(
         self,
         read_models: NamedDependency[ReadModels],
@@ -162,11 +158,8 @@ class ProjectionsController(KeyedController):
             await poison.annotate(conn, found)
         return found[0]
 
-    @post(
-        "/{name:str}/rebuild",
-        status_code=202,
-        summary="Rebuild from position 0 (blue/green)",
-        responses=responses(*KEYED, 404, 413),
+    @keyed_post(
+        "/{name:str}/rebuild", "Rebuild from position 0 (blue/green)", 404, 413, status_code=202
     )
     async def rebuild(
         self,
@@ -195,11 +188,8 @@ class ProjectionsController(KeyedController):
             name=name, generation=generation, live_generation=live, started=started
         )
 
-    @post(
-        "/{name:str}/retry",
-        status_code=200,
-        summary="Re-apply a consumer's poisoned events",
-        responses=responses(*KEYED, 404, 413),
+    @keyed_post(
+        "/{name:str}/retry", "Re-apply a consumer's poisoned events", 404, 413, status_code=200
     )
     async def retry(
         self,

@@ -9,13 +9,11 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
-from litestar import get
 from litestar.di import NamedDependency
 
 from ledger.api.accounts import LIVE_POSITION, customer_param
-from ledger.api.auth import KeyedController
+from ledger.api.auth import KeyedController, keyed_get
 from ledger.api.params import CustomerPath, MinPosition
-from ledger.api.problems import KEYED, responses
 from ledger.api.reads import ON_REPLICA
 from ledger.payments.rules import FOREVER, subscription_status
 from ledger.readmodels.access import ReadModels, require_position
@@ -41,10 +39,9 @@ class SubscriptionsController(KeyedController):
     tags = ["read models"]
     opt = {"scopes": ("audit:read", "tokens:write")}
 
-    @get(
+    @keyed_get(
         "/{customer:str}",
-        summary="A customer's subscriptions, status as of now",
-        responses=responses(*KEYED),
+        "A customer's subscriptions, status as of now",
         dependencies=ON_REPLICA,
     )
     async def get_subscriptions(

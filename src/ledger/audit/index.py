@@ -30,8 +30,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.audit.trail import decode_operator_action
-from ledger.domain.events import CHECKED_TOPIC, OPERATOR_ACTION_TOPIC, decode_checked
+from ledger.domain.events import (
+    CHECKED_TOPIC,
+    OPERATOR_ACTION_TOPIC,
+    decode_checked,
+    decode_operator_action,
+)
 from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
 from ledger.payments.customers import customer_key
 from ledger.payments.facts import payment_fact

@@ -12,12 +12,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import msgspec
-
 from ledger.domain.events import (
     OPERATOR_ACTION_TOPIC,
     OPERATOR_TOPIC,
     OperatorActionState,
+    encode_operator_action,
 )
 from ledger.errors import LedgerError
 from ledger.readmodels.contract import Conn
@@ -25,8 +24,6 @@ from ledger.store.eventstore import SQL as STORE_SQL
 from ledger.store.eventstore import NewEvent
 
 MAX_REASON = 1000
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(OperatorActionState)
 
 
 class ReasonRequired(LedgerError, ValueError):
@@ -62,11 +59,7 @@ def operator_event(
         target=target,
         reason=check_reason(reason),
     )
-    return NewEvent(action_id or uuid.uuid4(), OPERATOR_ACTION_TOPIC, _encoder.encode(state))
-
-
-def decode_operator_action(state: bytes) -> OperatorActionState:
-    return _decoder.decode(state)
+    return NewEvent(action_id or uuid.uuid4(), OPERATOR_ACTION_TOPIC, encode_operator_action(state))
 
 
 async def append_in(conn: Conn, event: NewEvent) -> int | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from eventsourcing.domain import Aggregate
@@ -36,63 +36,64 @@ def conflict_id(dedup_key: str, body_sha256: str) -> uuid.UUID:
     return uuid.uuid5(LEDGER_NAMESPACE, f"{dedup_key}#{body_sha256}")
 
 
-class Delivery(Aggregate, created_event_name="Received"):
-    """One webhook delivery as received: raw bytes, who sent it, how it was verified.
+# msgspec's encoder serves every Struct; each state has its own prebuilt decoder.
+_encoder = msgspec.json.Encoder()
+S = TypeVar("S", bound=msgspec.Struct)
 
-    The three creation events share one shape (``DeliveryState``) and differ in meaning:
-    ``Received`` is applied by projections, ``Quarantined`` was authenticated but unusable
-    (``fault`` says why), ``Conflicted`` reused a dedup key with a different body
-    (``original_event_id`` names the first one); the last two go to the review queue.
+
+class StateCodec(Generic[S]):
+    """A state Struct to and from the bytes stored in ``stored_events.state``."""
+
+    def __init__(self, state: type[S]) -> None:
+        self._decoder = msgspec.json.Decoder(state)
+
+    def encode(self, state: S) -> bytes:
+        return _encoder.encode(state)
+
+    def decode(self, raw: bytes) -> S:
+        return self._decoder.decode(raw)
+
+
+# What eventsourcing's base created event already holds: every stored state carries it.
+_BASE_FIELDS = frozenset({"originator_topic", "timestamp"})
+
+
+def aggregate_for(
+    state: type[msgspec.Struct], name: str, created: str, *variants: str
+) -> type[Aggregate]:
+    """The eventsourcing aggregate whose creation event ``created`` has ``state``'s fields.
+
+    The state Struct is the one declaration of an event's fields: the hot path encodes it
+    directly, and eventsourcing generates this aggregate's ``__init__`` and its created event
+    from the same fields (its dataclass-style aggregates), so ``Mapper`` reads what we store.
+    ``variants`` are further creation events of the same shape (``Delivery.Quarantined``).
+    The aggregate and its events live in ``state``'s module under the names stored topics
+    use (``ledger.domain:<name>.<created>``).
     """
-
-    class Received(Aggregate.Created):
-        provider: str
-        dedup_key: str
-        kind: str
-        source: str | None
-        scheme: str
-        headers: dict[str, str]
-        body_sha256: str
-        body_b64: str
-        fault: str | None
-        original_event_id: str | None
-
-    class Quarantined(Received):
-        pass
-
-    class Conflicted(Received):
-        pass
-
-    def __init__(
-        self,
-        provider: str,
-        dedup_key: str,
-        kind: str,
-        source: str | None,
-        scheme: str,
-        headers: dict[str, str],
-        body_sha256: str,
-        body_b64: str,
-        fault: str | None,
-        original_event_id: str | None,
-    ) -> None:
-        self.provider = provider
-        self.dedup_key = dedup_key
-        self.kind = kind
-        self.source = source
-        self.scheme = scheme
-        self.headers = headers
-        self.body_sha256 = body_sha256
-        self.body_b64 = body_b64
-        self.fault = fault
-        self.original_event_id = original_event_id
+    fields = {f.name: f.type for f in msgspec.structs.fields(state) if f.name not in _BASE_FIELDS}
+    module = state.__module__
+    namespace = {"__module__": module, "__qualname__": name, "__annotations__": fields}
+    aggregate = type(name, (Aggregate,), namespace, created_event_name=created)
+    created_event = getattr(aggregate, created)
+    for variant in variants:
+        event = type(
+            variant, (created_event,), {"__module__": module, "__qualname__": f"{name}.{variant}"}
+        )
+        setattr(aggregate, variant, event)
+    return aggregate
 
 
 class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
     """The stored state of every Delivery creation event (what ``Mapper`` would write).
 
+    One webhook delivery as received: raw bytes, who sent it, how it was verified. The three
+    creation events share this shape and differ in meaning: ``Received`` is applied by
+    projections, ``Quarantined`` was authenticated but unusable (``fault`` says why),
+    ``Conflicted`` reused a dedup key with a different body (``original_event_id`` names the
+    first one); the last two go to the review queue.
+
     The hot path encodes this Struct directly (one msgspec call) instead of building an
-    aggregate; a test proves eventsourcing's Mapper decodes the bytes into the events above.
+    aggregate; a test proves eventsourcing's Mapper decodes the bytes into ``Delivery``'s events.
     """
 
     originator_topic: str
@@ -109,6 +110,9 @@ class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
     original_event_id: str | None = None
 
 
+# Every delivery is the creation event of its own aggregate (the Struct's docstring).
+Delivery = aggregate_for(DeliveryState, "Delivery", "Received", "Quarantined", "Conflicted")
+
 DELIVERY_TOPIC = "ledger.domain:Delivery"
 RECEIVED_TOPIC = "ledger.domain:Delivery.Received"
 QUARANTINED_TOPIC = "ledger.domain:Delivery.Quarantined"
@@ -116,31 +120,14 @@ CONFLICTED_TOPIC = "ledger.domain:Delivery.Conflicted"
 DELIVERY_TOPICS = (RECEIVED_TOPIC, QUARANTINED_TOPIC, CONFLICTED_TOPIC)
 
 
-class OperatorAction(Aggregate, created_event_name="Recorded"):
-    """Something an operator did (key create/revoke, projection rebuild, outbox retry...).
+class OperatorActionState(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored state of ``OperatorAction.Recorded`` (what ``Mapper`` would write).
 
-    One aggregate per action. ``key_id`` and ``scope`` say who acted with what authority
+    Something an operator did (key create/revoke, projection rebuild, outbox retry...), one
+    aggregate per action. ``key_id`` and ``scope`` say who acted with what authority
     (``cli:<user>``/``local`` for the command line), ``target`` what was acted on, and
     ``reason`` why: it is required, so the trail explains itself.
     """
-
-    class Recorded(Aggregate.Created):
-        key_id: str
-        scope: str
-        action: str
-        target: str
-        reason: str
-
-    def __init__(self, key_id: str, scope: str, action: str, target: str, reason: str) -> None:
-        self.key_id = key_id
-        self.scope = scope
-        self.action = action
-        self.target = target
-        self.reason = reason
-
-
-class OperatorActionState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of ``OperatorAction.Recorded`` (what ``Mapper`` would write)."""
 
     originator_topic: str
     timestamp: datetime
@@ -151,19 +138,15 @@ class OperatorActionState(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+OperatorAction = aggregate_for(OperatorActionState, "OperatorAction", "Recorded")
+
 OPERATOR_TOPIC = "ledger.domain:OperatorAction"
 OPERATOR_ACTION_TOPIC = "ledger.domain:OperatorAction.Recorded"
 
-_state_encoder = msgspec.json.Encoder()
-_state_decoder = msgspec.json.Decoder(DeliveryState)
-
-
-def encode_state(state: DeliveryState) -> bytes:
-    return _state_encoder.encode(state)
-
-
-def decode_delivery(state: bytes) -> DeliveryState:
-    return _state_decoder.decode(state)
+_delivery = StateCodec(DeliveryState)
+encode_state, decode_delivery = _delivery.encode, _delivery.decode
+_operator_action = StateCodec(OperatorActionState)
+encode_operator_action, decode_operator_action = _operator_action.encode, _operator_action.decode
 
 
 class MsgspecTranscoder(Transcoder):
@@ -187,34 +170,15 @@ class MsgspecTranscoder(Transcoder):
         return obj
 
 
-class TokenSpend(Aggregate, created_event_name="Spent"):
-    """A customer spent tokens (``POST /v1/accounts/{customer}/spend``).
-
-    One aggregate per spend, its id derived from the customer and the client's idempotency
-    key (``spend_id``), so repeating a request finds the first event instead of spending
-    again. ``balance_after`` is the balance the spend left, decided under the customer's
-    lock; it is the answer a repeated request gets.
-    """
-
-    class Spent(Aggregate.Created):
-        customer: str
-        amount: int
-        idempotency_key: str
-        reason: str
-        balance_after: int
-
-    def __init__(
-        self, customer: str, amount: int, idempotency_key: str, reason: str, balance_after: int
-    ) -> None:
-        self.customer = customer
-        self.amount = amount
-        self.idempotency_key = idempotency_key
-        self.reason = reason
-        self.balance_after = balance_after
-
-
 class SpendState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of ``TokenSpend.Spent`` (what ``Mapper`` would write)."""
+    """The stored state of ``TokenSpend.Spent`` (what ``Mapper`` would write).
+
+    A customer spent tokens (``POST /v1/accounts/{customer}/spend``). One aggregate per
+    spend, its id derived from the customer and the client's idempotency key (``spend_id``),
+    so repeating a request finds the first event instead of spending again.
+    ``balance_after`` is the balance the spend left, decided under the customer's lock; it
+    is the answer a repeated request gets.
+    """
 
     originator_topic: str
     timestamp: datetime
@@ -225,11 +189,13 @@ class SpendState(msgspec.Struct, frozen=True, kw_only=True):
     balance_after: int
 
 
+TokenSpend = aggregate_for(SpendState, "TokenSpend", "Spent")
+
 SPEND_TOPIC = "ledger.domain:TokenSpend"
 SPENT_TOPIC = "ledger.domain:TokenSpend.Spent"
 
-_spend_encoder = msgspec.json.Encoder()
-_spend_decoder = msgspec.json.Decoder(SpendState)
+_spend = StateCodec(SpendState)
+encode_spend, decode_spend = _spend.encode, _spend.decode
 
 
 def spend_id(customer: str, idempotency_key: str) -> uuid.UUID:
@@ -237,57 +203,16 @@ def spend_id(customer: str, idempotency_key: str) -> uuid.UUID:
     return uuid.uuid5(LEDGER_NAMESPACE, f"spend:{customer}\x00{idempotency_key}")
 
 
-def encode_spend(state: SpendState) -> bytes:
-    return _spend_encoder.encode(state)
-
-
-def decode_spend(state: bytes) -> SpendState:
-    return _spend_decoder.decode(state)
-
-
-class Reconciliation(Aggregate, created_event_name="Checked"):
-    """One answer of a provider's status API about one order (ADR 0017).
-
-    The raw answer is kept (``body_b64``, its ``body_sha256``, the ``http_status``) beside
-    our ``reading`` of it: an order status (``ledger.payments.orderstatus``), or
-    ``unknown_order``, ``unverified`` (the answer's signature does not verify: recorded,
-    never applied) or ``refused`` (an answer that is no status: 401, 403, other 4xx).
-    ``check_id`` names the check that asked: one event per check and order.
-    """
-
-    class Checked(Aggregate.Created):
-        provider: str
-        order_id: str
-        check_id: str
-        http_status: int
-        body_sha256: str
-        body_b64: str
-        reading: str
-        provider_status: str | None
-
-    def __init__(
-        self,
-        provider: str,
-        order_id: str,
-        check_id: str,
-        http_status: int,
-        body_sha256: str,
-        body_b64: str,
-        reading: str,
-        provider_status: str | None,
-    ) -> None:
-        self.provider = provider
-        self.order_id = order_id
-        self.check_id = check_id
-        self.http_status = http_status
-        self.body_sha256 = body_sha256
-        self.body_b64 = body_b64
-        self.reading = reading
-        self.provider_status = provider_status
-
-
 class CheckedState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of ``Reconciliation.Checked`` (what ``Mapper`` would write)."""
+    """The stored state of ``Reconciliation.Checked`` (what ``Mapper`` would write).
+
+    One answer of a provider's status API about one order (ADR 0017). The raw answer is
+    kept (``body_b64``, its ``body_sha256``, the ``http_status``) beside our ``reading`` of
+    it: an order status (``ledger.payments.orderstatus``), or ``unknown_order``,
+    ``unverified`` (the answer's signature does not verify: recorded, never applied) or
+    ``refused`` (an answer that is no status: 401, 403, other 4xx). ``check_id`` names the
+    check that asked: one event per check and order.
+    """
 
     originator_topic: str
     timestamp: datetime
@@ -301,21 +226,15 @@ class CheckedState(msgspec.Struct, frozen=True, kw_only=True):
     provider_status: str | None = None
 
 
+Reconciliation = aggregate_for(CheckedState, "Reconciliation", "Checked")
+
 RECONCILIATION_TOPIC = "ledger.domain:Reconciliation"
 CHECKED_TOPIC = "ledger.domain:Reconciliation.Checked"
 
-_checked_encoder = msgspec.json.Encoder()
-_checked_decoder = msgspec.json.Decoder(CheckedState)
+_checked = StateCodec(CheckedState)
+encode_checked, decode_checked = _checked.encode, _checked.decode
 
 
 def check_event_id(check_id: str, provider: str, order_id: str) -> uuid.UUID:
     """The id of the answer one check got about one order (ADR 0017)."""
     return uuid.uuid5(LEDGER_NAMESPACE, f"reconcile:{check_id}\x00{provider}\x00{order_id}")
-
-
-def encode_checked(state: CheckedState) -> bytes:
-    return _checked_encoder.encode(state)
-
-
-def decode_checked(state: bytes) -> CheckedState:
-    return _checked_decoder.decode(state)

@@ -18,54 +18,14 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from eventsourcing.domain import Aggregate
 
-from ledger.domain.events import LEDGER_NAMESPACE
-
-
-class OrderRegistration(Aggregate, created_event_name="Registered"):
-    """The merchant's registration of one order (ADR 0016). ``key_id`` is the key that
-    registered it; the terms are the other fields."""
-
-    class Registered(Aggregate.Created):
-        provider: str
-        order_id: str
-        customer: str
-        amount: str
-        currency: str
-        package: str | None
-        booking_id: str | None
-        expires_at: str | None
-        metadata: dict[str, Any]
-        key_id: str
-
-    def __init__(
-        self,
-        provider: str,
-        order_id: str,
-        customer: str,
-        amount: str,
-        currency: str,
-        package: str | None,
-        booking_id: str | None,
-        expires_at: str | None,
-        metadata: dict[str, Any],
-        key_id: str,
-    ) -> None:
-        self.provider = provider
-        self.order_id = order_id
-        self.customer = customer
-        self.amount = amount
-        self.currency = currency
-        self.package = package
-        self.booking_id = booking_id
-        self.expires_at = expires_at
-        self.metadata = metadata
-        self.key_id = key_id
+from ledger.domain.events import LEDGER_NAMESPACE, StateCodec, aggregate_for
 
 
 class RegisteredState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of ``OrderRegistration.Registered`` (what ``Mapper`` would write)."""
+    """The stored state of ``OrderRegistration.Registered`` (what ``Mapper`` would write):
+    the merchant's registration of one order (ADR 0016). ``key_id`` is the key that
+    registered it; the terms are the other fields."""
 
     originator_topic: str
     timestamp: datetime
@@ -81,14 +41,16 @@ class RegisteredState(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str = ""
 
 
+OrderRegistration = aggregate_for(RegisteredState, "OrderRegistration", "Registered")
+
 REGISTRATION_TOPIC = "ledger.domain:OrderRegistration"
 REGISTERED_TOPIC = "ledger.domain:OrderRegistration.Registered"
 
 # The terms of a registration: what a repeat must match (who sent it and when do not count).
 TERMS = ("customer", "amount", "currency", "package", "booking_id", "expires_at", "metadata")
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(RegisteredState)
+_registered = StateCodec(RegisteredState)
+encode_registered, decode_registered = _registered.encode, _registered.decode
 
 
 def registration_id(provider: str, order_id: str) -> uuid.UUID:
@@ -103,14 +65,6 @@ def canonical_amount(value: str | Decimal) -> str:
     if d == d.to_integral_value():
         return format(d.quantize(1), "f")
     return format(d.normalize(), "f")
-
-
-def encode_registered(state: RegisteredState) -> bytes:
-    return _encoder.encode(state)
-
-
-def decode_registered(state: bytes) -> RegisteredState:
-    return _decoder.decode(state)
 
 
 def differing_terms(first: RegisteredState, second: RegisteredState) -> list[str]:

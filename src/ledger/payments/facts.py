@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec
 
 import msgspec
 
@@ -34,6 +35,8 @@ from ledger.payments.customers import customer_key
 
 if TYPE_CHECKING:
     from ledger.store.eventstore import StoredRecord
+
+P = ParamSpec("P")
 
 # Providers whose notifications are about an order (Mayar's are about tokens and plans).
 ORDER_PROVIDERS = frozenset({"midtrans", "xendit", "partner"})
@@ -93,11 +96,19 @@ def _with_detail(head: str, detail: str | None) -> str:
     return head + (f"/{detail}" if detail else "")
 
 
+def _known(
+    decide: Callable[P, orderstatus.OrderStatus], *args: P.args, **kwargs: P.kwargs
+) -> orderstatus.OrderStatus | None:
+    """The order status a provider status means; None for one we do not know."""
+    try:
+        return decide(*args, **kwargs)
+    except orderstatus.UnknownStatus:
+        return None
+
+
 def _midtrans(body: bytes) -> Payment:
     n = midtrans.DECODER.decode(body)
-    status: orderstatus.OrderStatus | None = None
-    with contextlib.suppress(orderstatus.UnknownStatus):
-        status = orderstatus.midtrans_status(n.transaction_status, n.fraud_status)
+    status = _known(orderstatus.midtrans_status, n.transaction_status, n.fraud_status)
     return Payment(
         provider="midtrans",
         provider_status=_with_detail(n.transaction_status, n.fraud_status),
@@ -115,9 +126,7 @@ def _midtrans(body: bytes) -> Payment:
 
 def _xendit(body: bytes) -> Payment:
     inv = xendit.DECODER.decode(body)
-    status: orderstatus.OrderStatus | None = None
-    with contextlib.suppress(orderstatus.UnknownStatus):
-        status = orderstatus.xendit_status(inv.status)
+    status = _known(orderstatus.xendit_status, inv.status)
     noted = str(inv.paid_amount if inv.paid_amount is not None else inv.amount)
     return Payment(
         provider="xendit",
@@ -137,9 +146,7 @@ def _xendit(body: bytes) -> Payment:
 
 def _partner(body: bytes) -> Payment:
     upd = partner.DECODER.decode(body)
-    status: orderstatus.OrderStatus | None = None
-    with contextlib.suppress(orderstatus.UnknownStatus):
-        status = orderstatus.partner_status(upd.event, upd.status)
+    status = _known(orderstatus.partner_status, upd.event, upd.status)
     return Payment(
         provider="partner",
         provider_status=_with_detail(upd.event, upd.status),
