@@ -221,8 +221,13 @@ def stored(d: Decimal | None) -> Decimal | None:
     return Decimal((sign, tuple(int(c) for c in str(whole)), 4 * groups))
 
 
-def _stored_state(state: OrderState) -> OrderState:
-    paid, partner_paid = stored(state.paid), stored(state.partner_paid)
+def _stored_state(state: OrderState, before: OrderState | None) -> OrderState:
+    """``state`` with its amounts as a round trip gives them back (``before``'s already are)."""
+    paid, partner_paid = state.paid, state.partner_paid
+    if before is None or paid is not before.paid:
+        paid = stored(paid)
+    if before is None or partner_paid is not before.partner_paid:
+        partner_paid = stored(partner_paid)
     if paid is state.paid and partner_paid is state.partner_paid:
         return state
     return replace(state, paid=paid, partner_paid=partner_paid)
@@ -344,7 +349,7 @@ class OutboxProjection:
         fold = await Fold.read(conn, sorted({item[0] for _, item in items}))
         states, kept = fold.states, fold.kept
         for rec, (ref, what, recorded_at) in items:
-            state = states[ref]
+            state = before = states[ref]
             if isinstance(what, Registration):
                 if kept[ref] is None:  # the first registration stands
                     kept[ref] = fold.registered[ref] = what
@@ -356,7 +361,7 @@ class OutboxProjection:
                 known = kept[ref]
                 state, out = on_paid(what, known, state or OrderState(), where)
                 customer = known.customer if known else what.customer
-            states[ref] = _stored_state(state)
+            states[ref] = _stored_state(state, before)
             fold.changed.add(ref)
             if t.max_age and _age(recorded_at) > t.max_age:
                 # Old news: a rebuild after a target was added (or its URL changed, which

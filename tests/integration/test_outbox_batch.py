@@ -16,6 +16,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,8 +39,19 @@ from ledger.domain.orders import (
     decode_registered,
     encode_registered,
 )
-from ledger.outbox.effects import OrderState, Registration, on_paid, on_registered
-from ledger.outbox.messages import message_id
+from ledger.outbox.effects import (
+    NOT_SHOP_ORDERS,
+    Message,
+    OrderState,
+    Registration,
+    Where,
+    _fact_encoder,
+    amount,
+    judged,
+    on_registered,
+)
+from ledger.outbox.messages import email_body, message_id, partner_body, revalidate_body
+from ledger.payments.facts import PaymentFact
 from ledger.payments.rules import Catalogue
 from ledger.projections.outbox import SQL, OutboxProjection, Targets, _age, stored
 from ledger.store.eventstore import StoredRecord
@@ -87,6 +99,41 @@ SELECT true AS known, first_paid_position, partner_status, partner_paid_amount, 
 FROM orders WHERE order_ref = $1 AND email_owed IS NOT NULL"""
 
 
+def v2_on_paid(
+    fact: PaymentFact, reg: Registration | None, state: OrderState, where: Where
+) -> tuple[OrderState, list[Message]]:
+    """``ledger.outbox.effects.on_paid`` of outbox v2, with ``dataclasses.replace``."""
+    stated = amount(fact.paid_amount)
+    paid = stated if state.paid is None else max(state.paid, stated or state.paid)
+    status, check = judged(fact, reg, paid)
+    state = replace(state, paid=paid)
+    if status == "amount_mismatch":
+        # More than expected, or another currency: a person must look (the order view reads
+        # amount_mismatch). No "Payment received", no revalidation, no LUNAS.
+        return replace(state, withheld=check), []
+    state = replace(state, withheld=None)
+    out: list[Message] = []
+    if state.first_paid is None:
+        state = replace(state, first_paid=fact.position)
+        to = reg.customer if reg else fact.customer
+        if to is None:
+            state = replace(state, owed=_fact_encoder.encode(fact))
+        elif where.email_from:
+            out.append(("email", to, email_body(fact, to, where.email_from)))
+        if where.revalidate_url and fact.provider not in NOT_SHOP_ORDERS:
+            out.append(("revalidate", where.revalidate_url, revalidate_body(fact)))
+    if where.partner_url and fact.provider in where.booking_providers:
+        p_status = "LUNAS" if status == "paid" else "DP"
+        p_paid = paid if paid is not None else Decimal(0)
+        if (p_status, p_paid) != (state.partner_status, state.partner_paid):
+            event = "booking.paid" if state.partner_status is None else "booking.updated"
+            booking = (reg.booking_id if reg else None) or fact.order_id or ""
+            body = partner_body(fact, event, p_status, booking, p_paid)
+            out.append(("partner", where.partner_url, body))
+            state = replace(state, partner_status=p_status, partner_paid=p_paid)
+    return state, out
+
+
 def _v2_state(row: Any) -> OrderState:
     if row is None or not row["known"]:
         return OrderState()
@@ -127,7 +174,7 @@ class PerRecord(OutboxProjection):
                         row["reg_customer"], row["reg_booking_id"], row["reg_amount"],
                         row["reg_currency"],
                     )  # fmt: skip
-                state, out = on_paid(fact, known, _v2_state(row), where)
+                state, out = v2_on_paid(fact, known, _v2_state(row), where)
                 at, customer = fact.recorded_at, known.customer if known else fact.customer
             await conn.execute(
                 UPSERT_ORDER, ref, state.first_paid, state.partner_status, state.partner_paid,
