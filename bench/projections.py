@@ -339,7 +339,16 @@ async def main(args: argparse.Namespace, server: str) -> None:
         await load(url, args.stock_events)
         n = count(args.stock_events)
         ours = (await rebuild(url, ProviderCounts(), n, args.batch_size)).wall
-        stock = await asyncio.to_thread(stock_seconds, url, n)
+        # The stock runner tracks the last event it processed: the last delivery (the
+        # log may end with an answer or a registration, which it does not read).
+        conn = await asyncpg.connect(url)
+        try:
+            last = await conn.fetchval(
+                "SELECT max(notification_id) FROM stored_events WHERE topic = $1", RECEIVED_TOPIC
+            )
+        finally:
+            await conn.close()
+        stock = await asyncio.to_thread(stock_seconds, url, last)
         conn = await asyncpg.connect(url)
         try:
             ours_counts = await conn.fetch(
