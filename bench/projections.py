@@ -4,13 +4,17 @@
     python bench/projections.py --events 200000 --stock-events 20000
     python bench/projections.py --database-url postgresql://user:pw@127.0.0.1/postgres
 
-1. Generates N realistic ``Delivery.Received`` events (the four providers' bodies shaped
-   like ``ledger.ingest.samples.build`` makes them; dedup keys and kinds by the providers' rules,
-   checked on a sample with the real verifiers) and COPYs them into ``stored_events`` of a
-   fresh database (as the owner; the log's triggers still run).
+1. Generates N realistic ``Delivery.Received`` events (``bench/projection_events.py``: the
+   four providers' bodies, checked on a sample with the real verifiers) with the order
+   registrations (2%) and verified status-API answers (0.1%) the outbox and orders
+   projections read, and COPYs them into ``stored_events`` of a fresh database (as the
+   owner). Rates below count every event of the log (N plus those).
 2. Rebuilds every projection in ``projections/`` one at a time, blue/green, with the real
-   runner (``ledger.readmodels.runner``): prints events/s per projection. The empty live generation is
-   marked caught up first, so the timing is the rebuild alone.
+   runner (``ledger.readmodels.runner``): prints events/s per projection. The empty live
+   generation is marked caught up first, so the timing is the rebuild alone. The outbox is
+   configured with every target (partner sync, e-mail, revalidation; 127.0.0.1, nothing is
+   sent: no dispatcher runs) and no age limit, so it derives every message a live system
+   would (e-mails, revalidations, partner syncs, owed e-mails settled by registrations).
 3. Times eventsourcing 9.5's own ``ProjectionRunner`` (a PostgreSQL-recorded application
    reading the same kind of log, one-table view: counts per provider, written with the
    tracking record in one transaction per event) on a smaller log, and our runner on the
@@ -24,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
-import hmac
 import logging
 import os
 import sys
@@ -35,7 +37,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +48,7 @@ import msgspec
 _HERE = str(Path(__file__).resolve().parent)
 sys.path[:] = [str(Path(_HERE).parent), *(p for p in sys.path if p not in ("", _HERE))]
 
+from bench.projection_events import SETTINGS, check_fidelity, count, rows  # noqa: E402
 from ledger.app import prepare_database  # noqa: E402
 from ledger.database import (  # noqa: E402
     create_database,
@@ -54,178 +56,15 @@ from ledger.database import (  # noqa: E402
     start_embedded,
 )
 from ledger.domain.events import (  # noqa: E402
-    DELIVERY_TOPIC,
     RECEIVED_TOPIC,
-    DeliveryState,
     MsgspecTranscoder,
     decode_delivery,
-    delivery_id,
-    encode_state,
 )
-from ledger.ingest.providers import build_providers  # noqa: E402
-from ledger.ingest.providers.base import kept_headers  # noqa: E402
+from ledger.payments.rules import Catalogue  # noqa: E402
+from ledger.projections.outbox import Targets  # noqa: E402
 from ledger.readmodels.contract import Conn  # noqa: E402
 from ledger.readmodels.runner import ProjectionRunner, available, connect, register, start_rebuild  # noqa: E402
 from ledger.store.eventstore import StoredRecord  # noqa: E402
-from tests.support import test_settings  # noqa: E402
-
-SETTINGS = test_settings()
-PROVIDERS = build_providers(SETTINGS)
-JSON = msgspec.json.Encoder()
-BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
-MIX = ("mayar",) * 7 + ("midtrans",) * 6 + ("xendit",) * 4 + ("partner",) * 3
-MAYAR_EVENTS = (
-    ("payment.success",) * 14
-    + ("payment.received",) * 2
-    + ("subscription.activated", "subscription.renewed", "subscription.cancelled")
-    + ("payment.pending",)
-)
-MIDTRANS_CODES = {"pending": "201", "settlement": "200", "capture": "200", "expire": "202"}
-
-
-# -- realistic deliveries ---------------------------------------------------------------
-
-
-def _ts(i: int) -> tuple[datetime, str]:
-    t = BASE_TIME + timedelta(milliseconds=37 * i)
-    return t, t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def delivery(i: int) -> tuple[str, dict[str, str], bytes, str, str]:
-    """Event ``i``: (provider, headers, body, dedup key, kind), deterministic in ``i``."""
-    provider = MIX[i % len(MIX)]
-    _, iso = _ts(i)
-    uid = uuid.UUID(bytes=hashlib.blake2b(i.to_bytes(8, "big"), digest_size=16).digest())
-    customer = f"customer{(i * 7919) % 20000}@example.id"
-    if provider == "mayar":
-        event = MAYAR_EVENTS[(i // len(MIX)) % len(MAYAR_EVENTS)]
-        data: dict[str, Any] = {
-            "id": str(uid),
-            "status": "SUCCESS",
-            "customerName": "Budi",
-            "customerEmail": customer,
-            "amount": 50000 if i % 3 else 250000,
-            "productName": "Token pack",
-            "createdAt": iso,
-        }
-        if event.startswith("payment."):
-            data["package"] = "silver" if i % 3 else "gold"
-        else:
-            data["licenseCode"] = f"LIC-{i % 5000:05d}"
-            data["expiredAt"] = "2027-01-01T00:00:00.000Z"
-        body = JSON.encode({"event": event, "data": data})
-        headers = {"content-type": "application/json", "x-callback-token": "<token>"}
-        return provider, headers, body, f"mayar:{uid}:{event}", event
-    if provider == "midtrans":
-        order = f"INV-{i // 40:08d}"  # consecutive notifications of one order
-        status = ("pending", "settlement", "capture", "expire")[(i // len(MIX)) % 4]
-        code = MIDTRANS_CODES[status]
-        gross = "299000.00"
-        key = SETTINGS.midtrans_server_key or ""
-        midtrans_body: dict[str, Any] = {
-            "transaction_time": iso.replace("T", " ")[:19],
-            "transaction_status": status,
-            "transaction_id": str(uid),
-            "status_message": "midtrans payment notification",
-            "status_code": code,
-            "signature_key": hashlib.sha512(f"{order}{code}{gross}{key}".encode()).hexdigest(),
-            "payment_type": "bank_transfer",
-            "order_id": order,
-            "merchant_id": "G000000000",
-            "gross_amount": gross,
-            "currency": "IDR",
-            "va_numbers": [{"va_number": "8578000000111", "bank": "bca"}],
-        }
-        if status == "capture":
-            midtrans_body["fraud_status"] = "accept"
-        body = JSON.encode(midtrans_body)
-        dedup = f"midtrans:{order}:{uid}:{status}:{code}"
-        if status == "capture":
-            dedup += ":accept"
-        return provider, {"content-type": "application/json"}, body, dedup, status
-    if provider == "xendit":
-        status = ("PENDING", "PAID", "SETTLED", "EXPIRED")[(i // len(MIX)) % 4]
-        inv: dict[str, Any] = {
-            "id": uid.hex[:24],
-            "external_id": f"booking-{i // 30:08d}",
-            "user_id": "5f0c0e0a1b2c3d4e5f607182",
-            "status": status,
-            "merchant_name": "Toko Contoh",
-            "amount": 32000,
-            "created": iso,
-            "updated": iso,
-            "currency": "IDR",
-            "payer_email": customer,
-            "description": "Booking payment",
-        }
-        if status in ("PAID", "SETTLED"):
-            inv |= {
-                "paid_amount": 32000,
-                "paid_at": iso,
-                "payment_method": "QR_CODE",
-                "payment_channel": "QRIS",
-            }
-        body = JSON.encode(inv)
-        headers = {"content-type": "application/json", "x-callback-token": "<token>"}
-        return provider, headers, body, f"xendit:{inv['id']}:{status}", status
-    booking = f"BK-{i // len(MIX):08d}"
-    event = ("booking.paid", "booking.updated")[i % 2]
-    body = JSON.encode(
-        {
-            "event": event,
-            "booking_id": booking,
-            "status": "LUNAS",
-            "paid_amount": 32000,
-            "payment_method": "QRIS",
-            "payment_details": {"invoice_id": f"INV-{i:08X}"},
-            "timestamp": iso,
-        }
-    )
-    headers = {"content-type": "application/json", "x-pwa-signature": "<hmac>"}
-    return "partner", headers, body, f"partner:{booking}:{event}:LUNAS:{iso}", event
-
-
-def signed_headers(provider: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
-    """The real credentials, for the fidelity check against the real verifiers."""
-    real = dict(headers)
-    if provider == "mayar":
-        real["x-callback-token"] = SETTINGS.mayar_token or ""
-    elif provider == "xendit":
-        real["x-callback-token"] = SETTINGS.xendit_token or ""
-    elif provider == "partner":
-        secret = (SETTINGS.partner_secret or "").encode()
-        real["x-pwa-signature"] = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return real
-
-
-def check_fidelity(n: int, every: int = 997) -> None:
-    """Sampled events must be accepted by the real verifiers with the same key and kind."""
-    for i in range(0, n, every):
-        provider, headers, body, key, kind = delivery(i)
-        accepted = PROVIDERS[provider].accept(signed_headers(provider, headers, body), body)
-        if (accepted.dedup_key, accepted.kind) != (key, kind):
-            raise SystemExit(f"generator drifted from {provider}: {accepted} != {(key, kind)}")
-
-
-def rows(start: int, stop: int) -> list[tuple[uuid.UUID, int, str, bytes]]:
-    out = []
-    for i in range(start, stop):
-        provider, headers, body, key, kind = delivery(i)
-        stamp, _ = _ts(i)
-        state = DeliveryState(
-            originator_topic=DELIVERY_TOPIC,
-            timestamp=stamp,
-            provider=provider,
-            dedup_key=key,
-            kind=kind,
-            source="127.0.0.1",
-            scheme=PROVIDERS[provider].scheme,
-            headers=kept_headers(headers),
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            body_b64=base64.b64encode(body).decode("ascii"),
-        )
-        out.append((delivery_id(key), 1, RECEIVED_TOPIC, encode_state(state)))
-    return out
 
 
 def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -234,7 +73,7 @@ def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 async def load(url: str, n: int) -> float:
-    """COPY ``n`` events into the log (generated by two processes while PostgreSQL
+    """COPY the log of ``n`` deliveries (generated by two processes while PostgreSQL
     copies); return the seconds taken.
 
     The row triggers (hash chain) are skipped with ``session_replication_role = replica``
@@ -262,7 +101,7 @@ async def load(url: str, n: int) -> float:
                     columns=["originator_id", "originator_version", "topic", "state"],
                 )
                 done += len(records)
-                print(f"\r  loaded {done:,}/{n:,}", end="", flush=True)
+                print(f"\r  loaded {done:,}/{count(n):,}", end="", flush=True)
         await conn.execute("RESET session_replication_role")
         await conn.execute("ANALYZE stored_events")
     finally:
@@ -433,6 +272,27 @@ def stock_seconds(url: str, head: int) -> float:
     return time.perf_counter() - t0
 
 
+OUTBOX_TARGETS = Targets(
+    partner_url="http://127.0.0.1:9/bench/partner-sync",
+    email_from="shop@example.id",
+    revalidate_url="http://127.0.0.1:9/bench/revalidate",
+    max_age=0,  # the generated log is dated 2026-01-01: make its messages all the same
+    catalogue=Catalogue.of(SETTINGS.token_packages, SETTINGS.package_prices),
+)
+
+
+async def made(url: str, name: str) -> str:
+    """What the outbox rebuild derived (its messages per kind), to show it did the work."""
+    if name != "outbox":
+        return ""
+    conn = await asyncpg.connect(url)
+    try:
+        got = await conn.fetch("SELECT kind, count(*) AS n FROM outbox GROUP BY kind ORDER BY kind")
+    finally:
+        await conn.close()
+    return "; messages: " + ", ".join(f"{r['kind']} {r['n']:,}" for r in got)
+
+
 # -- main -----------------------------------------------------------------------------
 
 
@@ -449,9 +309,11 @@ async def main(args: argparse.Namespace, server: str) -> None:
     url = await fresh_database(server, "main")
     try:
         secs = await load(url, args.events)
-        print(f"load: {args.events / secs:,.0f} events/s ({secs:.1f} s, COPY)")
-        head = args.events
+        head = count(args.events)
+        print(f"load: {head / secs:,.0f} events/s ({secs:.1f} s, COPY), {head:,} events")
         found = {} if args.only_counts else available()
+        if "outbox" in found:
+            found["outbox"].configure(OUTBOX_TARGETS)  # type: ignore[attr-defined]
         found = {
             k: v
             for k, v in found.items()
@@ -463,18 +325,30 @@ async def main(args: argparse.Namespace, server: str) -> None:
         for name, proj in sorted(found.items()):
             timing = await rebuild(url, proj, head, args.batch_size)
             total += timing.wall
-            print(f"rebuild {name:<15} {head:,} events in {timing.line(head)}")
+            print(
+                f"rebuild {name:<15} {head:,} events in {timing.line(head)}{await made(url, name)}"
+            )
+            print("  load average: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
         if found:
             print(f"all {len(found)} projections: {total:.1f} s")
     finally:
         await drop_database(server, url)
 
-    n = args.stock_events
     url = await fresh_database(server, "stock")
     try:
-        await load(url, n)
+        await load(url, args.stock_events)
+        n = count(args.stock_events)
         ours = (await rebuild(url, ProviderCounts(), n, args.batch_size)).wall
-        stock = await asyncio.to_thread(stock_seconds, url, n)
+        # The stock runner tracks the last event it processed: the last delivery (the
+        # log may end with an answer or a registration, which it does not read).
+        conn = await asyncpg.connect(url)
+        try:
+            last = await conn.fetchval(
+                "SELECT max(notification_id) FROM stored_events WHERE topic = $1", RECEIVED_TOPIC
+            )
+        finally:
+            await conn.close()
+        stock = await asyncio.to_thread(stock_seconds, url, last)
         conn = await asyncpg.connect(url)
         try:
             ours_counts = await conn.fetch(

@@ -58,8 +58,9 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC, decode_checked
 from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
 from ledger.errors import NotConfigured
 from ledger.ingest.providers import mayar
-from ledger.outbox.effects import Message, OrderState, Registration, Where, on_paid, on_registered
+from ledger.outbox.effects import OrderState, Registration, Where, on_paid, on_registered
 from ledger.outbox.messages import message_id
 from ledger.payments.facts import PaymentFact, payment_fact
 from ledger.payments.rules import Catalogue, classify_payment, delivery_head, raw_body
@@ -153,20 +154,7 @@ def credited(rec: StoredRecord, catalogue: Catalogue) -> bool:
     return classify_payment(data, catalogue, str(rec.id)).tokens > 0
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One event's outcome for its order: the new state and the messages."""
-
-    ref: str
-    state: OrderState
-    messages: list[Message]
-    recorded_at: str  # the event's time, for the max_age rule
-    customer: str | None
-
-
 def _state(row: Any) -> OrderState:
-    if row is None or not row["known"]:
-        return OrderState()
     return OrderState(
         first_paid=row["first_paid_position"],
         partner_status=row["partner_status"],
@@ -178,11 +166,121 @@ def _state(row: Any) -> OrderState:
 
 
 def _registration(row: Any) -> Registration | None:
-    if row is None or row["reg_customer"] is None:
+    if row["reg_customer"] is None:
         return None
     return Registration(
         row["reg_customer"], row["reg_booking_id"], row["reg_amount"], row["reg_currency"]
     )
+
+
+# PostgreSQL's numeric: digits before and after the point it keeps (its documented limits).
+_NUMERIC_WEIGHT = 131072
+_NUMERIC_SCALE = 16383
+_NAN, _ZERO = Decimal("NaN"), Decimal(0)
+
+
+class Unstorable(ValueError):
+    """A value of an event PostgreSQL would refuse (the event is poisoned, ADR 0010)."""
+
+
+def _text(*values: str | None) -> None:
+    """Refuse the text PostgreSQL (or its driver) would refuse, as the statements that once
+    carried each event's text did, so that the same events are poisoned (ADR 0010)."""
+    for v in values:
+        if v is None:
+            continue
+        if "\x00" in v:
+            raise Unstorable("text with a NUL character cannot be stored")
+        if not v.isascii():
+            v.encode()  # UnicodeEncodeError on a lone surrogate, as the driver raises
+
+
+def stored(d: Decimal | None) -> Decimal | None:
+    """``d`` as it reads after a round trip through a numeric column (asyncpg's codec), so
+    that folding in memory sees what reading the row back would have shown: no negative
+    zero, the scale kept, an integer's trailing groups of four zeros in the exponent
+    (``100000`` reads ``1.0E+5``), NaN for sNaN. Out of numeric's range: ``Unstorable``."""
+    if d is None or d.is_infinite():
+        return d
+    if d.is_nan():
+        return _NAN
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    if exponent < -_NUMERIC_SCALE or (d and d.adjusted() >= _NUMERIC_WEIGHT):
+        raise Unstorable(f"numeric value out of range: {d:.6E}")
+    if exponent < 0:
+        return d.copy_abs() if sign and d.is_zero() else d
+    if exponent == 0 and digits[-1] != 0:
+        return d  # the usual case: nothing to normalize
+    whole, groups = abs(int(d)), 0
+    if whole == 0:
+        return _ZERO
+    while whole % 10000 == 0:
+        whole //= 10000
+        groups += 1
+    return Decimal((sign, tuple(int(c) for c in str(whole)), 4 * groups))
+
+
+def _stored_state(state: OrderState, before: OrderState | None) -> OrderState:
+    """``state`` with its amounts as a round trip gives them back (``before``'s already are)."""
+    paid, partner_paid = state.paid, state.partner_paid
+    if before is None or paid is not before.paid:
+        paid = stored(paid)
+    if before is None or partner_paid is not before.partner_paid:
+        partner_paid = stored(partner_paid)
+    if paid is state.paid and partner_paid is state.partner_paid:
+        return state
+    return replace(state, paid=paid, partner_paid=partner_paid)
+
+
+@dataclass(slots=True)
+class Fold:
+    """A batch's orders in memory: their states (None: no row yet) and registrations (the
+    kept one, the first), read in one statement; what changed, to write in one each."""
+
+    states: dict[str, OrderState | None]
+    kept: dict[str, Registration | None]
+    changed: set[str] = field(default_factory=set)
+    registered: dict[str, Registration] = field(default_factory=dict)
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @classmethod
+    async def read(cls, conn: Conn, refs: list[str]) -> Fold:
+        states: dict[str, OrderState | None] = {}
+        kept: dict[str, Registration | None] = {}
+        for row in await conn.fetch(SQL["get_orders"], refs):
+            ref = row["order_ref"]
+            states[ref] = _state(row) if row["known"] else None
+            kept[ref] = _registration(row)
+        return cls(states, kept)
+
+    async def write(self, conn: Conn) -> None:
+        if self.registered:
+            regs = list(self.registered.items())
+            await conn.execute(
+                SQL["insert_registrations"],
+                [ref for ref, _ in regs],
+                [r.customer for _, r in regs],
+                [r.booking_id for _, r in regs],
+                [r.amount for _, r in regs],
+                [r.currency for _, r in regs],
+            )
+        if self.changed:
+            refs = sorted(self.changed)
+            states = [self.states[ref] or OrderState() for ref in refs]
+            await conn.execute(
+                SQL["upsert_orders"],
+                refs,
+                [s.first_paid for s in states],
+                [s.partner_status for s in states],
+                [s.partner_paid for s in states],
+                [s.paid for s in states],
+                [s.owed for s in states],
+                [s.withheld for s in states],
+            )
+        if self.messages:
+            cols = zip(*self.messages, strict=True)
+            await conn.execute(SQL["insert_messages"], *(list(c) for c in cols))
 
 
 class OutboxProjection:
@@ -222,59 +320,59 @@ class OutboxProjection:
             return None
         return fact
 
-    async def _decide(self, conn: Conn, rec: StoredRecord) -> Decision | None:
-        """What one event means for its order (None: nothing)."""
+    def _item(self, rec: StoredRecord) -> tuple[str, Registration | PaymentFact, str] | None:
+        """What ``rec`` says about which order: a registration (with its time), a paid
+        fact that means something, or None."""
         if rec.topic == REGISTERED_TOPIC:
             st = decode_registered(rec.state)
             ref = f"{st.provider}:{st.order_id}"
+            _text(ref, st.customer, st.booking_id, st.amount, st.currency)
             reg = Registration(st.customer, st.booking_id, st.amount, st.currency)
-            row = await conn.fetchrow(
-                SQL["register"], ref, reg.customer, reg.booking_id, reg.amount, reg.currency
-            )
-            if row is None:  # no e-mail owed
-                return None
-            state, out = on_registered(reg, _state(row), self.targets.where)
-            return Decision(ref, state, out, st.timestamp.isoformat(), reg.customer)
+            return ref, reg, st.timestamp.isoformat()
         fact = self._paid(rec)
         if fact is None:
             return None
         ref = f"{fact.provider}:{fact.order_id}"
-        row = await conn.fetchrow(SQL["get_order"], ref)
-        known = _registration(row)
-        state, out = on_paid(fact, known, _state(row), self.targets.where)
-        customer = known.customer if known else fact.customer
-        return Decision(ref, state, out, fact.recorded_at, customer)
+        _text(ref)
+        return ref, fact, fact.recorded_at
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
+        """Fold the batch in log order in memory, with a constant number of statements:
+        one read of every order it touches, then one write each of registrations, order
+        states and messages. The same result as folding the events one by one with a
+        round trip each (as before; ``tests/integration/test_outbox_batch.py``)."""
         t = self.targets
-        rows: list[tuple[Any, ...]] = []
-        for rec in records:
-            d = await self._decide(conn, rec)
-            if d is None:
-                continue
-            ref, state = d.ref, d.state
-            await conn.execute(
-                SQL["upsert_order"],
-                ref,
-                state.first_paid,
-                state.partner_status,
-                state.partner_paid,
-                state.paid,
-                state.owed,
-                state.withheld,
-            )
-            if t.max_age and _age(d.recorded_at) > t.max_age:
+        where = t.where
+        items = [(rec, item) for rec in records if (item := self._item(rec)) is not None]
+        if not items:
+            return
+        fold = await Fold.read(conn, sorted({item[0] for _, item in items}))
+        states, kept = fold.states, fold.kept
+        for rec, (ref, what, recorded_at) in items:
+            state = before = states[ref]
+            if isinstance(what, Registration):
+                if kept[ref] is None:  # the first registration stands
+                    kept[ref] = fold.registered[ref] = what
+                if state is None or state.owed is None:  # no e-mail owed
+                    continue
+                state, out = on_registered(what, state, where)
+                customer: str | None = what.customer
+            else:
+                known = kept[ref]
+                state, out = on_paid(what, known, state or OrderState(), where)
+                customer = known.customer if known else what.customer
+            states[ref] = _stored_state(state, before)
+            fold.changed.add(ref)
+            if t.max_age and _age(recorded_at) > t.max_age:
                 # Old news: a rebuild after a target was added (or its URL changed, which
                 # changes the ids) must not mail every customer of the past or re-sync every
                 # old booking. The fold above still happens, so the state stays exact.
                 continue
-            for kind, target, payload in d.messages:
+            for kind, target, payload in out:
                 mid = message_id(str(rec.id), kind, target)
-                rows.append((mid, kind, target, rec.id, rec.position, ref, d.customer, payload))
-        if rows:
-            await conn.execute(
-                SQL["insert_messages"], *(list(col) for col in zip(*rows, strict=True))
-            )
+                row = (mid, kind, target, rec.id, rec.position, ref, customer, payload)
+                fold.messages.append(row)
+        await fold.write(conn)
 
     async def digest(self, conn: Conn) -> str:
         h = hashlib.sha256()

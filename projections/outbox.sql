@@ -19,20 +19,23 @@ CREATE TABLE IF NOT EXISTS registrations (
     currency text NOT NULL
 );
 
--- name: get_order
--- One row always: ``known`` says whether the order has a row of its own yet.
-SELECT o.order_ref IS NOT NULL AS known, o.first_paid_position, o.partner_status,
-       o.partner_paid_amount, o.paid_amount, o.email_owed, o.withheld,
+-- name: get_orders
+-- One row per order of the batch ($1, distinct): ``known`` says whether it has a row of its
+-- own yet; its registration, if any.
+SELECT k.order_ref, o.order_ref IS NOT NULL AS known, o.first_paid_position,
+       o.partner_status, o.partner_paid_amount, o.paid_amount, o.email_owed, o.withheld,
        r.customer AS reg_customer, r.booking_id AS reg_booking_id, r.amount AS reg_amount,
        r.currency AS reg_currency
-FROM (SELECT $1::text AS order_ref) AS k
+FROM unnest($1::text[]) AS k (order_ref)
 LEFT JOIN orders AS o ON o.order_ref = k.order_ref
 LEFT JOIN registrations AS r ON r.order_ref = k.order_ref
 
--- name: upsert_order
+-- name: upsert_orders
+-- The batch's final state of each order it changed ($1 distinct).
 INSERT INTO orders (order_ref, first_paid_position, partner_status, partner_paid_amount,
                     paid_amount, email_owed, withheld)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::numeric[], $5::numeric[],
+                     $6::bytea[], $7::text[])
 ON CONFLICT (order_ref) DO UPDATE
 SET first_paid_position = EXCLUDED.first_paid_position,
     partner_status = EXCLUDED.partner_status,
@@ -41,17 +44,12 @@ SET first_paid_position = EXCLUDED.first_paid_position,
     email_owed = EXCLUDED.email_owed,
     withheld = EXCLUDED.withheld
 
--- name: register
--- Keeps the registration (the first one stands) and, in the same round trip, answers the
--- order's row when an e-mail is owed (none otherwise: the usual case, registered first).
-WITH kept AS (
-    INSERT INTO registrations (order_ref, customer, booking_id, amount, currency)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (order_ref) DO NOTHING
-)
-SELECT true AS known, first_paid_position, partner_status, partner_paid_amount, paid_amount,
-       email_owed, withheld
-FROM orders WHERE order_ref = $1 AND email_owed IS NOT NULL
+-- name: insert_registrations
+-- The batch's first registration of each order that had none ($1 distinct): the first
+-- one stands.
+INSERT INTO registrations (order_ref, customer, booking_id, amount, currency)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+ON CONFLICT (order_ref) DO NOTHING
 
 -- name: insert_messages
 -- Fully qualified: the outbox is outside the generation schemas, so a rebuild re-derives

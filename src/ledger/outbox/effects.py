@@ -85,22 +85,23 @@ def judged(
 def on_paid(
     fact: PaymentFact, reg: Registration | None, state: OrderState, where: Where
 ) -> tuple[OrderState, list[Message]]:
-    """A paid fact for an order: the order's new state and the messages it makes."""
+    """A paid fact for an order: the order's new state and the messages it makes.
+    (One ``OrderState`` is built at the end: a rebuild calls this for every payment.)"""
     stated = amount(fact.paid_amount)
     paid = stated if state.paid is None else max(state.paid, stated or state.paid)
     status, check = judged(fact, reg, paid)
-    state = replace(state, paid=paid)
     if status == "amount_mismatch":
         # More than expected, or another currency: a person must look (the order view reads
         # amount_mismatch). No "Payment received", no revalidation, no LUNAS.
-        return replace(state, withheld=check), []
-    state = replace(state, withheld=None)
+        return replace(state, paid=paid, withheld=check), []
+    first_paid, owed = state.first_paid, state.owed
+    partner_status, partner_paid = state.partner_status, state.partner_paid
     out: list[Message] = []
-    if state.first_paid is None:
-        state = replace(state, first_paid=fact.position)
+    if first_paid is None:
+        first_paid = fact.position
         to = reg.customer if reg else fact.customer
         if to is None:
-            state = replace(state, owed=_fact_encoder.encode(fact))
+            owed = _fact_encoder.encode(fact)
         elif where.email_from:
             out.append(("email", to, email_body(fact, to, where.email_from)))
         if where.revalidate_url and fact.provider not in NOT_SHOP_ORDERS:
@@ -108,13 +109,14 @@ def on_paid(
     if where.partner_url and fact.provider in where.booking_providers:
         p_status = "LUNAS" if status == "paid" else "DP"
         p_paid = paid if paid is not None else Decimal(0)
-        if (p_status, p_paid) != (state.partner_status, state.partner_paid):
-            event = "booking.paid" if state.partner_status is None else "booking.updated"
+        if (p_status, p_paid) != (partner_status, partner_paid):
+            event = "booking.paid" if partner_status is None else "booking.updated"
             booking = (reg.booking_id if reg else None) or fact.order_id or ""
             body = partner_body(fact, event, p_status, booking, p_paid)
             out.append(("partner", where.partner_url, body))
-            state = replace(state, partner_status=p_status, partner_paid=p_paid)
-    return state, out
+            partner_status, partner_paid = p_status, p_paid
+    new = OrderState(first_paid, partner_status, partner_paid, paid, owed, withheld=None)
+    return new, out
 
 
 def on_registered(
