@@ -17,6 +17,7 @@ Imports nothing from the rest of the ledger but ``safetext``.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -71,6 +72,13 @@ def customer_key(raw: str | None) -> str | None:
     """``normalize_email`` for folds and lookups: None when absent, blank or not an address."""
     if raw is None or not raw.strip():
         return None
+    return _key(raw)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key(raw: str) -> str | None:
+    # A pure function of the string, called for every payment by every fold (rebuilds read
+    # the same few customers many times): cached, bounded.
     try:
         return normalize_email(raw)
     except NotAnAddress:
