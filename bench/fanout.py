@@ -292,9 +292,12 @@ def run(args: argparse.Namespace) -> None:
         acks, failures, total, sent_for, took = send_q.get(timeout=args.seconds * 4 + 300)
         load_during = scale.loads()
         cpu = cpu_seconds(serve.proc.pid) - cpu0
+        clients_cpu0 = sum(cpu_seconds(p.pid) for p in procs[:-1])
         # let the streams deliver what is acknowledged
         time.sleep(args.drain)
         rss = serve.rss()
+        cpu_all = cpu_seconds(serve.proc.pid) - cpu0
+        clients_cpu = sum(cpu_seconds(p.pid) for p in procs[:-1]) - clients_cpu0
         stop_evt.set()
         for _ in per:
             acks_q.put(acks)
@@ -326,7 +329,9 @@ def run(args: argparse.Namespace) -> None:
             flush=True,
         )
         print(
-            f"  server: {cpu:.1f} CPU-s while sending ({cpu / took:.2f} cores), "
+            f"  server: {cpu:.1f} CPU-s while sending ({cpu / took:.2f} cores), {cpu_all:.1f} "
+            f"with the drain ({cpu_all / max(1, len(values)) * 1e6:.0f} us per message "
+            f"delivered); SSE clients {clients_cpu:.1f} CPU-s in the drain; "
             f"RSS {rss / 2**20:.0f} MiB; target p99 < 100 ms: "
             f"{'met' if q(99) < 100 and missing == 0 and not failures else 'MISSED'} "
             f"(load {scale.loads()} now)",

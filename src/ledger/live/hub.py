@@ -6,11 +6,19 @@ wakes SSE clients when anything is appended, in any process: the log's insert tr
 already runs ``pg_notify('ledger_events', position)``, and the hub LISTENs on that channel
 through litestar channels' asyncpg backend. Clients then read the log after their last
 position, so the feed is gap-free and resumable by position.
+
+Clients at or near the head share one reader (``_after``): the hub keeps the facts of the
+last ``tail`` deliveries, refreshed from the log by one query at a time whoever asks, each
+decoded once; a client further behind reads the log itself, as before, until it reaches the
+shared tail. With many clients, one query and one decode per new batch instead of one per
+client (``bench/fanout.py``: 200 clients each ran their own query per notification and
+exhausted the pool the webhooks commit through).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -46,12 +54,21 @@ def _readable_fact(rec: StoredRecord) -> PaymentFact | None:
 class StreamHub:
     """Per process: one LISTEN connection; every SSE client waits on its own wake-up."""
 
-    def __init__(self, dsn: str, store: EventStore) -> None:
+    def __init__(self, dsn: str, store: EventStore, *, tail: int = 5000) -> None:
         self.store = store
         self._backend = AsyncPgChannelsBackend(dsn=dsn)
         self._waiters: set[asyncio.Event] = set()
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+        # The shared tail: every delivery with a position in (_floor, _top], in order, with
+        # its fact (None: unreadable, skipped). Empty until the first client asks.
+        self._tail = tail
+        self._positions: list[int] = []
+        self._facts: list[PaymentFact | None] = []
+        self._floor: int | None = None
+        self._top = 0
+        self._full = False  # the last refresh read a whole batch: the log may hold more
+        self._reading = asyncio.Lock()
 
     async def start(self) -> None:
         await self._backend.on_startup()
@@ -76,6 +93,46 @@ class StreamHub:
         for ev in self._waiters:
             ev.set()
 
+    async def _refresh(self, batch: int) -> bool:
+        """Read the next deliveries after ``_top`` into the tail (one reader at a time);
+        False when there was nothing new."""
+        top = self._top
+        async with self._reading:
+            if self._top != top:
+                return True  # another client read them while we waited
+            rows = await self.store.read_after(top, batch, DELIVERY_TOPICS)
+            self._full = len(rows) == batch
+            if not rows:
+                return False
+            for rec in rows:
+                self._positions.append(rec.position)
+                self._facts.append(_readable_fact(rec))
+            self._top = rows[-1].position
+            excess = len(self._positions) - self._tail
+            if excess > self._tail:  # trim in chunks: amortised O(1) per fact
+                self._floor = self._positions[excess - 1]
+                del self._positions[:excess]
+                del self._facts[:excess]
+            return True
+
+    async def _after(
+        self, last: int, batch: int
+    ) -> tuple[list[tuple[int, PaymentFact | None]], bool]:
+        """Up to ``batch`` deliveries after ``last`` and whether more may follow at once."""
+        if self._floor is None:
+            self._floor = self._top = last
+        if last >= self._floor:
+            while last >= self._top and await self._refresh(batch):
+                pass
+            if last >= self._floor:  # (a refresh may have trimmed past a slow client)
+                i = bisect.bisect_right(self._positions, last)
+                out = list(
+                    zip(self._positions[i : i + batch], self._facts[i : i + batch], strict=True)
+                )
+                return out, len(out) == batch or self._full
+        rows = await self.store.read_after(last, batch, DELIVERY_TOPICS)
+        return [(rec.position, _readable_fact(rec)) for rec in rows], len(rows) == batch
+
     async def follow(
         self,
         after: int,
@@ -97,13 +154,12 @@ class StreamHub:
         try:
             while not self.closed:
                 wake.clear()  # before reading: a notify during the read wakes us again
-                rows = await self.store.read_after(last, batch, DELIVERY_TOPICS)
-                for rec in rows:
-                    last = rec.position
-                    fact = _readable_fact(rec)
+                entries, more = await self._after(last, batch)
+                for position, fact in entries:
+                    last = position
                     if fact is not None:
                         yield fact
-                if len(rows) == batch:
+                if more:
                     continue
                 wait = keepalive
                 if until is not None:
