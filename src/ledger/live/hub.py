@@ -21,7 +21,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 from litestar.channels.backends.asyncpg import AsyncPgChannelsBackend
@@ -69,6 +69,9 @@ class StreamHub:
         self._top = 0
         self._full = False  # the last refresh read a whole batch: the log may hold more
         self._reading = asyncio.Lock()
+        # Each fact's bytes on the wire, rendered once per process for every client
+        # (``ledger.api.stream``); bounded, oldest first out.
+        self.rendered: dict[int, bytes] = {}
 
     async def start(self) -> None:
         await self._backend.on_startup()
@@ -146,6 +149,25 @@ class StreamHub:
         Ends when the hub stops or after ``max_seconds``: the client reconnects with
         ``Last-Event-ID`` and misses nothing, and a server shutdown never waits on a stream
         for longer than that."""
+        feed = self.follow_batches(after, batch=batch, keepalive=keepalive, max_seconds=max_seconds)
+        async with contextlib.aclosing(feed) as batches:
+            async for facts in batches:
+                if facts is None:
+                    yield None
+                    continue
+                for fact in facts:
+                    yield fact
+
+    async def follow_batches(
+        self,
+        after: int,
+        *,
+        batch: int = 500,
+        keepalive: float = 15.0,
+        max_seconds: float | None = None,
+    ) -> AsyncGenerator[list[PaymentFact] | None, None]:
+        """``follow``, a batch at a time (never empty; None: idle): a stream sends one
+        chunk per batch instead of one per fact."""
         wake = asyncio.Event()
         self._waiters.add(wake)
         last = after
@@ -155,10 +177,11 @@ class StreamHub:
             while not self.closed:
                 wake.clear()  # before reading: a notify during the read wakes us again
                 entries, more = await self._after(last, batch)
-                for position, fact in entries:
-                    last = position
-                    if fact is not None:
-                        yield fact
+                if entries:
+                    last = entries[-1][0]
+                    facts = [fact for _, fact in entries if fact is not None]
+                    if facts:
+                        yield facts
                 if more:
                     continue
                 wait = keepalive
