@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -53,7 +55,12 @@ class Page:
 @contextlib.asynccontextmanager
 async def chromium() -> AsyncIterator[Page]:
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory(prefix="ledger-chromium-") as profile:
+    # Chromium's helpers (crashpad, utility processes) may still be writing into the profile
+    # for a moment after the browser exits: the whole process group is stopped and waited
+    # for, and a file written meanwhile must not fail the test that used the page.
+    with tempfile.TemporaryDirectory(
+        prefix="ledger-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         proc = subprocess.Popen(
             [
                 CHROMIUM,
@@ -71,6 +78,7 @@ async def chromium() -> AsyncIterator[Page]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: stopped as a whole below
         )
         try:
             assert proc.stderr is not None
@@ -88,10 +96,13 @@ async def chromium() -> AsyncIterator[Page]:
             async with websockets.connect(url, max_size=None) as ws:
                 yield Page(ws)
         finally:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.to_thread(proc.wait, 10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait, 10)
             if proc.stderr:
                 proc.stderr.close()
