@@ -152,11 +152,7 @@ def judge(reading: str, before: Sequence[Any]) -> tuple[str | None, str, str]:
     (the ledger's status then, state, resolution). ``before`` rows are ``history_before``."""
     counted = [r for r in before if not r["held"]]
     ledger = orderstatus.fold(r["status"] for r in counted) if counted else None
-    waiting = [
-        r["status"]
-        for i, r in enumerate(before)
-        if r["held"] and not any(x["source"] == "reconciliation" for x in before[i + 1 :])
-    ]
+    waiting = orderstatus.awaiting(before)
     if reading == "unverified":
         return ledger, "mismatch", "the answer's signature does not verify; nothing applied"
     if reading == "unknown_order":

@@ -87,13 +87,7 @@ async def ledger_view(
         for r in rows
         if not r["held"]
     ]
-    waiting = tuple(
-        dict.fromkeys(
-            r["status"]
-            for i, r in enumerate(rows)
-            if r["held"] and not any(x["source"] == "reconciliation" for x in rows[i + 1 :])
-        )
-    )
+    waiting = tuple(dict.fromkeys(orderstatus.awaiting(rows)))
     return (orderstatus.decide(entries).status if entries else None), waiting
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Any, Literal
 
 from ledger.errors import LedgerError
 
@@ -183,6 +183,20 @@ CONFIRMED_BY_API: dict[str, frozenset[str]] = {
 def held(provider: str, status: str, source: str = "notification") -> bool:
     """Is this notification held until the provider's status API confirms it?"""
     return source == "notification" and status in CONFIRMED_BY_API.get(provider, frozenset())
+
+
+def awaiting(rows: Sequence[Any]) -> list[str]:
+    """The statuses of held notifications no status-API answer has followed yet, for an
+    order's ``order_history`` rows in log order (keys ``held``, ``status``, ``source``)."""
+    out: list[str] = []
+    answered = False
+    for r in reversed(rows):  # one pass: an answer covers every held row before it
+        if r["source"] == "reconciliation":
+            answered = True
+        elif r["held"] and not answered:
+            out.append(r["status"])
+    out.reverse()
+    return out
 
 
 def confirmation(held_status: str, later_answers: Sequence[str]) -> str:
