@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import asyncpg
 from litestar import Litestar
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsPlugin
@@ -225,98 +224,89 @@ def route_handlers() -> list[Any]:
     ]
 
 
-def _services(state: State) -> Services:
-    services: Services = state.services
-    return services
+class Running:
+    """Where the lifespan puts the running ``Services`` for this app's providers.
+
+    Providers read it from here rather than taking litestar's ``state``: a provider with a
+    ``state`` parameter has that parameter parsed, and a ``State`` built, on every request
+    (~6 us of a webhook's CPU, issue 11); one with no parameter costs nothing to resolve."""
+
+    def __init__(self) -> None:
+        self.services: Services | None = None
+
+    def get(self) -> Services:
+        if self.services is None:  # a handler ran outside the lifespan: a bug
+            raise RuntimeError("the app's services are not running")
+        return self.services
 
 
-# Typed providers: handlers declare ``store: EventStore`` (etc.) and litestar hands them the
-# running component; nothing below the composition root reaches into ``app.state``.
-def _settings(state: State) -> Settings:
-    return _services(state).settings
+def dependencies(running: Running) -> dict[str, Provide]:
+    """What a handler may declare as a parameter, by name (litestar dependency injection):
+    handlers declare ``store: EventStore`` (etc.) and litestar hands them the running
+    component; nothing below the composition root reaches into ``app.state``. Guards do not
+    take dependencies in litestar, so ``api.auth`` reads the keyring from ``app.state`` (the
+    one other place that does)."""
+    get = running.get
 
+    def settings() -> Settings:
+        return get().settings
 
-def _pool(state: State) -> asyncpg.Pool:
-    return _services(state).pool
+    def pool() -> asyncpg.Pool:
+        return get().pool
 
+    def store() -> EventStore:
+        return get().store
 
-def _store(state: State) -> EventStore:
-    return _services(state).store
+    def committer() -> GroupCommitter:
+        return get().committer
 
+    def ingest() -> Ingest:
+        return get().ingest
 
-def _committer(state: State) -> GroupCommitter:
-    return _services(state).committer
+    def keyring() -> KeyRing:
+        return get().keyring
 
+    def read_models() -> ReadModels:
+        return get().read_models
 
-def _ingest(state: State) -> Ingest:
-    return _services(state).ingest
+    def replica_models() -> ReadModels:  # routes opt in: ledger.api.reads.ON_REPLICA
+        services = get()
+        return services.replica_models or services.read_models
 
+    def spender() -> Spender:
+        return get().spender
 
-def _keyring(state: State) -> KeyRing:
-    return _services(state).keyring
+    def metrics() -> Metrics:
+        return get().metrics
 
+    def hub() -> StreamHub:
+        running_hub = get().hub
+        if running_hub is None:  # components() always starts one; a bug if not
+            raise RuntimeError("the stream hub is not running")
+        return running_hub
 
-def _read_models(state: State) -> ReadModels:
-    return _services(state).read_models
+    def runner() -> ProjectionRunner | None:
+        return get().runner
 
+    def dispatcher() -> Dispatcher | None:
+        return get().dispatcher
 
-def _replica_models(state: State) -> ReadModels:
-    services = _services(state)
-    return services.replica_models or services.read_models
-
-
-def _spender(state: State) -> Spender:
-    return _services(state).spender
-
-
-def _metrics(state: State) -> Metrics:
-    return _services(state).metrics
-
-
-def _hub(state: State) -> StreamHub:
-    hub = _services(state).hub
-    if hub is None:  # components() always starts one; a bug if not
-        raise RuntimeError("the stream hub is not running")
-    return hub
-
-
-def _runner(state: State) -> ProjectionRunner | None:
-    return _services(state).runner
-
-
-def _dispatcher(state: State) -> Dispatcher | None:
-    return _services(state).dispatcher
-
-
-def dependencies() -> dict[str, Provide]:
-    """What a handler may declare as a parameter, by name (litestar dependency injection).
-    Guards do not take dependencies in litestar, so ``api.auth`` reads the keyring from
-    ``app.state`` (the one other place that does)."""
-    providers = {
-        "settings": _settings,
-        "pool": _pool,
-        "store": _store,
-        "committer": _committer,
-        "ingest": _ingest,
-        "keyring": _keyring,
-        "read_models": _read_models,
-        "replica_models": _replica_models,  # routes opt in: ledger.api.reads.ON_REPLICA
-        "spender": _spender,
-        "metrics": _metrics,
-        "hub": _hub,
-        "runner": _runner,
-        "dispatcher": _dispatcher,
-    }
-    return {name: Provide(fn, sync_to_thread=False) for name, fn in providers.items()}
+    providers = [
+        settings, pool, store, committer, ingest, keyring, read_models, replica_models,
+        spender, metrics, hub, runner, dispatcher,
+    ]  # fmt: skip
+    return {fn.__name__: Provide(fn, sync_to_thread=False) for fn in providers}
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Litestar:
     cfg: Settings = settings or load_settings()
+    running = Running()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with running_services(cfg, database_url) as services:
-            app.state.services = services
+            app.state.services = services  # for the guards (they take no dependencies)
+            running.services = services
             yield
 
     # Webhooks are counted and timed by ledger.metrics (cheaper than this middleware's
@@ -331,7 +321,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             DefineMiddleware(BodyReadDeadline, timeout=cfg.request_read_timeout),
             RejectUnstorable,  # NUL and controls in path or query: 400, on every route
         ],
-        dependencies=dependencies(),
+        dependencies=dependencies(running),
         openapi_config=openapi_config(__version__),
         # The process's entrypoint owns logging (ledger.logs via `ledger serve`, replayed in
         # --workers children): litestar's default config would replace it with its own format.
