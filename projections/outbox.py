@@ -4,7 +4,8 @@ Run by the projection runner, so its writes commit with its tracking position. M
 to ``public.outbox`` (not the generation schema) under deterministic ids
 ``uuid5(source event id | kind | target)`` with ``ON CONFLICT DO NOTHING``: replaying or
 rebuilding derives the same ids and sends nothing twice (ADR 0007). Bodies are built in
-``ledger.outbox.messages``; the rules below live in ``ledger.outbox.effects``.
+``ledger.outbox.messages``; the rules below live in ``ledger.outbox.effects``; what each
+event says is read once, in ``ledger.outbox.reading`` (ADR 0022).
 
 It reads three topics: deliveries, the answers of the providers' status APIs
 (``Reconciliation.Checked``, ADR 0017) and registered orders (``OrderRegistration.Registered``,
