@@ -56,6 +56,8 @@ The admin live feed reads the log itself (``/v1/stream``), so it needs no messag
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,7 +73,7 @@ from ledger.domain.orders import REGISTERED_TOPIC
 from ledger.errors import NotConfigured
 from ledger.outbox.effects import OrderState, Registration, Where, on_paid, on_registered
 from ledger.outbox.messages import message_hex
-from ledger.outbox.reading import Unstorable, read
+from ledger.outbox.reading import Item, Unstorable, read
 from ledger.payments.rules import Catalogue
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
@@ -198,15 +200,12 @@ def _stored_state(state: OrderState, before: OrderState | None) -> OrderState:
 @dataclass(slots=True)
 class Fold:
     """A batch's orders in memory: their states (None: no row yet) and registrations (the
-    kept one, the first), read in one statement; what changed, to write in one each; the
-    messages as the columns of their one insert."""
+    kept one, the first), read in one statement; what changed, to write in one each."""
 
     states: dict[str, OrderState | None]
     kept: dict[str, Registration | None]
     changed: set[str] = field(default_factory=set)
     registered: dict[str, Registration] = field(default_factory=dict)
-    # id (hex), kind, target, source event id, source position, order ref, customer, payload
-    messages: tuple[list[Any], ...] = field(default_factory=lambda: tuple([] for _ in range(8)))
 
     @classmethod
     async def read(cls, conn: Conn, refs: list[str]) -> Fold:
@@ -242,8 +241,6 @@ class Fold:
                 [s.owed for s in states],
                 [s.withheld for s in states],
             )
-        if self.messages[0]:
-            await conn.execute(SQL["insert_messages"], *self.messages)
 
 
 class OutboxProjection:
@@ -254,6 +251,9 @@ class OutboxProjection:
     topics = (RECEIVED_TOPIC, CHECKED_TOPIC, REGISTERED_TOPIC)
     schema_sql = SQL["schema"]
     queries = SQL
+    # Fold items per step of a batch (``apply``): each step's messages are inserted while
+    # the next step is folded.
+    chunk = 512
 
     def __init__(self, targets: Targets | None = None) -> None:
         self._targets = targets
@@ -271,19 +271,46 @@ class OutboxProjection:
         return self._targets
 
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        """Fold the batch in log order in memory, with a constant number of statements:
-        one read of every order it touches, then one write each of registrations, order
-        states and messages. The same result as folding the events one by one with a
-        round trip each (as before; ``tests/integration/test_outbox_batch.py``)."""
+        """Fold the batch in log order in memory, with a bounded number of statements: one
+        read of every order the batch names, one insert of messages per ``chunk`` items,
+        then one write each of registrations and order states. The same result as folding
+        the events one by one with a round trip each (as before;
+        ``tests/integration/test_outbox_batch.py``). A chunk's messages are inserted while
+        the next chunk is folded: PostgreSQL works while Python does."""
         t = self.targets
-        where, max_age = t.where, t.max_age
         items = read(records, t.catalogue)
         if not items:
             return
         fold = await Fold.read(conn, sorted({item[1] for item in items}))
-        states, kept, changed = fold.states, fold.kept, fold.changed
-        ids, kinds, targets, sources, positions, refs, customers, payloads = fold.messages
         now = datetime.now(UTC)  # old news: one reading of the clock per batch
+        sending: asyncio.Task[str] | None = None
+        try:
+            for start in range(0, len(items), self.chunk):
+                columns = self._fold(fold, items[start : start + self.chunk], now)
+                if sending is not None:  # one statement at a time on a connection
+                    await sending
+                    sending = None
+                if columns[0]:
+                    insert = conn.execute(SQL["insert_messages"], *columns)
+                    sending = asyncio.ensure_future(insert)
+                    await asyncio.sleep(0)  # sent: the next chunk is folded meanwhile
+        except BaseException:
+            if sending is not None:  # the connection is free again before the rollback
+                with contextlib.suppress(Exception):
+                    await sending
+            raise
+        if sending is not None:
+            await sending
+        await fold.write(conn)
+
+    def _fold(self, fold: Fold, items: list[Item], now: datetime) -> tuple[list[Any], ...]:
+        """Fold ``items`` in log order; the messages they make, as the columns of
+        ``insert_messages``: id (hex), kind, target, source event id and position, order
+        ref, customer, payload."""
+        where, max_age = self.targets.where, self.targets.max_age
+        states, kept, changed = fold.states, fold.kept, fold.changed
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+        ids, kinds, targets, sources, positions, refs, customers, payloads = columns
         for rec, ref, what, at in items:
             state = before = states[ref]
             if isinstance(what, Registration):
@@ -315,7 +342,7 @@ class OutboxProjection:
                     refs.append(ref)
                     customers.append(customer)
                     payloads.append(payload)
-        await fold.write(conn)
+        return columns
 
     async def digest(self, conn: Conn) -> str:
         h = hashlib.sha256()

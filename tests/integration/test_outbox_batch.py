@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,7 +63,7 @@ from ledger.outbox.messages import (
 from ledger.outbox.reading import read
 from ledger.payments.facts import PaymentFact, payment_fact
 from ledger.payments.rules import Catalogue, classify_payment, delivery_head, raw_body
-from ledger.projections.outbox import SQL, OutboxProjection, Targets, stored
+from ledger.projections.outbox import SQL, OutboxProjection, Targets, Unstorable, stored
 from ledger.reconcile import answers
 from ledger.store.eventstore import StoredRecord
 from tests.support.db import signed
@@ -338,14 +339,18 @@ async def folded(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(spec=specs, batch=st.integers(1, 12))
-async def test_a_batch_folds_as_one_event_at_a_time(database_url, spec, batch):
+@given(spec=specs, batch=st.integers(1, 12), chunk=st.integers(1, 6))
+async def test_a_batch_folds_as_one_event_at_a_time(database_url, spec, batch, chunk):
+    """``chunk``: a batch is folded in steps of that many items (512 in production), each
+    step's messages inserted while the next one is folded."""
     records = [event(s) for s in spec]
     records = [StoredRecord(p, r.id, 1, r.topic, r.state) for p, r in enumerate(records, 1)]
+    proj = OutboxProjection(TARGETS)
+    proj.chunk = chunk
     conn = await asyncpg.connect(database_url)
     try:
         want = await folded(conn, PerRecord(TARGETS), records, 1)
-        got = await folded(conn, OutboxProjection(TARGETS), records, batch)
+        got = await folded(conn, proj, records, batch)
     finally:
         await conn.close()
     assert got == want
@@ -459,3 +464,21 @@ async def test_stored_reads_what_a_numeric_column_gives_back(database_url, value
     assert [(str(stored(d)), str(b)) for d, b in zip(values, back, strict=True)] == [
         (str(b), str(b)) for b in back
     ]
+
+
+async def test_a_failing_step_leaves_the_connection_usable(database_url):
+    """An event that cannot be folded (an amount out of numeric's range) while the previous
+    step's messages are being inserted: ``apply`` raises the event's fault, after the insert
+    has finished, so the runner can roll back on the same connection."""
+    good = event(("paid", ("xendit", "A"), "ana@x.com", "100000", False))
+    bad = event(("paid", ("midtrans", "B"), "bo@x.com", "1E+140000", False))
+    records = [StoredRecord(p, r.id, 1, r.topic, r.state) for p, r in enumerate([good, bad], 1)]
+    proj = OutboxProjection(TARGETS)
+    proj.chunk = 1
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(Unstorable):
+            await folded(conn, proj, records, 2)
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
