@@ -4,7 +4,8 @@ Run by the projection runner, so its writes commit with its tracking position. M
 to ``public.outbox`` (not the generation schema) under deterministic ids
 ``uuid5(source event id | kind | target)`` with ``ON CONFLICT DO NOTHING``: replaying or
 rebuilding derives the same ids and sends nothing twice (ADR 0007). Bodies are built in
-``ledger.outbox.messages``; the rules below live in ``ledger.outbox.effects``.
+``ledger.outbox.messages``; the rules below live in ``ledger.outbox.effects``; what each
+event says is read once, in ``ledger.outbox.reading`` (ADR 0022).
 
 It reads three topics: deliveries, the answers of the providers' status APIs
 (``Reconciliation.Checked``, ADR 0017) and registered orders (``OrderRegistration.Registered``,
@@ -55,10 +56,11 @@ The admin live feed reads the log itself (``/v1/stream``), so it needs no messag
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -66,24 +68,19 @@ from typing import Any
 
 from ledger.config import Settings
 from ledger.database import Conn
-from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC, decode_checked
-from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
+from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC
+from ledger.domain.orders import REGISTERED_TOPIC
 from ledger.errors import NotConfigured
-from ledger.ingest.providers import mayar
 from ledger.outbox.effects import OrderState, Registration, Where, on_paid, on_registered
-from ledger.outbox.messages import message_id
-from ledger.payments.facts import PaymentFact, payment_fact
-from ledger.payments.rules import Catalogue, classify_payment, delivery_head, raw_body
-from ledger.reconcile import answers
+from ledger.outbox.messages import message_hex
+from ledger.outbox.reading import Item, Unstorable, read
+from ledger.payments.rules import Catalogue
 from ledger.sql import load
 from ledger.store.eventstore import StoredRecord
 
+__all__ = ["PROJECTION", "SQL", "OutboxProjection", "Targets", "Unstorable", "stored"]
+
 SQL = load(Path(__file__).with_suffix(".sql"))
-
-
-def _age(recorded_at: str) -> float:
-    """Seconds since the event was recorded."""
-    return (datetime.now(UTC) - datetime.fromisoformat(recorded_at)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -119,41 +116,6 @@ class Targets:
         return Where(self.partner_url, self.booking_providers, self.email_from, self.revalidate_url)
 
 
-def checked_fact(rec: StoredRecord) -> PaymentFact | None:
-    """The payment a verified status-API answer reading ``paid`` describes (ADR 0017), as
-    a delivery's fact would say it; None for any other answer."""
-    st = decode_checked(rec.state)
-    if st.reading != "paid":
-        return None
-    p = answers.payment(st.provider, st.order_id, base64.b64decode(st.body_b64))
-    return PaymentFact(
-        position=rec.position,
-        event_id=str(rec.id),
-        recorded_at=st.timestamp.isoformat(),
-        provider=st.provider,
-        kind="reconciliation",
-        state="received",
-        order_id=st.order_id,
-        status="paid",
-        amount=p.amount,
-        paid_amount=p.paid_amount,
-        currency=p.currency,
-        customer=p.customer,
-        payment_method=p.payment_method,
-        invoice_id=p.invoice_id,
-        payment_id=p.payment_id,
-    )
-
-
-def credited(rec: StoredRecord, catalogue: Catalogue) -> bool:
-    """Does this paid Mayar delivery credit tokens (``ledger.payments.rules``)?"""
-    head = delivery_head(rec.state)
-    if head.kind not in mayar.PAID_EVENTS:
-        return False
-    data = mayar.DECODER.decode(raw_body(head)).data
-    return classify_payment(data, catalogue, str(rec.id)).tokens > 0
-
-
 def _state(row: Any) -> OrderState:
     return OrderState(
         first_paid=row["first_paid_position"],
@@ -179,29 +141,29 @@ _NUMERIC_SCALE = 16383
 _NAN, _ZERO = Decimal("NaN"), Decimal(0)
 
 
-class Unstorable(ValueError):
-    """A value of an event PostgreSQL would refuse (the event is poisoned, ADR 0010)."""
-
-
-def _text(*values: str | None) -> None:
-    """Refuse the text PostgreSQL (or its driver) would refuse, as the statements that once
-    carried each event's text did, so that the same events are poisoned (ADR 0010)."""
-    for v in values:
-        if v is None:
-            continue
-        if "\x00" in v:
-            raise Unstorable("text with a NUL character cannot be stored")
-        if not v.isascii():
-            v.encode()  # UnicodeEncodeError on a lone surrogate, as the driver raises
-
-
 def stored(d: Decimal | None) -> Decimal | None:
     """``d`` as it reads after a round trip through a numeric column (asyncpg's codec), so
     that folding in memory sees what reading the row back would have shown: no negative
     zero, the scale kept, an integer's trailing groups of four zeros in the exponent
-    (``100000`` reads ``1.0E+5``), NaN for sNaN. Out of numeric's range: ``Unstorable``."""
+    (``100000`` reads ``1.0E+5``), NaN for sNaN. Out of numeric's range: ``Unstorable``.
+    Remembered by the value's text (which tells apart every sign, digit and exponent):
+    a rebuild stores the same few amounts over and over."""
     if d is None or d.is_infinite():
         return d
+    key = str(d)
+    got = _STORED.get(key)
+    if got is None:
+        got = _stored(d)
+        if len(_STORED) >= 4096:
+            _STORED.clear()
+        _STORED[key] = got
+    return got
+
+
+_STORED: dict[str, Decimal] = {}
+
+
+def _stored(d: Decimal) -> Decimal:
     if d.is_nan():
         return _NAN
     sign, digits, exponent = d.as_tuple()
@@ -230,7 +192,9 @@ def _stored_state(state: OrderState, before: OrderState | None) -> OrderState:
         partner_paid = stored(partner_paid)
     if paid is state.paid and partner_paid is state.partner_paid:
         return state
-    return replace(state, paid=paid, partner_paid=partner_paid)
+    return OrderState(
+        state.first_paid, state.partner_status, partner_paid, paid, state.owed, state.withheld
+    )
 
 
 @dataclass(slots=True)
@@ -242,7 +206,6 @@ class Fold:
     kept: dict[str, Registration | None]
     changed: set[str] = field(default_factory=set)
     registered: dict[str, Registration] = field(default_factory=dict)
-    messages: list[tuple[Any, ...]] = field(default_factory=list)
 
     @classmethod
     async def read(cls, conn: Conn, refs: list[str]) -> Fold:
@@ -278,9 +241,6 @@ class Fold:
                 [s.owed for s in states],
                 [s.withheld for s in states],
             )
-        if self.messages:
-            cols = zip(*self.messages, strict=True)
-            await conn.execute(SQL["insert_messages"], *(list(c) for c in cols))
 
 
 class OutboxProjection:
@@ -291,6 +251,9 @@ class OutboxProjection:
     topics = (RECEIVED_TOPIC, CHECKED_TOPIC, REGISTERED_TOPIC)
     schema_sql = SQL["schema"]
     queries = SQL
+    # Fold items per step of a batch (``apply``): each step's messages are inserted while
+    # the next step is folded.
+    chunk = 512
 
     def __init__(self, targets: Targets | None = None) -> None:
         self._targets = targets
@@ -307,48 +270,48 @@ class OutboxProjection:
             raise NotConfigured("the outbox projection's targets were not configured")
         return self._targets
 
-    def _paid(self, rec: StoredRecord) -> PaymentFact | None:
-        """The paid fact ``rec`` carries, if it is a payment that means something."""
-        if rec.topic == CHECKED_TOPIC:
-            return checked_fact(rec)
-        fact = payment_fact(rec)
-        if fact is None or fact.state != "received" or fact.status != "paid":
-            return None
-        if not fact.order_id:
-            return None
-        if fact.provider == "mayar" and not credited(rec, self.targets.catalogue):
-            return None
-        return fact
-
-    def _item(self, rec: StoredRecord) -> tuple[str, Registration | PaymentFact, str] | None:
-        """What ``rec`` says about which order: a registration (with its time), a paid
-        fact that means something, or None."""
-        if rec.topic == REGISTERED_TOPIC:
-            st = decode_registered(rec.state)
-            ref = f"{st.provider}:{st.order_id}"
-            _text(ref, st.customer, st.booking_id, st.amount, st.currency)
-            reg = Registration(st.customer, st.booking_id, st.amount, st.currency)
-            return ref, reg, st.timestamp.isoformat()
-        fact = self._paid(rec)
-        if fact is None:
-            return None
-        ref = f"{fact.provider}:{fact.order_id}"
-        _text(ref)
-        return ref, fact, fact.recorded_at
-
     async def apply(self, conn: Conn, records: Sequence[StoredRecord]) -> None:
-        """Fold the batch in log order in memory, with a constant number of statements:
-        one read of every order it touches, then one write each of registrations, order
-        states and messages. The same result as folding the events one by one with a
-        round trip each (as before; ``tests/integration/test_outbox_batch.py``)."""
+        """Fold the batch in log order in memory, with a bounded number of statements: one
+        read of every order the batch names, one insert of messages per ``chunk`` items,
+        then one write each of registrations and order states. The same result as folding
+        the events one by one with a round trip each (as before;
+        ``tests/integration/test_outbox_batch.py``). A chunk's messages are inserted while
+        the next chunk is folded: PostgreSQL works while Python does."""
         t = self.targets
-        where = t.where
-        items = [(rec, item) for rec in records if (item := self._item(rec)) is not None]
+        items = read(records, t.catalogue)
         if not items:
             return
-        fold = await Fold.read(conn, sorted({item[0] for _, item in items}))
-        states, kept = fold.states, fold.kept
-        for rec, (ref, what, recorded_at) in items:
+        fold = await Fold.read(conn, sorted({item[1] for item in items}))
+        now = datetime.now(UTC)  # old news: one reading of the clock per batch
+        sending: asyncio.Task[str] | None = None
+        try:
+            for start in range(0, len(items), self.chunk):
+                columns = self._fold(fold, items[start : start + self.chunk], now)
+                if sending is not None:  # one statement at a time on a connection
+                    await sending
+                    sending = None
+                if columns[0]:
+                    insert = conn.execute(SQL["insert_messages"], *columns)
+                    sending = asyncio.ensure_future(insert)
+                    await asyncio.sleep(0)  # sent: the next chunk is folded meanwhile
+        except BaseException:
+            if sending is not None:  # the connection is free again before the rollback
+                with contextlib.suppress(Exception):
+                    await sending
+            raise
+        if sending is not None:
+            await sending
+        await fold.write(conn)
+
+    def _fold(self, fold: Fold, items: list[Item], now: datetime) -> tuple[list[Any], ...]:
+        """Fold ``items`` in log order; the messages they make, as the columns of
+        ``insert_messages``: id (hex), kind, target, source event id and position, order
+        ref, customer, payload."""
+        where, max_age = self.targets.where, self.targets.max_age
+        states, kept, changed = fold.states, fold.kept, fold.changed
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+        ids, kinds, targets, sources, positions, refs, customers, payloads = columns
+        for rec, ref, what, at in items:
             state = before = states[ref]
             if isinstance(what, Registration):
                 if kept[ref] is None:  # the first registration stands
@@ -362,17 +325,24 @@ class OutboxProjection:
                 state, out = on_paid(what, known, state or OrderState(), where)
                 customer = known.customer if known else what.customer
             states[ref] = _stored_state(state, before)
-            fold.changed.add(ref)
-            if t.max_age and _age(recorded_at) > t.max_age:
+            changed.add(ref)
+            if max_age and (now - at).total_seconds() > max_age:
                 # Old news: a rebuild after a target was added (or its URL changed, which
                 # changes the ids) must not mail every customer of the past or re-sync every
                 # old booking. The fold above still happens, so the state stays exact.
                 continue
-            for kind, target, payload in out:
-                mid = message_id(str(rec.id), kind, target)
-                row = (mid, kind, target, rec.id, rec.position, ref, customer, payload)
-                fold.messages.append(row)
-        await fold.write(conn)
+            if out:
+                event_id = str(rec.id)
+                for kind, target, payload in out:
+                    ids.append(message_hex(event_id, kind, target))
+                    kinds.append(kind)
+                    targets.append(target)
+                    sources.append(rec.id)
+                    positions.append(rec.position)
+                    refs.append(ref)
+                    customers.append(customer)
+                    payloads.append(payload)
+        return columns
 
     async def digest(self, conn: Conn) -> str:
         h = hashlib.sha256()
