@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.audit.rows import COLUMNS, Row, delivery_row
 from ledger.domain.events import (
     CHECKED_TOPIC,
     OPERATOR_ACTION_TOPIC,
@@ -206,21 +207,93 @@ def _registration(rec: StoredRecord) -> IndexRow | None:
     )
 
 
-def _columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
-    fields = IndexRow.__slots__
-    return [[getattr(r, f) for r in rows] for f in fields]
+def _columns(rows: Sequence[Row]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def index_row(
+    position: int,
+    event_id: uuid.UUID,
+    version: int,
+    topic: str,
+    state: bytes,
+    chain_hash: bytes | None,
+) -> Row:
+    """One event's ``audit_index`` row (``rows.COLUMNS`` order): a delivery's by the fast
+    path (``rows.delivery_row``), any other event's (or an odd delivery's) by ``interpret``."""
+    row = delivery_row(position, event_id, topic, state, chain_hash)
+    if row is not None:
+        return row
+    r = interpret(StoredRecord(position, event_id, version, topic, state))
+    return (
+        r.position, r.event_id, r.topic, r.received_at, r.category, r.provider, r.kind,
+        r.dedup_key, r.customer, r.order_id, r.status, r.amount, r.paid_amount, r.currency,
+        r.body_sha256, r.actor, r.target, chain_hash,
+    )  # fmt: skip
+
+
+async def _write(conn: Conn, rows: Sequence[Row]) -> None:
+    """Insert ``rows`` with COPY (binary: no per-cell array encoding, no SQL to parse).
+
+    COPY cannot skip a position already indexed, which ``index_insert`` (``ON CONFLICT DO
+    NOTHING``) does: such a row only exists when the index was reset by hand without being
+    emptied, so the COPY runs under a savepoint and that rare page is inserted again the
+    old way."""
+    if not rows:
+        return
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("audit_index", records=rows, columns=COLUMNS)
+    except asyncpg.UniqueViolationError:
+        await conn.execute(SQL["index_insert"], *_columns(rows))
 
 
 async def _index(
     conn: Conn, hashes: dict[int, bytes | None], records: Sequence[StoredRecord]
 ) -> None:
     """Interpret and insert ``records`` (``hashes``: chain hash by position)."""
-    indexed = []
-    for rec in records:
-        row = interpret(rec)
-        row.hash = hashes.get(rec.position)
-        indexed.append(row)
-    await conn.execute(SQL["index_insert"], *_columns(indexed))
+    await _write(
+        conn,
+        [
+            index_row(r.position, r.id, r.version, r.topic, r.state, hashes.get(r.position))
+            for r in records
+        ],
+    )
+
+
+class _ReadAhead:
+    """The next page, read on a second connection while this one is interpreted and
+    written, so PostgreSQL reads while Python works (a long catch-up only).
+
+    It reads what the locked transaction would read next, in a snapshot taken after the
+    catch-up began (the log is appended in position order, ADR 0003): a prefix of what a
+    later read returns, so everything committed before the call is still indexed. It is
+    used only when the position it read after is still the index's position."""
+
+    def __init__(self, reader: Conn, page: int) -> None:
+        self.reader = reader
+        self.page = page
+        self.after = -1
+        self.task: asyncio.Future[list[asyncpg.Record]] | None = None
+
+    def start(self, after: int) -> None:
+        self.after = after
+        self.task = asyncio.ensure_future(self.reader.fetch(SQL["index_source"], after, self.page))
+
+    async def take(self, position: int) -> list[asyncpg.Record] | None:
+        task, self.task = self.task, None
+        if task is None:
+            return None
+        rows = await task
+        return rows if self.after == position else None
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            # A read nobody will use: its outcome (cancelled, or a failure the catch-up
+            # already met on its own connection) does not matter.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
 
 
 async def catch_up(
@@ -239,18 +312,38 @@ async def catch_up(
         state = await conn.fetchrow(SQL["index_behind"])
     if state is not None and state["position"] >= state["head"]:
         return int(state["position"])
+    if state is None or state["head"] - state["position"] <= page:
+        return await _catch_up(pool, page, attempts, backoff, None)
+    # More than a page behind: a second connection reads ahead. It is taken before any
+    # lock and kept to the end, so the lock holder never waits for the pool.
+    async with pool.acquire() as reader:
+        ahead = _ReadAhead(reader, page)
+        try:
+            return await _catch_up(pool, page, attempts, backoff, ahead)
+        finally:
+            await ahead.close()
+
+
+async def _catch_up(
+    pool: asyncpg.Pool, page: int, attempts: int, backoff: float, ahead: _ReadAhead | None
+) -> int:
     failures = 0
     first_failure: datetime | None = None
     while True:
         try:
             async with pool.acquire() as conn, conn.transaction():
                 position: int = await conn.fetchval(SQL["index_lock"])
-                rows = await conn.fetch(SQL["index_source"], position, page)
+                rows = None if ahead is None else await ahead.take(position)
+                if rows is None:
+                    rows = await conn.fetch(SQL["index_source"], position, page)
                 if not rows:
                     return position
-                records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-                apply = functools.partial(_index, conn, {r[0]: r[5] for r in rows})
+                last: int = rows[-1][0]
+                if ahead is not None and len(rows) == page:
+                    ahead.start(last)
                 if failures + 1 >= attempts:
+                    records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+                    apply = functools.partial(_index, conn, {r[0]: r[5] for r in rows})
                     bad = await poison.isolate(conn, records, apply)
                     for rec, exc in bad:
                         await poison.record(
@@ -262,8 +355,8 @@ async def catch_up(
                             poison.error_text(exc),
                         )
                 else:
-                    await apply(records)
-                last: int = rows[-1][0]
+                    row = index_row  # looked up once per page (tests replace it)
+                    await _write(conn, [row(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows])
                 await conn.execute(SQL["index_advance"], last)
         except Exception as exc:
             # Database trouble, a fault of the code, a page where every event failed, or
