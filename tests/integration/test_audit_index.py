@@ -81,6 +81,11 @@ def events() -> list[tuple[bytes, str]]:
             RECEIVED_TOPIC,
         ),
         (state("xendit", b"not json"), QUARANTINED_TOPIC),
+        # numeric cannot hold it: set aside
+        (
+            state("mayar", b'{"event": "payment.success", "data": {"amount": 1e999999}}'),
+            RECEIVED_TOPIC,
+        ),
         (state("midtrans", b"{}", unknown_field=[1, 2]), RECEIVED_TOPIC),
         (state("midtrans", b"{}", body_b64="Zm9vYg"), RECEIVED_TOPIC),  # not base64: set aside
         (state("midtrans", b"{}", timestamp="2026-02-04T23:00:00+07:00"), RECEIVED_TOPIC),
@@ -99,6 +104,8 @@ def expected(rec: StoredRecord, chain_hash: bytes) -> tuple[Any, ...] | None:
         return None
     row = (*(getattr(r, c) for c in COLUMNS[:-1]), chain_hash)
     if any(isinstance(v, str) and "\x00" in v for v in row):
+        return None
+    if any(isinstance(v, Decimal) and abs(v.adjusted()) > 200_000 for v in row):
         return None
     return row
 
@@ -146,7 +153,7 @@ async def test_pages_read_ahead_hold_the_reference_rows(database_url, pool):
     rows = await append(database_url, [s for s, _ in made], [t for _, t in made])
     assert await audit.catch_up(pool, page=4, backoff=0.01) == rows[-1][0]
     aside = await check_against_the_reference(database_url)
-    assert len(aside) == 3
+    assert len(aside) == 4
     # Caught up: nothing more to do, nothing read twice.
     assert await audit.catch_up(pool, page=4) == rows[-1][0]
 

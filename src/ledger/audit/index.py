@@ -21,7 +21,7 @@ import functools
 import logging
 import uuid
 from base64 import b64decode
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -50,6 +50,7 @@ from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoredRecord, StoreUnava
 SQL = package_sql("audit")
 log = logging.getLogger("ledger.audit.index")
 INDEX_PAGE = 5_000
+STREAM_CHUNK = 256  # rows COPY sends between two turns of the event loop
 _generic = msgspec.json.Decoder()
 
 
@@ -211,6 +212,9 @@ def _columns(rows: Sequence[Row]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+RowOf = Callable[[int, uuid.UUID, int, str, bytes, "bytes | None"], Row]
+
+
 def index_row(
     position: int,
     event_id: uuid.UUID,
@@ -232,33 +236,45 @@ def index_row(
     )  # fmt: skip
 
 
-async def _write(conn: Conn, rows: Sequence[Row]) -> None:
-    """Insert ``rows`` with COPY (binary: no per-cell array encoding, no SQL to parse).
+async def _write(
+    conn: Conn, records: Sequence[Row] | AsyncIterable[Row], again: Callable[[], Sequence[Row]]
+) -> None:
+    """Insert ``records`` with COPY (binary: no per-cell array encoding, no SQL to parse).
 
     COPY cannot skip a position already indexed, which ``index_insert`` (``ON CONFLICT DO
     NOTHING``) does: such a row only exists when the index was reset by hand without being
-    emptied, so the COPY runs under a savepoint and that rare page is inserted again the
-    old way."""
-    if not rows:
-        return
+    emptied, so the COPY runs under a savepoint and that rare page (``again()``) is
+    inserted the old way."""
     try:
         async with conn.transaction():
-            await conn.copy_records_to_table("audit_index", records=rows, columns=COLUMNS)
+            await conn.copy_records_to_table("audit_index", records=records, columns=COLUMNS)
     except asyncpg.UniqueViolationError:
-        await conn.execute(SQL["index_insert"], *_columns(rows))
+        await conn.execute(SQL["index_insert"], *_columns(again()))
+
+
+def _all(rows: Sequence[asyncpg.Record], row: RowOf) -> list[Row]:
+    return [row(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def _stream(rows: Sequence[asyncpg.Record], row: RowOf) -> AsyncIterator[Row]:
+    """The rows of a page as COPY sends them: PostgreSQL writes the first ones while the
+    next are interpreted, and every ``STREAM_CHUNK`` the loop runs (the read-ahead page
+    keeps arriving)."""
+    for i, r in enumerate(rows):
+        if i % STREAM_CHUNK == 0 and i:
+            await asyncio.sleep(0)
+        yield row(r[0], r[1], r[2], r[3], r[4], r[5])
 
 
 async def _index(
     conn: Conn, hashes: dict[int, bytes | None], records: Sequence[StoredRecord]
 ) -> None:
     """Interpret and insert ``records`` (``hashes``: chain hash by position)."""
-    await _write(
-        conn,
-        [
-            index_row(r.position, r.id, r.version, r.topic, r.state, hashes.get(r.position))
-            for r in records
-        ],
-    )
+    rows = [
+        index_row(r.position, r.id, r.version, r.topic, r.state, hashes.get(r.position))
+        for r in records
+    ]
+    await _write(conn, rows, lambda: rows)
 
 
 class _ReadAhead:
@@ -356,7 +372,11 @@ async def _catch_up(
                         )
                 else:
                     row = index_row  # looked up once per page (tests replace it)
-                    await _write(conn, [row(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows])
+                    await _write(
+                        conn,
+                        _stream(rows, row),
+                        functools.partial(_all, rows, row),
+                    )
                 await conn.execute(SQL["index_advance"], last)
         except Exception as exc:
             # Database trouble, a fault of the code, a page where every event failed, or

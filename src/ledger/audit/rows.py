@@ -8,7 +8,8 @@ a delivery with the same decoders and the same payment reading (``read_payment``
 ``COLUMNS`` order; ``ledger.audit.index`` COPYs the tuples (ADR 0023).
 
 It takes the fast path only when that cannot change the answer: the state must decode as
-``DeliveryState`` with no field the Struct does not declare (``_StrictDelivery``). The
+``DeliveryState`` with no field the Struct does not declare and canonical base64
+(``StrictDelivery``). The
 reference also decodes the whole state generically (for the dedup key and body digest), which
 rejects things a typed decode skips unread in an unknown field (invalid UTF-8, numbers out
 of range); any state with such a field, or that does not decode, is left to the reference
@@ -18,7 +19,6 @@ before.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import uuid
 from datetime import datetime
@@ -27,12 +27,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.domain.events import (
-    CONFLICTED_TOPIC,
-    QUARANTINED_TOPIC,
-    RECEIVED_TOPIC,
-    DeliveryState,
-)
+from ledger.domain.events import CONFLICTED_TOPIC, QUARANTINED_TOPIC, RECEIVED_TOPIC
 from ledger.payments.facts import read_payment
 
 # audit_index's columns, in the order of the row tuples (and of ``IndexRow``'s fields).
@@ -66,11 +61,28 @@ CATEGORIES = {
 }
 
 
-class _StrictDelivery(DeliveryState, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``DeliveryState`` refusing fields it does not declare (see the module docstring)."""
+class StrictDelivery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``DeliveryState``'s fields with the same types (a test holds them equal), refusing
+    fields it does not declare (see the module docstring); the body is decoded from base64
+    by msgspec as the state is parsed, without the text in between. msgspec reads only
+    canonical base64 (padded, no other characters), where ``base64.b64decode`` gives the
+    same bytes; anything else is left to the reference."""
+
+    originator_topic: str
+    timestamp: datetime
+    provider: str
+    dedup_key: str
+    kind: str
+    source: str | None
+    scheme: str
+    headers: dict[str, str]
+    body_sha256: str
+    body_b64: bytes
+    fault: str | None = None
+    original_event_id: str | None = None
 
 
-_strict = msgspec.json.Decoder(_StrictDelivery)
+_strict = msgspec.json.Decoder(StrictDelivery)
 
 
 @functools.lru_cache(maxsize=4_096)
@@ -91,7 +103,7 @@ def delivery_row(
 ) -> Row | None:
     """The index row of a delivery event (``interpret``'s values, ``COLUMNS`` order); None
     when the event is not a delivery or the fast path does not apply (the reference then
-    decides). Raises what the reference raises on a body that is not base64."""
+    decides)."""
     category = CATEGORIES.get(topic)
     if category is None:
         return None
@@ -99,21 +111,18 @@ def delivery_row(
         st = _strict.decode(state)
     except (msgspec.DecodeError, ValueError):
         return None
-    received_at: datetime = st.timestamp
-    # base64.b64decode without its wrapper: the same non-validating decode, the same errors.
-    body = binascii.a2b_base64(st.body_b64)
     try:
-        p = read_payment(st.provider, body)
+        p = read_payment(st.provider, st.body_b64)
     except (msgspec.DecodeError, ValueError):
         p = None  # a body its provider cannot decode (quarantined): no order
     if p is None:
         return (
-            position, event_id, topic, received_at, category, st.provider, st.kind,
+            position, event_id, topic, st.timestamp, category, st.provider, st.kind,
             st.dedup_key, None, None, None, None, None, None, st.body_sha256, None, None,
             chain_hash,
         )  # fmt: skip
     return (
-        position, event_id, topic, received_at, category, st.provider, st.kind, st.dedup_key,
+        position, event_id, topic, st.timestamp, category, st.provider, st.kind, st.dedup_key,
         p.customer, p.order_id, p.status, decimal(p.amount), decimal(p.paid_amount),
         p.currency, st.body_sha256, None, None, chain_hash,
     )  # fmt: skip
