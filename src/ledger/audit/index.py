@@ -11,6 +11,10 @@ before the request. An event the index cannot hold (e.g. a value PostgreSQL ``te
 rejects) is retried a few times, then set aside as poisoned (``ledger.readmodels.poison``, consumer
 ``audit_index``) in the transaction that moves the position past it; ``retry_poisoned``
 indexes it after a fix (ADR 0010).
+
+``interpret`` is the reference reading of an event; a catch-up reads deliveries by the fast
+path of ``ledger.audit.rows`` (the same rows, held to ``interpret`` by tests), COPYs each
+page while it is interpreted and reads the next page ahead (``ledger.audit.pages``, ADR 0023).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import functools
 import logging
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -30,7 +34,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.audit.rows import COLUMNS, Row, delivery_row
+from ledger.audit.pages import ReadAhead, all_rows, stream_rows, write
+from ledger.audit.rows import Row, delivery_row
 from ledger.domain.events import (
     CHECKED_TOPIC,
     OPERATOR_ACTION_TOPIC,
@@ -50,7 +55,6 @@ from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoredRecord, StoreUnava
 SQL = package_sql("audit")
 log = logging.getLogger("ledger.audit.index")
 INDEX_PAGE = 5_000
-STREAM_CHUNK = 256  # rows COPY sends between two turns of the event loop
 _generic = msgspec.json.Decoder()
 
 
@@ -208,13 +212,6 @@ def _registration(rec: StoredRecord) -> IndexRow | None:
     )
 
 
-def _columns(rows: Sequence[Row]) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-RowOf = Callable[[int, uuid.UUID, int, str, bytes, "bytes | None"], Row]
-
-
 def index_row(
     position: int,
     event_id: uuid.UUID,
@@ -236,36 +233,6 @@ def index_row(
     )  # fmt: skip
 
 
-async def _write(
-    conn: Conn, records: Sequence[Row] | AsyncIterable[Row], again: Callable[[], Sequence[Row]]
-) -> None:
-    """Insert ``records`` with COPY (binary: no per-cell array encoding, no SQL to parse).
-
-    COPY cannot skip a position already indexed, which ``index_insert`` (``ON CONFLICT DO
-    NOTHING``) does: such a row only exists when the index was reset by hand without being
-    emptied, so the COPY runs under a savepoint and that rare page (``again()``) is
-    inserted the old way."""
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table("audit_index", records=records, columns=COLUMNS)
-    except asyncpg.UniqueViolationError:
-        await conn.execute(SQL["index_insert"], *_columns(again()))
-
-
-def _all(rows: Sequence[asyncpg.Record], row: RowOf) -> list[Row]:
-    return [row(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
-
-
-async def _stream(rows: Sequence[asyncpg.Record], row: RowOf) -> AsyncIterator[Row]:
-    """The rows of a page as COPY sends them: PostgreSQL writes the first ones while the
-    next are interpreted, and every ``STREAM_CHUNK`` the loop runs (the read-ahead page
-    keeps arriving)."""
-    for i, r in enumerate(rows):
-        if i % STREAM_CHUNK == 0 and i:
-            await asyncio.sleep(0)
-        yield row(r[0], r[1], r[2], r[3], r[4], r[5])
-
-
 async def _index(
     conn: Conn, hashes: dict[int, bytes | None], records: Sequence[StoredRecord]
 ) -> None:
@@ -274,42 +241,7 @@ async def _index(
         index_row(r.position, r.id, r.version, r.topic, r.state, hashes.get(r.position))
         for r in records
     ]
-    await _write(conn, rows, lambda: rows)
-
-
-class _ReadAhead:
-    """The next page, read on a second connection while this one is interpreted and
-    written, so PostgreSQL reads while Python works (a long catch-up only).
-
-    It reads what the locked transaction would read next, in a snapshot taken after the
-    catch-up began (the log is appended in position order, ADR 0003): a prefix of what a
-    later read returns, so everything committed before the call is still indexed. It is
-    used only when the position it read after is still the index's position."""
-
-    def __init__(self, reader: Conn, page: int) -> None:
-        self.reader = reader
-        self.page = page
-        self.after = -1
-        self.task: asyncio.Future[list[asyncpg.Record]] | None = None
-
-    def start(self, after: int) -> None:
-        self.after = after
-        self.task = asyncio.ensure_future(self.reader.fetch(SQL["index_source"], after, self.page))
-
-    async def take(self, position: int) -> list[asyncpg.Record] | None:
-        task, self.task = self.task, None
-        if task is None:
-            return None
-        rows = await task
-        return rows if self.after == position else None
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            # A read nobody will use: its outcome (cancelled, or a failure the catch-up
-            # already met on its own connection) does not matter.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+    await write(conn, rows, lambda: rows)
 
 
 async def catch_up(
@@ -333,7 +265,7 @@ async def catch_up(
     # More than a page behind: a second connection reads ahead. It is taken before any
     # lock and kept to the end, so the lock holder never waits for the pool.
     async with pool.acquire() as reader:
-        ahead = _ReadAhead(reader, page)
+        ahead = ReadAhead(reader, page)
         try:
             return await _catch_up(pool, page, attempts, backoff, ahead)
         finally:
@@ -341,7 +273,7 @@ async def catch_up(
 
 
 async def _catch_up(
-    pool: asyncpg.Pool, page: int, attempts: int, backoff: float, ahead: _ReadAhead | None
+    pool: asyncpg.Pool, page: int, attempts: int, backoff: float, ahead: ReadAhead | None
 ) -> int:
     failures = 0
     first_failure: datetime | None = None
@@ -372,11 +304,9 @@ async def _catch_up(
                         )
                 else:
                     row = index_row  # looked up once per page (tests replace it)
-                    await _write(
-                        conn,
-                        _stream(rows, row),
-                        functools.partial(_all, rows, row),
-                    )
+                    # Closed here even when the COPY stops early (an error of PostgreSQL).
+                    async with contextlib.aclosing(stream_rows(rows, row)) as stream:
+                        await write(conn, stream, functools.partial(all_rows, rows, row))
                 await conn.execute(SQL["index_advance"], last)
         except Exception as exc:
             # Database trouble, a fault of the code, a page where every event failed, or
