@@ -30,6 +30,7 @@ from ledger.domain.events import (
 )
 from ledger.readmodels import poison
 from ledger.store.eventstore import StoredRecord
+from tests.support import PATIENCE
 from tests.support.db import fetch, signed
 from tests.support.readmodels import append
 
@@ -177,4 +178,18 @@ async def test_two_catch_ups_at_once_index_every_event_once(database_url, pool):
     rows = await append(database_url, states)
     results = await asyncio.gather(*(audit.catch_up(pool, page=3) for _ in range(2)))
     assert results == [rows[-1][0]] * 2
+    assert await check_against_the_reference(database_url) == set()
+
+
+async def test_only_one_catch_up_per_pool_reads_ahead(database_url):
+    """Two connections are enough for two catch-ups far behind: only one of them takes a
+    second connection to read ahead (were both to, each would wait for the other's)."""
+    states = [state("midtrans", signed("midtrans", "settlement").body) for _ in range(30)]
+    rows = await append(database_url, states)
+    small = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        both = asyncio.gather(*(audit.catch_up(small, page=3) for _ in range(2)))
+        assert await asyncio.wait_for(both, PATIENCE) == [rows[-1][0]] * 2
+    finally:
+        await small.close()
     assert await check_against_the_reference(database_url) == set()

@@ -55,6 +55,7 @@ from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoredRecord, StoreUnava
 SQL = package_sql("audit")
 log = logging.getLogger("ledger.audit.index")
 INDEX_PAGE = 5_000
+_READING_AHEAD: set[int] = set()  # the pools (ids) a catch-up of this process reads ahead on
 _generic = msgspec.json.Decoder()
 
 
@@ -260,16 +261,22 @@ async def catch_up(
         state = await conn.fetchrow(SQL["index_behind"])
     if state is not None and state["position"] >= state["head"]:
         return int(state["position"])
-    if state is None or state["head"] - state["position"] <= page:
+    if state is None or state["head"] - state["position"] <= page or id(pool) in _READING_AHEAD:
         return await _catch_up(pool, page, attempts, backoff, None)
     # More than a page behind: a second connection reads ahead. It is taken before any
-    # lock and kept to the end, so the lock holder never waits for the pool.
-    async with pool.acquire() as reader:
-        ahead = ReadAhead(reader, page)
-        try:
-            return await _catch_up(pool, page, attempts, backoff, ahead)
-        finally:
-            await ahead.close()
+    # lock and kept to the end, so the lock holder never waits for the pool; one catch-up
+    # per pool at a time does so (the others, queued on the tracking lock, hold one
+    # connection each, as before).
+    _READING_AHEAD.add(id(pool))
+    try:
+        async with pool.acquire() as reader:
+            ahead = ReadAhead(reader, page)
+            try:
+                return await _catch_up(pool, page, attempts, backoff, ahead)
+            finally:
+                await ahead.close()
+    finally:
+        _READING_AHEAD.discard(id(pool))
 
 
 async def _catch_up(
