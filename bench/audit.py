@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 
 # Running ``python bench/audit.py`` puts bench/ first on sys.path, where bench/projections.py
 # would shadow the ``projections`` package the app imports.
@@ -305,6 +307,19 @@ async def main() -> None:
     ap.add_argument("--ingest-events", type=int, default=20_000)
     ap.add_argument("--keep", action="store_true", help="keep the server and database; print URL")
     ap.add_argument("--reuse", metavar="URL", help="only the HTTP part, on a kept database")
+    ap.add_argument(
+        "--index-only",
+        action="store_true",
+        help="only generate the log and time the audit index catch-up (no ingest cost, verify "
+        "or HTTP part)",
+    )
+    ap.add_argument(
+        "--index-rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="catch the index up N times over the same log (emptied in between)",
+    )
     args = ap.parse_args()
     if args.reuse:
         with tempfile.TemporaryDirectory(prefix="ledger-bench-audit-") as tmp:
@@ -314,9 +329,10 @@ async def main() -> None:
         server = os.environ.get("LEDGER_DATABASE_URL") or start_embedded(
             Path(tmp) / "pgdata", cleanup="delete"
         )
-        print("ingest cost of the chain trigger (append_many, batches of 100):")
-        cost = await ingest_cost(server, args.ingest_events)
-        for writers in (1, 4):
+        cost = {} if args.index_only else await ingest_cost(server, args.ingest_events)
+        if cost:
+            print("ingest cost of the chain trigger (append_many, batches of 100):")
+        for writers in (1, 4) if cost else ():
             plain, chained = cost[f"plain_{writers}w"], cost[f"chain_{writers}w"]
             print(
                 f"  {writers} writer(s): without {plain:,.0f} ev/s, with {chained:,.0f} ev/s "
@@ -330,6 +346,11 @@ async def main() -> None:
                 f"({args.events / took:,.0f} ev/s)"
             )
 
+            if args.index_only:
+                pg = None if os.environ.get("LEDGER_DATABASE_URL") else Path(tmp) / "pgdata"
+                for _ in range(args.index_rounds):
+                    await index_catch_up(url, args.events, pg)
+                return
             env = {**os.environ, **SECRETS, "LEDGER_DATABASE_URL": url, "LEDGER_HOME": tmp}
             t0 = time.perf_counter()
             proc = subprocess.run(
@@ -353,14 +374,9 @@ async def main() -> None:
                 f"{report.checked / vc:,.0f} events per client CPU-second"
             )
 
-            pool = await create_pool(url, max_size=4)
-            try:
-                t0 = time.perf_counter()
-                await audit.catch_up(pool)
-                it = time.perf_counter() - t0
-            finally:
-                await pool.close()
-            print(f"audit index catch-up: {args.events / it:,.0f} events/s ({it:.1f} s)")
+            pg = None if os.environ.get("LEDGER_DATABASE_URL") else Path(tmp) / "pgdata"
+            for _ in range(args.index_rounds):
+                await index_catch_up(url, args.events, pg)
 
             report_http(await http_part(url, Path(tmp)))
         finally:
@@ -368,6 +384,48 @@ async def main() -> None:
                 print(f"kept: {url}")
             else:
                 await drop_database(server, url)
+
+
+def server_cpu(pgdata: Path | None) -> float:
+    """CPU seconds used so far by the embedded server (postmaster, its live and reaped
+    children); 0 for a server we did not start."""
+    if pgdata is None:
+        return 0.0
+    postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+    t = postmaster.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in postmaster.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return float(total)
+
+
+async def index_catch_up(url: str, events: int, pgdata: Path | None) -> None:
+    """Time one audit index catch-up from empty: events/s, and CPU seconds per 100k
+    events of this process and of the embedded server, with the load average."""
+    conn = await asyncpg.connect(url)
+    try:  # bench-only, as the owner: an empty index (a rebuild, migration 0008)
+        await conn.execute("TRUNCATE audit_index; UPDATE audit_index_tracking SET position = 0")
+    finally:
+        await conn.close()
+    pool = await create_pool(url, max_size=4)
+    try:
+        t0, c0, p0 = time.perf_counter(), time.process_time(), server_cpu(pgdata)
+        await audit.catch_up(pool)
+        it, py, pg = (
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+            server_cpu(pgdata) - p0,
+        )
+    finally:
+        await pool.close()
+    per = 100_000 / events
+    pg_text = f", PostgreSQL {pg * per:.2f}" if pgdata is not None else ""
+    print(
+        f"audit index catch-up: {events / it:,.0f} events/s ({it:.1f} s); CPU s per 100k "
+        f"events: Python {py * per:.2f}{pg_text}; load average {os.getloadavg()[0]:.2f}"
+    )
 
 
 def report_http(res: dict[str, float]) -> None:

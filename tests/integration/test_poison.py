@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -247,17 +248,17 @@ async def test_the_audit_index_sets_aside_what_it_cannot_hold(database_url, pool
 async def test_an_audit_index_retry_after_a_fix_indexes_the_event(database_url, pool, monkeypatch):
     positions = await clean(database_url, 30)
     bad = positions[7]
-    interpret = audit.interpret
+    index_row = audit.index_row
 
-    def fragile(rec: StoredRecord) -> audit.IndexRow:
-        if rec.position == bad:
+    def fragile(position: int, *rest: Any) -> tuple[Any, ...]:
+        if position == bad:
             raise ValueError("cannot interpret this event")
-        return interpret(rec)
+        return index_row(position, *rest)
 
-    monkeypatch.setattr(audit, "interpret", fragile)
+    monkeypatch.setattr(audit, "index_row", fragile)
     assert await audit.catch_up(pool, backoff=0.01) == positions[-1]
     assert await pool.fetchval("SELECT count(*) FROM audit_index") == 29
-    monkeypatch.setattr(audit, "interpret", interpret)  # the fix
+    monkeypatch.setattr(audit, "index_row", index_row)  # the fix
     async with pool.acquire() as conn, conn.transaction():
         outcome = await audit.retry_poisoned(conn)
     assert (outcome.resolved, outcome.still_poisoned) == ([bad], [])

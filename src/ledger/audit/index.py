@@ -11,6 +11,10 @@ before the request. An event the index cannot hold (e.g. a value PostgreSQL ``te
 rejects) is retried a few times, then set aside as poisoned (``ledger.readmodels.poison``, consumer
 ``audit_index``) in the transaction that moves the position past it; ``retry_poisoned``
 indexes it after a fix (ADR 0010).
+
+``interpret`` is the reference reading of an event; a catch-up reads deliveries by the fast
+path of ``ledger.audit.rows`` (the same rows, held to ``interpret`` by tests), COPYs each
+page while it is interpreted and reads the next page ahead (``ledger.audit.pages``, ADR 0023).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.audit.pages import ReadAhead, all_rows, stream_rows, write
+from ledger.audit.rows import Row, delivery_row
 from ledger.domain.events import (
     CHECKED_TOPIC,
     OPERATOR_ACTION_TOPIC,
@@ -49,6 +55,7 @@ from ledger.store.eventstore import UNAVAILABLE_ERRORS, StoredRecord, StoreUnava
 SQL = package_sql("audit")
 log = logging.getLogger("ledger.audit.index")
 INDEX_PAGE = 5_000
+_READING_AHEAD: set[int] = set()  # the pools (ids) a catch-up of this process reads ahead on
 _generic = msgspec.json.Decoder()
 
 
@@ -206,21 +213,36 @@ def _registration(rec: StoredRecord) -> IndexRow | None:
     )
 
 
-def _columns(rows: Sequence[IndexRow]) -> list[list[Any]]:
-    fields = IndexRow.__slots__
-    return [[getattr(r, f) for r in rows] for f in fields]
+def index_row(
+    position: int,
+    event_id: uuid.UUID,
+    version: int,
+    topic: str,
+    state: bytes,
+    chain_hash: bytes | None,
+) -> Row:
+    """One event's ``audit_index`` row (``rows.COLUMNS`` order): a delivery's by the fast
+    path (``rows.delivery_row``), any other event's (or an odd delivery's) by ``interpret``."""
+    row = delivery_row(position, event_id, topic, state, chain_hash)
+    if row is not None:
+        return row
+    r = interpret(StoredRecord(position, event_id, version, topic, state))
+    return (
+        r.position, r.event_id, r.topic, r.received_at, r.category, r.provider, r.kind,
+        r.dedup_key, r.customer, r.order_id, r.status, r.amount, r.paid_amount, r.currency,
+        r.body_sha256, r.actor, r.target, chain_hash,
+    )  # fmt: skip
 
 
 async def _index(
     conn: Conn, hashes: dict[int, bytes | None], records: Sequence[StoredRecord]
 ) -> None:
     """Interpret and insert ``records`` (``hashes``: chain hash by position)."""
-    indexed = []
-    for rec in records:
-        row = interpret(rec)
-        row.hash = hashes.get(rec.position)
-        indexed.append(row)
-    await conn.execute(SQL["index_insert"], *_columns(indexed))
+    rows = [
+        index_row(r.position, r.id, r.version, r.topic, r.state, hashes.get(r.position))
+        for r in records
+    ]
+    await write(conn, rows, lambda: rows)
 
 
 async def catch_up(
@@ -239,18 +261,44 @@ async def catch_up(
         state = await conn.fetchrow(SQL["index_behind"])
     if state is not None and state["position"] >= state["head"]:
         return int(state["position"])
+    if state is None or state["head"] - state["position"] <= page or id(pool) in _READING_AHEAD:
+        return await _catch_up(pool, page, attempts, backoff, None)
+    # More than a page behind: a second connection reads ahead. It is taken before any
+    # lock and kept to the end, so the lock holder never waits for the pool; one catch-up
+    # per pool at a time does so (the others, queued on the tracking lock, hold one
+    # connection each, as before).
+    _READING_AHEAD.add(id(pool))
+    try:
+        async with pool.acquire() as reader:
+            ahead = ReadAhead(reader, page)
+            try:
+                return await _catch_up(pool, page, attempts, backoff, ahead)
+            finally:
+                await ahead.close()
+    finally:
+        _READING_AHEAD.discard(id(pool))
+
+
+async def _catch_up(
+    pool: asyncpg.Pool, page: int, attempts: int, backoff: float, ahead: ReadAhead | None
+) -> int:
     failures = 0
     first_failure: datetime | None = None
     while True:
         try:
             async with pool.acquire() as conn, conn.transaction():
                 position: int = await conn.fetchval(SQL["index_lock"])
-                rows = await conn.fetch(SQL["index_source"], position, page)
+                rows = None if ahead is None else await ahead.take(position)
+                if rows is None:
+                    rows = await conn.fetch(SQL["index_source"], position, page)
                 if not rows:
                     return position
-                records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-                apply = functools.partial(_index, conn, {r[0]: r[5] for r in rows})
+                last: int = rows[-1][0]
+                if ahead is not None and len(rows) == page:
+                    ahead.start(last)
                 if failures + 1 >= attempts:
+                    records = [StoredRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+                    apply = functools.partial(_index, conn, {r[0]: r[5] for r in rows})
                     bad = await poison.isolate(conn, records, apply)
                     for rec, exc in bad:
                         await poison.record(
@@ -262,8 +310,10 @@ async def catch_up(
                             poison.error_text(exc),
                         )
                 else:
-                    await apply(records)
-                last: int = rows[-1][0]
+                    row = index_row  # looked up once per page (tests replace it)
+                    # Closed here even when the COPY stops early (an error of PostgreSQL).
+                    async with contextlib.aclosing(stream_rows(rows, row)) as stream:
+                        await write(conn, stream, functools.partial(all_rows, rows, row))
                 await conn.execute(SQL["index_advance"], last)
         except Exception as exc:
             # Database trouble, a fault of the code, a page where every event failed, or
