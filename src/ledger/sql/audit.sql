@@ -7,7 +7,19 @@ WHERE notification_id < $1
 ORDER BY notification_id DESC
 LIMIT 1
 
+-- name: chain_copy
+-- Read with COPY (FORMAT binary) by ledger.audit.chain.verify: the head column is the
+-- message's first 32 bytes and COPY's int4 length words before the topic and the state are
+-- the message's own length fields, so each row's message is one contiguous byte range.
+SELECT int8send(notification_id) || uuid_send(originator_id) || int8send(originator_version),
+       convert_to(coalesce(topic, ''), 'UTF8'), coalesce(state, ''::bytea), hash
+FROM stored_events
+WHERE notification_id > $1
+ORDER BY notification_id
+LIMIT $2
+
 -- name: chain_page
+-- The same rows, one record each: the walk that names the first mismatch in a page.
 -- Raw bytes (uuid_send, convert_to) so the verifier builds no Python objects it does not need.
 SELECT notification_id, uuid_send(originator_id), originator_version,
        convert_to(coalesce(topic, ''), 'UTF8'), coalesce(state, ''::bytea), hash
