@@ -121,14 +121,15 @@ LIMIT $3
 -- One page of the CSV export, formatted here as Python's csv.writer (QUOTE_MINIMAL, "\n"
 -- line ends) writes the export_page columns: a field is quoted, its quotes doubled, when it
 -- holds a character of $5 (a regular expression class the caller derives from csv
--- itself: ledger.audit.queries.CSV_QUOTED); NULL and '' are empty (concat). Positions,
+-- itself: ledger.audit.queries.CSV_QUOTED); NULL and '' are empty. Positions,
 -- ids, times, amounts and hex cannot hold those characters; the text columns are tested
 -- together first (``odd``), one by one only when one of them does. Rows received in
--- [$3, $4) at positions ($1, $2] (NULL when none). The registered amount is
--- looked up once per order of the page, with the order index (the planner, seeing few
--- registrations, would otherwise scan the whole index for them). The time range is tested
--- on the page's rows: tested in the scan, the generic plan ANDs the position range with
--- the whole received_at index (10x slower).
+-- [$3, $4) at positions ($1, $2] (NULL when none). The registered amount is looked up as
+-- export_page does, but in a LATERAL join that PostgreSQL memoizes: once per order of the
+-- page (a semi-join instead had the planner, seeing few registrations, scan the whole
+-- index for them on every page). The time range is tested on the page's rows: tested in
+-- the scan, the generic plan ANDs the position range with the whole received_at index
+-- (10x slower).
 WITH page AS MATERIALIZED (  -- materialized: ``odd`` is computed once, not once per use
     SELECT position, event_id, received_at, category, provider, kind, dedup_key, customer,
            order_id, status, amount, paid_amount, currency, body_sha256, hash,
@@ -136,19 +137,17 @@ WITH page AS MATERIALIZED (  -- materialized: ``odd`` is computed once, not once
                   body_sha256) ~ $5 AS odd
     FROM audit_index
     WHERE position > $1 AND position <= $2  -- the time is tested after: see the comment above
-), registered AS (
-    SELECT o.provider, o.order_id, reg.amount
-    FROM (SELECT DISTINCT provider, order_id FROM page WHERE order_id IS NOT NULL) o
-    CROSS JOIN LATERAL (
-        SELECT r.amount FROM audit_index r
-        WHERE r.order_id = o.order_id AND r.category = 'registration' AND r.provider = o.provider
-        ORDER BY r.position
-        LIMIT 1
-    ) reg
+    ORDER BY position
 ), rows AS (
     SELECT i.*, coalesce(g.amount, i.amount) AS expected
     FROM page i
-    LEFT JOIN registered g ON g.provider = i.provider AND g.order_id = i.order_id
+    LEFT JOIN LATERAL (  -- export_page's subquery; Memoize asks once per order
+        SELECT r.amount FROM audit_index r
+        WHERE i.order_id IS NOT NULL AND r.order_id = i.order_id
+          AND r.category = 'registration' AND r.provider = i.provider
+        ORDER BY r.position
+        LIMIT 1
+    ) g ON true
     WHERE i.received_at >= $3 AND i.received_at < $4
 ), lines AS (
     SELECT position,
@@ -171,7 +170,7 @@ WITH page AS MATERIALIZED (  -- materialized: ``odd`` is computed once, not once
     FROM rows
     ORDER BY position
 )
-SELECT convert_to(string_agg(line, ''), 'UTF8') AS body
+SELECT convert_to(string_agg(line, '' ORDER BY position), 'UTF8') AS body
 FROM lines
 
 -- name: summary_counts
