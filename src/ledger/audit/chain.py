@@ -105,6 +105,7 @@ _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _COPY_TRAILER = b"\xff\xff"
 _ROW = struct.Struct(">hi32xi")  # field count, head length, (head), topic length
 _INT = struct.Struct(">i")
+_HASH_LENGTH = _INT.pack(32)
 
 
 class _Walk:
@@ -147,7 +148,7 @@ class _Walk:
         int4 = _INT.unpack_from
         prev = self.prev
         rows = 0
-        last = -1
+        last = begin = s
         while s + 46 <= n:
             fields, head, tlen = row(buf, s)
             if fields != 4 or head != 32 or tlen < 0:
@@ -161,24 +162,23 @@ class _Walk:
             if slen < 0:
                 self.failed = True
                 break
-            e += slen  # the message ends here; the stored hash's length word follows
+            e += slen  # the message ends here; the stored hash, with its length word, follows
             if e + 36 > n:
                 break
             h = sha(prev)
             h.update(view[s + 6 : e])
-            digest = h.digest()
-            if int4(buf, e)[0] != 32 or not buf.startswith(digest, e + 4):
+            prev = h.digest()
+            if not buf.startswith(_HASH_LENGTH + prev, e):
                 self.failed = True
                 break
-            if self.first is None:
-                self.first = int.from_bytes(buf[s + 6 : s + 14], "big", signed=True)
-            prev = digest
             last = s
             s = e + 36
             rows += 1
-        if last >= 0:
+        if rows:
+            if self.first is None:
+                self.first = int.from_bytes(buf[begin + 6 : begin + 14], "big", signed=True)
             self.last = int.from_bytes(buf[last + 6 : last + 14], "big", signed=True)
-        self.prev = prev
+            self.prev = prev
         self.rows += rows
         return buf[s:]
 
