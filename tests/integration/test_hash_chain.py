@@ -262,3 +262,65 @@ async def test_cli_verify_reports_clean_then_the_tampered_position(store, databa
     assert f"position {target}" in out
     code, out = await run("--from", str(target + 1))
     assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("sql", "stored"),
+    [
+        ("UPDATE stored_events SET hash = hash || hash WHERE notification_id = $1", "long"),
+        ("UPDATE stored_events SET hash = substr(hash, 1, 31) WHERE notification_id = $1", "short"),
+        ("UPDATE stored_events SET hash = NULL WHERE notification_id = $1", None),
+        ("UPDATE stored_events SET topic = NULL, state = NULL WHERE notification_id = $1", "same"),
+    ],
+)
+async def test_a_malformed_row_is_reported_as_the_row_walk_reports_it(
+    store, database_url, sql, stored
+):
+    # The COPY walk (ADR 0024) reads hashes by their length words: a stored hash that is not
+    # 32 bytes, or none, must not shift what it reads next; the report names the row.
+    await store.append_many([ev(i) for i in range(30)])
+    pos = await positions(database_url)
+    await tamper(database_url, sql, pos[13])
+    for page in (7, 10_000):
+        report = await verify(database_url, page=page)
+        assert report.mismatch is not None
+        assert report.mismatch.position == pos[13]
+        assert report.checked == 13
+        assert report.last_position == pos[12]
+        if stored is None:
+            assert report.mismatch.stored is None
+            assert "no hash stored" in report.mismatch.describe()
+        elif stored != "same":
+            assert len(report.mismatch.stored or b"") == (64 if stored == "long" else 31)
+
+
+async def test_the_copy_walk_does_not_depend_on_how_the_bytes_are_split(store, database_url):
+    await store.append_many([ev(i, topic="t\u00e9:Thing" if i % 3 else "t") for i in range(40)])
+    conn = await owner(database_url)
+    try:
+        chunks: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        await conn.copy_from_query(chain.SQL["chain_copy"], 0, 1000, output=keep, format="binary")
+        whole = b"".join(chunks)
+        report = await chain.verify(conn)
+    finally:
+        await conn.close()
+    assert report.ok
+    for size in (1, 5, 31, 32, 33, 46, 100, 4096, len(whole)):
+        walk = chain._Walk(chain.GENESIS)
+        for k in range(0, len(whole), size):
+            await walk(whole[k : k + size])
+        assert walk.complete(), size
+        assert (walk.rows, walk.first, walk.last, walk.prev) == (
+            40,
+            report.first_position,
+            report.last_position,
+            report.head_hash,
+        )
+    broken = chain._Walk(chain.GENESIS)
+    await broken(whole[:-40] + bytes([whole[-40] ^ 1]) + whole[-39:])
+    assert not broken.complete()
+    assert broken.rows == 39

@@ -102,16 +102,17 @@ def _event(r: Any) -> AuditEvent:
     )
 
 
-async def _csv(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
+def _csv_header() -> bytes:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(queries.EXPORT_COLUMNS)
-    yield buf.getvalue().encode()
-    async for rows in pages:
-        buf.seek(0)
-        buf.truncate()
-        writer.writerows(queries.export_values(r) for r in rows)
-        yield buf.getvalue().encode()
+    csv.writer(buf, lineterminator="\n").writerow(queries.EXPORT_COLUMNS)
+    return buf.getvalue().encode()
+
+
+async def _csv(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The header, then the rows PostgreSQL formats (``queries.export_csv``)."""
+    yield _csv_header()
+    async for chunk in body:
+        yield chunk
 
 
 async def _jsonl(pages: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
@@ -197,12 +198,13 @@ class AuditController(AuditReader):
         since = parse_time("from", from_) or _EPOCH
         until = parse_time("to", to) or _FAR
         reads = await read_models.audit_pool(await audit.catch_up(pool))
-        pages = queries.export_pages(reads, since, until)
         if format_ == "csv":
             # litestar adds "; charset=utf-8" to text/* types itself (once).
-            body, media, ext = _csv(pages), "text/csv", "csv"
+            body = _csv(queries.export_csv(reads, since, until))
+            media, ext = "text/csv", "csv"
         else:
-            body, media, ext = _jsonl(pages), "application/x-ndjson", "jsonl"
+            body = _jsonl(queries.export_pages(reads, since, until))
+            media, ext = "application/x-ndjson", "jsonl"
         name = f"ledger-{since.date().isoformat()}-{until.date().isoformat()}.{ext}"
         return Stream(
             body,

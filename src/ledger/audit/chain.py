@@ -16,12 +16,10 @@ head (``GET /v1/audit/head``) with a digest kept elsewhere for that.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import struct
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -99,35 +97,94 @@ async def anchor(conn: Conn, start: int) -> tuple[int | None, bytes]:
     return row["notification_id"], bytes(row["hash"]) if row["hash"] is not None else GENESIS
 
 
-async def pages(conn: Conn, after: int, page: int = PAGE) -> AsyncIterator[list[asyncpg.Record]]:
-    """Keyset pages of the log, position order: memory stays bounded by two pages. The next
-    page is requested before this one is handed out, so the server reads it while the
-    caller hashes."""
-    pending = asyncio.ensure_future(conn.fetch(SQL["chain_page"], after, page))
-    try:
-        while True:
-            rows = await pending
-            if not rows:
+# A ``COPY (chain_copy) TO STDOUT (FORMAT binary)`` row: int2 field count (4), then per field
+# an int4 length and the bytes. The first field is the message's fixed head (position,
+# originator id, version: 32 bytes); COPY's int4 length words before the topic and the state
+# are the message's own length fields, so each row's message is one contiguous byte range.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_COPY_TRAILER = b"\xff\xff"
+_ROW = struct.Struct(">hi32xi")  # field count, head length, (head), topic length
+_INT = struct.Struct(">i")
+_HASH_LENGTH = _INT.pack(32)
+
+
+class _Walk:
+    """The output of one page's binary COPY, hashed as it arrives (no object per row).
+
+    Any doubt (a mismatch, a hash that is not 32 bytes, an unexpected layout) stops the walk
+    with ``failed`` set; ``verify`` then recomputes that page row by row for the report."""
+
+    def __init__(self, prev: bytes) -> None:
+        self.prev = prev
+        self.rows = 0
+        self.first: int | None = None
+        self.last: int | None = None
+        self.failed = False
+        self._header = True
+        self._rest = b""
+
+    async def __call__(self, chunk: bytes) -> None:
+        if self.failed:
+            return
+        buf = self._rest + chunk if self._rest else chunk
+        s = 0
+        if self._header:
+            if len(buf) < 19:
+                self._rest = buf
                 return
-            if len(rows) == page:
-                pending = asyncio.ensure_future(conn.fetch(SQL["chain_page"], rows[-1][0], page))
-            else:
-                pending = asyncio.ensure_future(_empty())
-            yield rows
-    finally:
-        if not pending.done():
-            pending.cancel()
-            try:
-                with contextlib.suppress(asyncpg.InterfaceError):
-                    await pending
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # we were cancelled ourselves, not just the prefetch
+            ext = _INT.unpack_from(buf, 15)[0]
+            if not buf.startswith(_COPY_SIGNATURE) or ext < 0:
+                self.failed = True
+                return
+            s = 19 + ext
+            self._header = False
+        self._rest = self._hash_rows(buf, s)
 
+    def _hash_rows(self, buf: bytes, s: int) -> bytes:
+        n = len(buf)
+        view = memoryview(buf)
+        sha = hashlib.sha256
+        row = _ROW.unpack_from
+        int4 = _INT.unpack_from
+        prev = self.prev
+        rows = 0
+        last = begin = s
+        while s + 46 <= n:
+            fields, head, tlen = row(buf, s)
+            if fields != 4 or head != 32 or tlen < 0:
+                if fields != -1:  # -1: the trailer
+                    self.failed = True
+                break
+            e = s + 46 + tlen  # the state's length word ends here
+            if e > n:
+                break
+            slen = int4(buf, e - 4)[0]
+            if slen < 0:
+                self.failed = True
+                break
+            e += slen  # the message ends here; the stored hash, with its length word, follows
+            if e + 36 > n:
+                break
+            h = sha(prev)
+            h.update(view[s + 6 : e])
+            prev = h.digest()
+            if not buf.startswith(_HASH_LENGTH + prev, e):
+                self.failed = True
+                break
+            last = s
+            s = e + 36
+            rows += 1
+        if rows:
+            if self.first is None:
+                self.first = int.from_bytes(buf[begin + 6 : begin + 14], "big", signed=True)
+            self.last = int.from_bytes(buf[last + 6 : last + 14], "big", signed=True)
+            self.prev = prev
+        self.rows += rows
+        return buf[s:]
 
-async def _empty() -> list[asyncpg.Record]:
-    return []
+    def complete(self) -> bool:
+        """Every row was hashed and matched, and the COPY ended where it should."""
+        return not self.failed and not self._header and self._rest == _COPY_TRAILER
 
 
 async def verify(
@@ -140,33 +197,63 @@ async def verify(
     """Recompute the chain from ``start``; stop at the first mismatch.
 
     ``progress(rows_in_page, last_position)`` is called once per page.
+
+    Each page is read with a binary ``COPY`` and hashed as its bytes arrive (ADR 0024):
+    the same bytes, hashed the same way, as the row by row walk of ``pages``, without a
+    Python object per row. A page that does not verify that way is walked again row by
+    row, from the same anchor, which names the first mismatch.
     """
     prev_pos, prev = await anchor(conn, start)
+    checked = 0
+    first: int | None = None
+    after = start - 1
+    while True:
+        walk = _Walk(prev)
+        await conn.copy_from_query(SQL["chain_copy"], after, page, output=walk, format="binary")
+        if not walk.complete():
+            rows = await conn.fetch(SQL["chain_page"], after, page)
+            n, first_here, prev_pos, prev, mismatch = _recompute(rows, prev_pos, prev)
+            checked += n
+            first = first if first is not None else first_here
+            if mismatch is not None:
+                return Report(checked, first, prev_pos, prev, mismatch)
+            if not rows:
+                break
+            walk.rows, walk.last = len(rows), prev_pos
+        elif walk.rows:
+            checked += walk.rows
+            first = first if first is not None else walk.first
+            prev, prev_pos = walk.prev, walk.last
+        if not walk.rows:
+            break
+        after = prev_pos or 0
+        if progress is not None:
+            progress(walk.rows, after)
+        if walk.rows < page:
+            break
+    return Report(checked, first, prev_pos, prev if prev_pos is not None else None, None)
+
+
+def _recompute(
+    rows: list[asyncpg.Record], prev_pos: int | None, prev: bytes
+) -> tuple[int, int | None, int | None, bytes, Mismatch | None]:
+    """Walk ``chain_page`` rows after ``prev``: (rows matched, first position, last matched
+    position and hash, the first mismatch or None)."""
     checked = 0
     first: int | None = None
     sha = hashlib.sha256
     pack = _HEAD.pack
     plen = _LEN.pack
-    async for rows in pages(conn, start - 1, page):
-        for pos, oid, ver, topic, state, stored in rows:
-            h = sha(
-                prev + pack(pos, oid, ver, len(topic)) + topic + plen(len(state)) + state
-            ).digest()
-            if stored != h:
-                return Report(
-                    checked,
-                    first,
-                    prev_pos,
-                    prev,
-                    Mismatch(pos, prev_pos, None if stored is None else bytes(stored), h),
-                )
-            if first is None:
-                first = pos
-            checked += 1
-            prev, prev_pos = h, pos
-        if progress is not None:
-            progress(len(rows), prev_pos or 0)
-    return Report(checked, first, prev_pos, prev if prev_pos is not None else None, None)
+    for pos, oid, ver, topic, state, stored in rows:
+        h = sha(prev + pack(pos, oid, ver, len(topic)) + topic + plen(len(state)) + state).digest()
+        if stored != h:
+            mismatch = Mismatch(pos, prev_pos, None if stored is None else bytes(stored), h)
+            return checked, first, prev_pos, prev, mismatch
+        if first is None:
+            first = pos
+        checked += 1
+        prev, prev_pos = h, pos
+    return checked, first, prev_pos, prev, None
 
 
 async def head(conn: Conn) -> tuple[int, bytes | None]:

@@ -7,7 +7,19 @@ WHERE notification_id < $1
 ORDER BY notification_id DESC
 LIMIT 1
 
+-- name: chain_copy
+-- Read with COPY (FORMAT binary) by ledger.audit.chain.verify: the head column is the
+-- message's first 32 bytes and COPY's int4 length words before the topic and the state are
+-- the message's own length fields, so each row's message is one contiguous byte range.
+SELECT int8send(notification_id) || uuid_send(originator_id) || int8send(originator_version),
+       convert_to(coalesce(topic, ''), 'UTF8'), coalesce(state, ''::bytea), hash
+FROM stored_events
+WHERE notification_id > $1
+ORDER BY notification_id
+LIMIT $2
+
 -- name: chain_page
+-- The same rows, one record each: the walk that names the first mismatch in a page.
 -- Raw bytes (uuid_send, convert_to) so the verifier builds no Python objects it does not need.
 SELECT notification_id, uuid_send(originator_id), originator_version,
        convert_to(coalesce(topic, ''), 'UTF8'), coalesce(state, ''::bytea), hash
@@ -104,6 +116,62 @@ FROM audit_index i
 WHERE i.position > $1 AND i.position <= $2
 ORDER BY i.position
 LIMIT $3
+
+-- name: export_csv_page
+-- One page of the CSV export, formatted here as Python's csv.writer (QUOTE_MINIMAL, "\n"
+-- line ends) writes the export_page columns: a field is quoted, its quotes doubled, when it
+-- holds a character of $5 (a regular expression class the caller derives from csv
+-- itself: ledger.audit.queries.CSV_QUOTED); NULL and '' are empty. Positions,
+-- ids, times, amounts and hex cannot hold those characters; the text columns are tested
+-- together first (``odd``), one by one only when one of them does. Rows received in
+-- [$3, $4) at positions ($1, $2] (NULL when none). The registered amount is looked up as
+-- export_page does, but in a LATERAL join that PostgreSQL memoizes: once per order of the
+-- page (a semi-join instead had the planner, seeing few registrations, scan the whole
+-- index for them on every page). The time range is tested on the page's rows: tested in
+-- the scan, the generic plan ANDs the position range with the whole received_at index
+-- (10x slower).
+WITH page AS MATERIALIZED (  -- materialized: ``odd`` is computed once, not once per use
+    SELECT position, event_id, received_at, category, provider, kind, dedup_key, customer,
+           order_id, status, amount, paid_amount, currency, body_sha256, hash,
+           concat(category, provider, kind, dedup_key, customer, order_id, status, currency,
+                  body_sha256) ~ $5 AS odd
+    FROM audit_index
+    WHERE position > $1 AND position <= $2  -- the time is tested after: see the comment above
+    ORDER BY position
+), rows AS (
+    SELECT i.*, coalesce(g.amount, i.amount) AS expected
+    FROM page i
+    LEFT JOIN LATERAL (  -- export_page's subquery; Memoize asks once per order
+        SELECT r.amount FROM audit_index r
+        WHERE i.order_id IS NOT NULL AND r.order_id = i.order_id
+          AND r.category = 'registration' AND r.provider = i.provider
+        ORDER BY r.position
+        LIMIT 1
+    ) g ON true
+    WHERE i.received_at >= $3 AND i.received_at < $4
+), lines AS (
+    SELECT position,
+           position::text
+           || ',' || event_id::text
+           || ',' || to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+           || ',' || CASE WHEN odd AND category ~ $5 THEN '"' || replace(category, '"', '""') || '"' ELSE coalesce(category, '') END
+           || ',' || CASE WHEN odd AND provider ~ $5 THEN '"' || replace(provider, '"', '""') || '"' ELSE coalesce(provider, '') END
+           || ',' || CASE WHEN odd AND kind ~ $5 THEN '"' || replace(kind, '"', '""') || '"' ELSE coalesce(kind, '') END
+           || ',' || CASE WHEN odd AND dedup_key ~ $5 THEN '"' || replace(dedup_key, '"', '""') || '"' ELSE coalesce(dedup_key, '') END
+           || ',' || CASE WHEN odd AND customer ~ $5 THEN '"' || replace(customer, '"', '""') || '"' ELSE coalesce(customer, '') END
+           || ',' || CASE WHEN odd AND order_id ~ $5 THEN '"' || replace(order_id, '"', '""') || '"' ELSE coalesce(order_id, '') END
+           || ',' || CASE WHEN odd AND status ~ $5 THEN '"' || replace(status, '"', '""') || '"' ELSE coalesce(status, '') END
+           || ',' || coalesce(expected::text, '')
+           || ',' || coalesce(paid_amount::text, '')
+           || ',' || CASE WHEN odd AND currency ~ $5 THEN '"' || replace(currency, '"', '""') || '"' ELSE coalesce(currency, '') END
+           || ',' || CASE WHEN odd AND body_sha256 ~ $5 THEN '"' || replace(body_sha256, '"', '""') || '"' ELSE coalesce(body_sha256, '') END
+           || ',' || coalesce(encode(hash, 'hex'), '')
+           || E'\n' AS line
+    FROM rows
+    ORDER BY position
+)
+SELECT convert_to(string_agg(line, '' ORDER BY position), 'UTF8') AS body
+FROM lines
 
 -- name: summary_counts
 SELECT provider,
