@@ -231,29 +231,41 @@ async def timeline(
                 )
             )
     best: dict[tuple[str | None, str | None], str] = {}
+    holds: dict[tuple[str | None, str], bool] = {}  # held() per (provider, status)
     out = []
     for r in rows:
+        event_id = r["event_id"]
+        eid = str(event_id)
+        digest = r["hash"]
+        category = r["category"]
+        provider = r["provider"]
+        status = r["status"]
+        order_id = r["order_id"]
         entry = TimelineEntry(
             position=r["position"],
-            event_id=str(r["event_id"]),
+            event_id=eid,
             received_at=r["received_at"].isoformat(),
-            category=r["category"],
-            provider=r["provider"],
+            category=category,
+            provider=provider,
             kind=r["kind"],
-            order_id=r["order_id"],
+            order_id=order_id,
             customer=r["customer"],
-            status=r["status"],
+            status=status,
             amount=plain_or_none(r["amount"]),
             body_sha256=r["body_sha256"],
-            hash=None if r["hash"] is None else bytes(r["hash"]).hex(),
-            raw=f"/v1/events/{r['event_id']}/raw",
-            effects=effects[r["event_id"]],
+            hash=None if digest is None else bytes(digest).hex(),
+            raw=f"/v1/events/{eid}/raw",
+            effects=effects[event_id],
         )
-        status = r["status"]
-        folded = r["category"] in ("received", "reconciliation")  # as the orders view does
-        entry.held = r["category"] == "received" and held(r["provider"], status or "")
-        if r["order_id"] is not None and folded and status in RANK:
-            key = (r["provider"], r["order_id"])
+        folded = category in ("received", "reconciliation")  # as the orders view does
+        if category == "received":
+            hk = (provider, status or "")
+            is_held = holds.get(hk)
+            if is_held is None:
+                is_held = holds[hk] = held(provider, status or "")
+            entry.held = is_held
+        if order_id is not None and folded and status in RANK:
+            key = (provider, order_id)
             if entry.held:
                 entry.order_status_after = best.get(key)
                 out.append(entry)
