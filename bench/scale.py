@@ -1,6 +1,6 @@
 """Scale benchmark: every figure of issue 11 goal 3 on the empty log and at N events.
 
-    python bench/scale.py                          # N = 10,000,000 (several GB, ~40 min)
+    python bench/scale.py                          # N = 10,000,000 (~24 GB, ~30 min)
     python bench/scale.py --events 200000 --baseline 50000 --rebuild-seconds 30
 
 PostgreSQL: a fresh embedded server in a temporary directory (``--tmp``, default the system
@@ -13,16 +13,24 @@ Everything listens on 127.0.0.1; the run stops by itself.
    after a 2 s warm-up. Prints requests/s, p50/p99 and the server's RSS; the database is
    dropped.
 2. **Bulk load** of ``--baseline`` events into a second database, then (after measuring)
-   up to ``--events``. Every event is made the way the ingest path makes it: the body by
-   ``ledger.ingest.samples.build`` (Midtrans, Xendit, Mayar and partner, see ``event()``),
-   the dedup key and kind by the provider's own ``accept`` (signature verified), the stored
-   state by ``DeliveryState``/``encode_state``, the id by ``delivery_id``. Two processes
-   generate; this process gives each row its position and its chain hash
-   (``ledger.audit.chain.message``/``link``, the formula of migration 0003) and COPYs them
-   with ``session_replication_role = replica`` in this session only (the table's triggers,
-   which would compute the same hash row by row, are neither altered nor disabled for
-   anyone else); the sequence is then moved past the last position. ``ledger verify``
-   checks every hash afterwards.
+   up to ``--events``. The events are the providers' mix (``event()``: Midtrans, Xendit,
+   Mayar and partner; ~100 customers active per 20,000 events, each meeting every slot of
+   the mix, an order's notifications naming one customer), made as the ingest path stores
+   them but from templates (``fast_row``): ``ledger.ingest.samples.build`` and
+   ``encode_state`` make one body and state per (provider, event, shape) with sentinel
+   values, which become fields filled per event (ids, amounts, customers, times, the
+   Midtrans signature); the dedup key is the provider's formula, the id ``delivery_id``'s.
+   One row in ~1,000 goes through the provider's real ``accept`` (signature verified) and
+   must give the same key, id and state bytes, or the load stops (``check_row``; the test
+   ``tests/integration/test_bench_scale_loader.py`` checks every slot). Two processes make
+   the rows with their positions; this process chains each hash (``sha256(previous ||
+   message)``, migration 0003, ``ledger.audit.chain``) and streams everything through one
+   binary COPY with ``session_replication_role = replica`` in this session only (the
+   table's triggers, which would compute the same hash row by row, are neither altered nor
+   disabled for anyone else); the sequence is then moved past the last position. While
+   loading, the bench's own server checkpoints less often (``max_wal_size``,
+   ``checkpoint_timeout``; reset and checkpointed before anything is measured). ``ledger
+   verify`` checks every hash afterwards.
 3. **At the baseline and at N**, in this order, each with the 1-minute load average beside it:
    ``ledger verify`` (the CLI; its own rate and the wall time with start-up); the audit
    index catch-up over the events loaded since the last step (``ledger.audit.index.catch_up``);
@@ -205,30 +213,6 @@ def event(i: int) -> tuple[str, str, dict[str, str]]:
         first = c * CYCLE + 13 + (s - 13) // 2 * 2
         return "xendit", ev, {"order_id": inv, "customer": customer(first), "amount": "32000"}
     return "partner", "booking.paid", {"order_id": f"BK-{c * 3 + s - 17:09d}", "amount": "32000"}
-
-
-def stored_rows(start: int, stop: int) -> list[tuple[uuid.UUID, bytes]]:
-    """(id, state) of events ``start..stop-1``, made as ``Ingest.receive`` makes them."""
-    out = []
-    for i in range(start, stop):
-        provider, ev, kw = event(i)
-        d = build(SETTINGS, provider, ev, **kw)
-        p = PROVIDERS[provider]
-        accepted = p.accept(d.headers, d.body)  # verifies the signature, derives key and kind
-        state = DeliveryState(
-            originator_topic=DELIVERY_TOPIC,
-            timestamp=stamp(i),
-            provider=provider,
-            dedup_key=accepted.dedup_key,
-            kind=accepted.kind,
-            source="127.0.0.1",
-            scheme=p.scheme,
-            headers=kept_headers(d.headers),
-            body_sha256=hashlib.sha256(d.body).hexdigest(),
-            body_b64=base64.b64encode(d.body).decode("ascii"),
-        )
-        out.append((delivery_id(accepted.dedup_key), encode_state(state)))
-    return out
 
 
 # -- the fast path: templates made by the real code, filled per event ---------------------
@@ -501,7 +485,7 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
 _COPY_TRAILER = b"\xff\xff"
-_LOAD_SETTINGS = {"max_wal_size": "16GB", "checkpoint_timeout": "1h"}
+_LOAD_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "1h"}
 _COLUMNS = ["originator_id", "originator_version", "topic", "state", "notification_id", "hash"]
 
 
@@ -1126,7 +1110,7 @@ async def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (apt-get install wrk)")
     where = args.tmp or Path(tempfile.gettempdir())
-    need = args.events * 3000  # ~2 KB per event with indexes, plus WAL
+    need = args.events * 3000 + 8 * 2**30  # ~2.4 KB per event with indexes, WAL while loading
     free = shutil.disk_usage(where).free
     if free < need:
         raise SystemExit(f"{where}: {free / 2**30:.0f} GiB free, need ~{need / 2**30:.0f} GiB")
