@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.ingest.providers import mayar
 from ledger.payments.amounts import plain, plain_or_none
 from ledger.payments.customers import customer_key
 from ledger.payments.orderstatus import RANK, held
@@ -202,14 +203,22 @@ async def timeline(
     """Entries for index ``rows`` (log order) with their effects. ``outbox_key`` names the
     indexed outbox column to match (``order`` or ``customer``) and its value;
     ``credits_schema`` is the live token_balances schema (None: not running here)."""
-    ids = [r["event_id"] for r in rows]
-    effects: dict[uuid.UUID, list[Effect]] = {i: [] for i in ids}
-    if credits_schema is not None and ids:
+    effects: dict[uuid.UUID, list[Effect]] = {r["event_id"]: [] for r in rows}
+    # Only a paid Mayar delivery can have caused a credit (the token_balances fold skips
+    # every other event): look those up, not every entry (an index probe each).
+    paying = [
+        r["event_id"]
+        for r in rows
+        if r["category"] == "received"
+        and r["provider"] == "mayar"
+        and r["kind"] in mayar.PAID_EVENTS
+    ]
+    if credits_schema is not None and paying:
         # The schema name comes from ledger.readmodels.contract.schema_name (a trusted identifier).
         credits = await conn.fetch(
             f"SELECT event_id, tokens, package FROM {credits_schema}.credits "
             "WHERE event_id = ANY($1::uuid[])",
-            ids,
+            paying,
         )
         for c in credits:
             effects[c["event_id"]].append(
