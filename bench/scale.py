@@ -1,6 +1,6 @@
 """Scale benchmark: every figure of issue 11 goal 3 on the empty log and at N events.
 
-    python bench/scale.py                          # N = 10,000,000 (several GB, ~40 min)
+    python bench/scale.py                          # N = 10,000,000 (~24 GB, ~30 min)
     python bench/scale.py --events 200000 --baseline 50000 --rebuild-seconds 30
 
 PostgreSQL: a fresh embedded server in a temporary directory (``--tmp``, default the system
@@ -13,16 +13,24 @@ Everything listens on 127.0.0.1; the run stops by itself.
    after a 2 s warm-up. Prints requests/s, p50/p99 and the server's RSS; the database is
    dropped.
 2. **Bulk load** of ``--baseline`` events into a second database, then (after measuring)
-   up to ``--events``. Every event is made the way the ingest path makes it: the body by
-   ``ledger.ingest.samples.build`` (Midtrans, Xendit, Mayar and partner, see ``event()``),
-   the dedup key and kind by the provider's own ``accept`` (signature verified), the stored
-   state by ``DeliveryState``/``encode_state``, the id by ``delivery_id``. Two processes
-   generate; this process gives each row its position and its chain hash
-   (``ledger.audit.chain.message``/``link``, the formula of migration 0003) and COPYs them
-   with ``session_replication_role = replica`` in this session only (the table's triggers,
-   which would compute the same hash row by row, are neither altered nor disabled for
-   anyone else); the sequence is then moved past the last position. ``ledger verify``
-   checks every hash afterwards.
+   up to ``--events``. The events are the providers' mix (``event()``: Midtrans, Xendit,
+   Mayar and partner; ~100 customers active per 20,000 events, each meeting every slot of
+   the mix, an order's notifications naming one customer), made as the ingest path stores
+   them but from templates (``fast_row``): ``ledger.ingest.samples.build`` and
+   ``encode_state`` make one body and state per (provider, event, shape) with sentinel
+   values, which become fields filled per event (ids, amounts, customers, times, the
+   Midtrans signature); the dedup key is the provider's formula, the id ``delivery_id``'s.
+   One row in ~1,000 goes through the provider's real ``accept`` (signature verified) and
+   must give the same key, id and state bytes, or the load stops (``check_row``; the test
+   ``tests/integration/test_bench_scale_loader.py`` checks every slot). Two processes make
+   the rows with their positions; this process chains each hash (``sha256(previous ||
+   message)``, migration 0003, ``ledger.audit.chain``) and streams everything through one
+   binary COPY with ``session_replication_role = replica`` in this session only (the
+   table's triggers, which would compute the same hash row by row, are neither altered nor
+   disabled for anyone else); the sequence is then moved past the last position. While
+   loading, the bench's own server checkpoints less often (``max_wal_size``,
+   ``checkpoint_timeout``; reset and checkpointed before anything is measured). ``ledger
+   verify`` checks every hash afterwards.
 3. **At the baseline and at N**, in this order, each with the 1-minute load average beside it:
    ``ledger verify`` (the CLI; its own rate and the wall time with start-up); the audit
    index catch-up over the events loaded since the last step (``ledger.audit.index.catch_up``);
@@ -51,10 +59,12 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -82,14 +92,18 @@ from ledger.audit.keys import create_key  # noqa: E402
 from ledger.database import create_database, create_pool, drop_database  # noqa: E402
 from ledger.domain.events import (  # noqa: E402
     DELIVERY_TOPIC,
+    LEDGER_NAMESPACE,
     RECEIVED_TOPIC,
     DeliveryState,
+    decode_delivery,
     delivery_id,
     encode_state,
 )
 from ledger.ingest.providers import build_providers  # noqa: E402
-from ledger.ingest.providers.base import kept_headers  # noqa: E402
-from ledger.ingest.samples import build  # noqa: E402
+from ledger.ingest.providers.base import hmac_sha256_hex, kept_headers, secret_list  # noqa: E402
+from ledger.ingest.providers.midtrans import signature  # noqa: E402
+from ledger.ingest.samples import MIDTRANS_STATUS_CODES, build  # noqa: E402
+from ledger.payments.rules import raw_body  # noqa: E402
 from tests.support import SECRETS, test_settings  # noqa: E402
 
 LEDGER = [sys.executable, "-m", "ledger"]
@@ -143,8 +157,11 @@ def tree_rss(pid: int) -> int:
 
 def customer(i: int) -> str:
     """Customers are active in blocks: ~100 per 20,000 events, so a timeline holds ~170
-    entries whatever the log's size (only the log grows, not each customer)."""
-    return f"c{(i // BLOCK) * 100 + (i * 7919) % 100}@example.id"
+    entries whatever the log's size (only the log grows, not each customer). The offset
+    moves by 13 every cycle so that each customer meets every slot of the mix (Mayar
+    purchases and Midtrans and Xendit orders), not a single one (``i * 7919 % 100``
+    alone ties a customer to one slot, as 7919 = -1 modulo 20)."""
+    return f"c{(i // BLOCK) * 100 + (i * 7919 + (i // CYCLE) * 13) % 100}@example.id"
 
 
 def stamp(i: int) -> datetime:
@@ -166,7 +183,7 @@ def event(i: int) -> tuple[str, str, dict[str, str]]:
     settlement, or expire for one in ten), 4 Xendit (2 invoices: PENDING then PAID) and 3
     partner bookings."""
     c, s = divmod(i, CYCLE)
-    who = customer(i)
+    who = customer(i)  # an order's notifications name its first one's customer (below)
     if s < 7:
         mayar = ("payment.success",) * 5 + ("subscription.activated", "payment.pending")
         ev = mayar[s]
@@ -185,7 +202,7 @@ def event(i: int) -> tuple[str, str, dict[str, str]]:
             ev,
             {
                 "order_id": order,
-                "customer": who,
+                "customer": customer(first),
                 "amount": amount,
                 "transaction_id": tx,
             },
@@ -193,32 +210,272 @@ def event(i: int) -> tuple[str, str, dict[str, str]]:
     if s < 17:
         inv = f"xnd-{c * 2 + (s - 13) // 2:09d}"
         ev = "PENDING" if (s - 13) % 2 == 0 else "PAID"
-        return "xendit", ev, {"order_id": inv, "customer": who, "amount": "32000"}
+        first = c * CYCLE + 13 + (s - 13) // 2 * 2
+        return "xendit", ev, {"order_id": inv, "customer": customer(first), "amount": "32000"}
     return "partner", "booking.paid", {"order_id": f"BK-{c * 3 + s - 17:09d}", "amount": "32000"}
 
 
-def stored_rows(start: int, stop: int) -> list[tuple[uuid.UUID, bytes]]:
-    """(id, state) of events ``start..stop-1``, made as ``Ingest.receive`` makes them."""
-    out = []
-    for i in range(start, stop):
-        provider, ev, kw = event(i)
-        d = build(SETTINGS, provider, ev, **kw)
-        p = PROVIDERS[provider]
-        accepted = p.accept(d.headers, d.body)  # verifies the signature, derives key and kind
-        state = DeliveryState(
+# -- the fast path: templates made by the real code, filled per event ---------------------
+#
+# ``stored_rows`` costs ~56 us of Python per event (build's json.dumps, the provider's full
+# decode and checks, ...), which bounds a 2-process load to 5-14k events/s. The loader
+# instead asks ``build`` once per (provider, event, shape) for a body whose variable values
+# are sentinels, turns those into ``%`` fields (``Template``), and fills the fields per event:
+# the same keys in the same order, the same separators, the same signature formula. The
+# dedup key is the provider's own formula and the stored state is still ``encode_state`` of
+# a ``DeliveryState``; ``check_row`` runs the real ``accept`` on a sample of the rows made
+# (and ``tests/unit/test_bench_scale.py`` on every slot of several cycles) and fails the
+# load if a body, a key, an id or a state differs from what the ingest path would store.
+
+_SENT = {
+    "order": "QQORDERQQ",
+    "cust": "qqcustqq@example.id",
+    "amount": "987654321",
+    "tx": "QQTXQQ",
+    "pkg": "QQPKGQQ",
+}
+CHECK_EVERY = 997  # one row in ~1,000 goes through the real ``accept`` while loading
+
+
+@dataclass(frozen=True)
+class Template:
+    provider: str
+    event: str
+    body: str  # ``%(field)s`` placeholders, literal ``%`` doubled
+    headers: dict[str, str]
+    scheme: str
+    state: str = ""  # encode_state's output with ``%(ts)s %(key)s %(sha)s %(b64)s`` fields
+
+
+def _state_template(provider: str, ev: str, headers: dict[str, str], scheme: str) -> str:
+    """``encode_state`` of a ``DeliveryState`` whose varying values are sentinels, made a
+    ``%`` template (``check_row`` compares a filled one with the encoder's own output)."""
+    sent = {"ts": "2999-01-01T00:00:00Z", "key": "QQKEYQQ", "sha": "QQSHAQQ", "b64": "QQB64QQ"}
+    text = encode_state(
+        DeliveryState(
             originator_topic=DELIVERY_TOPIC,
-            timestamp=stamp(i),
+            timestamp=datetime(2999, 1, 1, tzinfo=UTC),
             provider=provider,
-            dedup_key=accepted.dedup_key,
-            kind=accepted.kind,
+            dedup_key=sent["key"],
+            kind=ev,
             source="127.0.0.1",
-            scheme=p.scheme,
-            headers=kept_headers(d.headers),
-            body_sha256=hashlib.sha256(d.body).hexdigest(),
-            body_b64=base64.b64encode(d.body).decode("ascii"),
+            scheme=scheme,
+            headers=headers,
+            body_sha256=sent["sha"],
+            body_b64=sent["b64"],
         )
-        out.append((delivery_id(accepted.dedup_key), encode_state(state)))
-    return out
+    ).decode()
+    text = text.replace("%", "%%")
+    for name, value in sent.items():
+        assert text.count(value) == 1, (provider, ev, name)
+        text = text.replace(value, f"%({name})s")
+    return text
+
+
+def _template(provider: str, ev: str, **kw: str) -> Template:
+    """``build``'s body with every value that varies per event made a ``%`` field: the
+    sentinels passed in, and the values ``build`` draws itself (random ids, clock times)."""
+    d = build(SETTINGS, provider, ev, **kw)
+    text = d.body.decode().replace("%", "%%")
+    doc = json.loads(d.body)
+    drawn: dict[str, str] = {}  # value build drew -> field
+    if provider == "midtrans":
+        drawn = {doc["signature_key"]: "sig", doc["transaction_time"]: "tt"}
+    elif provider == "mayar":
+        data = doc["data"]
+        drawn = {data["id"]: "uuid", data["createdAt"]: "now"}
+        if "licenseCode" in data:
+            drawn[data["licenseCode"]] = "lic"
+    elif provider == "xendit":
+        drawn = {doc["id"]: "xid", doc["user_id"]: "uid", doc["created"]: "now"}
+    elif provider == "partner":
+        drawn = {doc["payment_details"]["invoice_id"]: "pinv", doc["timestamp"]: "now"}
+    for value, name in drawn.items():
+        assert text.count(f'"{value}"') >= 1, (provider, ev, value)
+        text = text.replace(f'"{value}"', f'"%({name})s"')
+    for name, value in _SENT.items():
+        text = text.replace(value, f"%({name})s")
+    headers = kept_headers(d.headers)
+    scheme = PROVIDERS[provider].scheme
+    return Template(
+        provider, ev, text, headers, scheme, _state_template(provider, ev, headers, scheme)
+    )
+
+
+_TEMPLATES: dict[tuple[str, str, bool], Template] = {}
+
+
+def template(provider: str, ev: str, package: bool) -> Template:
+    key = (provider, ev, package)
+    t = _TEMPLATES.get(key)
+    if t is None:
+        kw = {k: _SENT[k] for k in ("order", "cust", "amount")}
+        if provider == "mayar":
+            kw.pop("order")
+            if package:
+                kw["pkg"] = _SENT["pkg"]
+        elif provider == "midtrans":
+            kw["amount"] += ".00"
+            kw["tx"] = _SENT["tx"]
+        elif provider == "partner":
+            kw.pop("cust")
+        names = {"order": "order_id", "cust": "customer", "pkg": "package", "tx": "transaction_id"}
+        t = _TEMPLATES[key] = _template(provider, ev, **{names.get(k, k): v for k, v in kw.items()})
+        if provider == "midtrans":
+            # the sentinel amount keeps its ".00" in the template: the field is the whole value
+            body = t.body.replace("%(amount)s.00", "%(amount)s")
+            t = _TEMPLATES[key] = Template(t.provider, t.event, body, t.headers, t.scheme, t.state)
+    return t
+
+
+_MIDTRANS_KEY = (secret_list(SETTINGS.midtrans_server_key) or [""])[0]
+_NS = LEDGER_NAMESPACE.bytes
+_bits = random.getrandbits
+
+
+def _uuid5_bytes(name: str) -> bytes:
+    """``delivery_id(name).bytes`` (uuid5: SHA-1, version and variant bits) without the
+    ``uuid.UUID`` objects; ``check_row`` compares it with ``delivery_id``."""
+    h = bytearray(hashlib.sha1(_NS + name.encode(), usedforsecurity=False).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    return bytes(h)
+
+
+def _uuid4() -> str:
+    h = f"{_bits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_DAYS: dict[int, str] = {}
+
+
+def _clock(i: int) -> str:
+    """``stamp(i)`` as the providers write times ("2025-01-01T00:00:17.000Z", whole
+    seconds as ``build`` writes them) without a ``strftime`` per event."""
+    t = i * 5 // 2  # STEP is 2.5 s
+    day, sec = divmod(t, 86_400)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        prefix = _DAYS[day] = (T0 + timedelta(days=day)).strftime("%Y-%m-%dT")
+    h, rem = divmod(sec, 3600)
+    return f"{prefix}{h:02d}:{rem // 60:02d}:{rem % 60:02d}.000Z"
+
+
+def fast_row(i: int) -> tuple[bytes, bytes, bytes, str]:
+    """Event ``i`` (``event(i)``'s provider, event and values) as (id bytes, state, body,
+    dedup key), without ``build``/``accept``: a template filled, hashed and encoded."""
+    provider, ev, kw = event(i)
+    now = _clock(i)
+    amount = kw.get("amount", "")
+    if provider == "mayar":
+        t = template("mayar", ev, "package" in kw)
+        pid = _uuid4()
+        fields = {
+            "uuid": pid,
+            "now": now,
+            "cust": kw["customer"],
+            "amount": amount,
+            "pkg": kw.get("package", ""),
+            "lic": f"LIC-{_bits(32):08X}",
+        }
+        key = f"mayar:{pid}:{ev}"
+    elif provider == "midtrans":
+        t = template("midtrans", ev, False)
+        order, code = kw["order_id"], MIDTRANS_STATUS_CODES[ev]
+        fields = {
+            "order": order,
+            "cust": kw["customer"],
+            "amount": amount,
+            "tx": kw["transaction_id"],
+            "tt": f"{now[:10]} {now[11:19]}",
+            "sig": signature(order, code, amount, _MIDTRANS_KEY),
+        }
+        key = f"midtrans:{order}:{kw['transaction_id']}:{ev}:{code}"
+    elif provider == "xendit":
+        t = template("xendit", ev, False)
+        xid = f"{_bits(96):024x}"
+        fields = {
+            "xid": xid,
+            "uid": f"{_bits(96):024x}",
+            "now": now,
+            "order": kw["order_id"],
+            "cust": kw["customer"],
+            "amount": amount,
+        }
+        key = f"xendit:{xid}:{ev}"
+    else:
+        t = template("partner", ev, False)
+        fields = {
+            "order": kw["order_id"],
+            "amount": amount,
+            "now": now,
+            "pinv": f"INV-{_bits(24):06X}",
+        }
+        key = f"partner:{kw['order_id']}:{ev}:LUNAS:{now}"
+    body = (t.body % fields).encode()
+    state = t.state % {
+        # stamp(i) as msgspec writes it: T0 is a whole second and STEP 2.5 s
+        "ts": f"{now[:19]}.500000Z" if i & 1 else f"{now[:19]}Z",
+        "key": key,  # ASCII without quotes or backslashes: nothing to escape
+        "sha": hashlib.sha256(body).hexdigest(),
+        "b64": base64.b64encode(body).decode("ascii"),
+    }
+    return _uuid5_bytes(key), state.encode(), body, key
+
+
+def check_row(i: int, oid: bytes, state: bytes, body: bytes, key: str) -> None:
+    """What the ingest path would have stored for this body: the real ``accept`` (signature
+    verified) must derive the same key and kind, the id must be ``delivery_id`` of it, and
+    the state must decode to the same delivery and re-encode to the same bytes."""
+    provider, ev, _ = event(i)
+    t = template(provider, ev, provider == "mayar" and ev == "payment.success")
+    headers = dict(t.headers)
+    p = PROVIDERS[provider]
+    if provider in ("mayar", "xendit"):
+        headers["x-callback-token"] = secret_list(getattr(SETTINGS, f"{provider}_token"))[0]
+    elif provider == "partner":
+        secret = secret_list(SETTINGS.partner_secret)[0]
+        headers["x-pwa-signature"] = hmac_sha256_hex(secret, body)
+    accepted = p.accept(headers, body)
+    d = decode_delivery(state)
+    problems = [
+        accepted.dedup_key != key and "dedup key",
+        accepted.kind != ev and "kind",
+        delivery_id(accepted.dedup_key).bytes != oid and "id",
+        raw_body(d) != body and "body",
+        d.dedup_key != key and "state's dedup key",
+        d.timestamp != stamp(i) and "timestamp",
+        encode_state(d) != state and "state re-encoding",
+        kept_headers(headers) != d.headers and "headers",
+    ]
+    if any(problems):
+        raise SystemExit(f"event {i}: fast row differs from the ingest path: {problems}")
+
+
+_TOPIC = RECEIVED_TOPIC.encode()
+_ROW_HEAD = struct.Struct(f">hi16siqi{len(_TOPIC)}si")  # 6 columns: id, version, topic, state
+_ROW_TAIL = struct.Struct(">iqi")  # notification_id, then the hash's length (its bytes follow)
+_MSG_HEAD = struct.Struct(f">q16sqi{len(_TOPIC)}si")  # chain.message's layout (migration 0003)
+
+
+def fast_rows(start: int, stop: int, first_position: int) -> tuple[list[bytes], list[bytes]]:
+    """Events ``start..stop-1`` at positions ``first_position...``: (the chain message of
+    each, its binary COPY row but for the hash's 32 bytes, which only the loader can add,
+    in order). Every ``CHECK_EVERY``-th row is checked against the ingest path."""
+    msgs, rows = [], []
+    head, tail, mhead = _ROW_HEAD.pack, _ROW_TAIL.pack, _MSG_HEAD.pack
+    t, lt = _TOPIC, len(_TOPIC)
+    pos = first_position
+    for i in range(start, stop):
+        oid, state, body, key = fast_row(i)
+        if i % CHECK_EVERY == 0:
+            check_row(i, oid, state, body, key)
+        ls = len(state)
+        msgs.append(mhead(pos, oid, 1, lt, t, ls) + state)
+        rows.append(head(6, 16, oid, 8, 1, lt, t, ls) + state + tail(8, pos, 32))
+        pos += 1
+    return msgs, rows
 
 
 def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
@@ -226,72 +483,103 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
         yield a, min(stop, a + size)
 
 
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+_LOAD_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "1h"}
+_COLUMNS = ["originator_id", "originator_version", "topic", "state", "notification_id", "hash"]
+
+
 async def bulk_load(
-    url: str, start: int, stop: int, *, chunk: int = 20_000, max_seconds: float | None = None
+    url: str,
+    start: int,
+    stop: int,
+    *,
+    chunk: int = 10_000,
+    workers: int = 2,
+    max_seconds: float | None = None,
+    tune_server: bool = True,
 ) -> tuple[float, int]:
     """Append events ``start..stop-1`` after the current head with a valid chain (fewer
-    when ``max_seconds`` runs out); return the seconds taken and the events loaded."""
+    when ``max_seconds`` runs out); return the seconds taken and the events loaded.
+
+    ``workers`` processes make the rows (``fast_rows``: the chain message and the binary
+    COPY row of each, positions known in advance); this process only chains the hashes
+    (``sha256(previous || message)``, migration 0003 and ``ledger.audit.chain``), appends
+    each to its row and streams the rows to one binary COPY while the next chunks are made.
+    """
     t0 = time.perf_counter()
     conn = await asyncpg.connect(url)
     loop = asyncio.get_running_loop()
-    topic = RECEIVED_TOPIC
-    tbytes = topic.encode()
+    done = 0
     try:
         row = await conn.fetchrow(
             "SELECT notification_id, hash FROM stored_events ORDER BY notification_id DESC LIMIT 1"
         )
-        pos, prev = (row[0], bytes(row[1])) if row else (0, chain.GENESIS)
+        head, prev = (row[0], bytes(row[1])) if row else (0, chain.GENESIS)
+        pos = head
         # This session only: the row triggers (the chain hash, computed here identically)
         # and the statement triggers (append lock, NOTIFY) do not fire for our COPY.
         await conn.execute("SET session_replication_role = replica")
-        head_struct, len_struct = chain._HEAD, chain._LEN
+        # The bench's own server: no checkpoint (and its full-page images) every ~1 GB of
+        # WAL while loading; the defaults are restored before anything is measured.
+        settings = _LOAD_SETTINGS if tune_server else {}
+        for setting, value in settings.items():
+            await conn.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
+        if settings:
+            await conn.execute("SELECT pg_reload_conf()")
         sha = hashlib.sha256
-        with ProcessPoolExecutor(2) as pool:
-            todo = list(chunks(start, stop, chunk))
-            window = [loop.run_in_executor(pool, stored_rows, a, b) for a, b in todo[:4]]
-            todo = todo[4:]
-            done = 0
-            while window:
-                made = await window.pop(0)
-                late = max_seconds is not None and time.perf_counter() - t0 > max_seconds
-                if todo and not late:
-                    window.append(loop.run_in_executor(pool, stored_rows, *todo.pop(0)))
-                records = []
-                for oid, state in made:
-                    pos += 1
-                    msg = (
-                        head_struct.pack(pos, oid.bytes, 1, len(tbytes))
-                        + tbytes
-                        + len_struct.pack(len(state))
-                        + state
+
+        with ProcessPoolExecutor(workers) as pool:
+
+            def submit(a: int, b: int) -> asyncio.Future[tuple[list[bytes], list[bytes]]]:
+                return loop.run_in_executor(pool, fast_rows, a, b, head + 1 + a - start)
+
+            async def stream() -> Any:
+                nonlocal prev, pos, done
+                todo = list(chunks(start, stop, chunk))
+                window = [submit(a, b) for a, b in todo[: 2 * workers]]
+                todo = todo[2 * workers :]
+                yield _COPY_HEADER
+                while window:
+                    msgs, rows = await window.pop(0)
+                    late = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+                    if todo and not late:
+                        window.append(submit(*todo.pop(0)))
+                    elif late:
+                        for f in window:
+                            f.cancel()
+                        window = []
+                    parts = []
+                    for msg, r in zip(msgs, rows, strict=True):
+                        prev = sha(prev + msg).digest()
+                        parts.append(r)
+                        parts.append(prev)
+                    yield b"".join(parts)
+                    done += len(rows)
+                    pos += len(rows)
+                    rate = done / (time.perf_counter() - t0)
+                    print(
+                        f"\r  loaded {done:,}/{stop - start:,} ({rate:,.0f} ev/s, {load1()})",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
                     )
-                    prev = sha(prev + msg).digest()
-                    records.append((oid, 1, topic, state, pos, prev))
-                async with conn.transaction():
-                    await conn.copy_records_to_table(
-                        "stored_events",
-                        records=records,
-                        columns=[
-                            "originator_id",
-                            "originator_version",
-                            "topic",
-                            "state",
-                            "notification_id",
-                            "hash",
-                        ],
-                    )
-                done += len(records)
-                rate = done / (time.perf_counter() - t0)
-                print(
-                    f"\r  loaded {done:,}/{stop - start:,} ({rate:,.0f} ev/s, {load1()})",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
+                yield _COPY_TRAILER
+
+            async with conn.transaction():
+                await conn.copy_to_table(
+                    "stored_events", source=stream(), columns=_COLUMNS, format="binary"
                 )
         await conn.execute("RESET session_replication_role")
         await conn.execute("SELECT setval('stored_events_notification_id_seq', $1)", pos)
         await conn.execute("ANALYZE stored_events")
     finally:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+            if tune_server:
+                for setting in _LOAD_SETTINGS:
+                    await conn.execute(f"ALTER SYSTEM RESET {setting}")
+                await conn.execute("SELECT pg_reload_conf()")
+                await conn.execute("CHECKPOINT")
         await conn.close()
     print(file=sys.stderr)
     return time.perf_counter() - t0, done
@@ -822,7 +1110,7 @@ async def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (apt-get install wrk)")
     where = args.tmp or Path(tempfile.gettempdir())
-    need = args.events * 3000  # ~2 KB per event with indexes, plus WAL
+    need = args.events * 3000 + 8 * 2**30  # ~2.4 KB per event with indexes, WAL while loading
     free = shutil.disk_usage(where).free
     if free < need:
         raise SystemExit(f"{where}: {free / 2**30:.0f} GiB free, need ~{need / 2**30:.0f} GiB")

@@ -357,6 +357,9 @@ async def test_balance_as_of_any_position_matches_the_projection_fold(live_clien
         ("payment.success", "P3", "bob@x.io", "silver"),
         ("payment.received", "P2", "bob@x.io", "gold"),  # names P2 for someone else
         ("payment.success", "P4", "ana@x.io", "platinum"),  # unknown package: no credit
+        ("payment.pending", "P3", "ana@x.io", "silver"),  # not paid: read by no fold
+        ("payment.pending", "P5", "ana@x.io", "gold"),
+        ("payment.received", "P5", "bob@x.io", "gold"),  # paid, after ana's pending one
     ]
     for event, pid, who, package in plan:
         path, body, headers = mayar_body(event, pid, who, package)

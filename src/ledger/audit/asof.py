@@ -33,6 +33,8 @@ from ledger.payments.rules import (
     subscription_status,
 )
 
+_PAID_KINDS = sorted(mayar.PAID_EVENTS)  # the only Mayar deliveries the fold credits
+
 
 class CreditAsOf(msgspec.Struct, kw_only=True):
     payment_key: str
@@ -69,7 +71,9 @@ async def balance_as_of(
 ) -> BalanceAsOf:
     """``customer`` must be an address (``customers.normalize_email``: NotAnAddress if not)."""
     who = normalize_email(customer)
-    rows = await conn.fetch(SQL["asof_balance_records"], who, position, SPENT_TOPIC)
+    rows = await conn.fetch(
+        SQL["asof_balance_records"], who, position, SPENT_TOPIC, RECEIVED_TOPIC, _PAID_KINDS
+    )
     credits: dict[str, tuple[uuid.UUID, int, str | None, str, int]] = {}
     spent = 0
     for r in rows:

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.ingest.providers import mayar
 from ledger.payments.amounts import plain, plain_or_none
 from ledger.payments.customers import customer_key
 from ledger.payments.orderstatus import RANK, held
@@ -263,14 +264,22 @@ async def timeline(
     """Entries for index ``rows`` (log order) with their effects. ``outbox_key`` names the
     indexed outbox column to match (``order`` or ``customer``) and its value;
     ``credits_schema`` is the live token_balances schema (None: not running here)."""
-    ids = [r["event_id"] for r in rows]
-    effects: dict[uuid.UUID, list[Effect]] = {i: [] for i in ids}
-    if credits_schema is not None and ids:
+    effects: dict[uuid.UUID, list[Effect]] = {r["event_id"]: [] for r in rows}
+    # Only a paid Mayar delivery can have caused a credit (the token_balances fold skips
+    # every other event): look those up, not every entry (an index probe each).
+    paying = [
+        r["event_id"]
+        for r in rows
+        if r["category"] == "received"
+        and r["provider"] == "mayar"
+        and r["kind"] in mayar.PAID_EVENTS
+    ]
+    if credits_schema is not None and paying:
         # The schema name comes from ledger.readmodels.contract.schema_name (a trusted identifier).
         credits = await conn.fetch(
             f"SELECT event_id, tokens, package FROM {credits_schema}.credits "
             "WHERE event_id = ANY($1::uuid[])",
-            ids,
+            paying,
         )
         for c in credits:
             effects[c["event_id"]].append(
@@ -292,29 +301,41 @@ async def timeline(
                 )
             )
     best: dict[tuple[str | None, str | None], str] = {}
+    holds: dict[tuple[str | None, str], bool] = {}  # held() per (provider, status)
     out = []
     for r in rows:
+        event_id = r["event_id"]
+        eid = str(event_id)
+        digest = r["hash"]
+        category = r["category"]
+        provider = r["provider"]
+        status = r["status"]
+        order_id = r["order_id"]
         entry = TimelineEntry(
             position=r["position"],
-            event_id=str(r["event_id"]),
+            event_id=eid,
             received_at=r["received_at"].isoformat(),
-            category=r["category"],
-            provider=r["provider"],
+            category=category,
+            provider=provider,
             kind=r["kind"],
-            order_id=r["order_id"],
+            order_id=order_id,
             customer=r["customer"],
-            status=r["status"],
+            status=status,
             amount=plain_or_none(r["amount"]),
             body_sha256=r["body_sha256"],
-            hash=None if r["hash"] is None else bytes(r["hash"]).hex(),
-            raw=f"/v1/events/{r['event_id']}/raw",
-            effects=effects[r["event_id"]],
+            hash=None if digest is None else bytes(digest).hex(),
+            raw=f"/v1/events/{eid}/raw",
+            effects=effects[event_id],
         )
-        status = r["status"]
-        folded = r["category"] in ("received", "reconciliation")  # as the orders view does
-        entry.held = r["category"] == "received" and held(r["provider"], status or "")
-        if r["order_id"] is not None and folded and status in RANK:
-            key = (r["provider"], r["order_id"])
+        folded = category in ("received", "reconciliation")  # as the orders view does
+        if category == "received":
+            hk = (provider, status or "")
+            is_held = holds.get(hk)
+            if is_held is None:
+                is_held = holds[hk] = held(provider, status or "")
+            entry.held = is_held
+        if order_id is not None and folded and status in RANK:
+            key = (provider, order_id)
             if entry.held:
                 entry.order_status_after = best.get(key)
                 out.append(entry)

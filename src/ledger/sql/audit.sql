@@ -234,7 +234,10 @@ GROUP BY provider
 
 -- name: timeline_order
 -- $5/$6: as of a position / a time (events received at or before it); NULL: now.
-SELECT * FROM audit_index
+-- The columns ledger.audit.queries.timeline shows (not the dedup key, actor, ...).
+SELECT position, event_id, received_at, category, provider, kind, order_id, customer,
+       status, amount, body_sha256, hash
+FROM audit_index
 WHERE order_id = $2 AND provider = $1 AND position > $3
   AND ($5::bigint IS NULL OR position <= $5)
   AND ($6::timestamptz IS NULL OR received_at <= $6)
@@ -242,7 +245,9 @@ ORDER BY position
 LIMIT $4
 
 -- name: timeline_customer
-SELECT * FROM audit_index
+SELECT position, event_id, received_at, category, provider, kind, order_id, customer,
+       status, amount, body_sha256, hash
+FROM audit_index
 WHERE customer = $1 AND position > $2
   AND ($4::bigint IS NULL OR position <= $4)
   AND ($5::timestamptz IS NULL OR received_at <= $5)
@@ -278,20 +283,27 @@ ORDER BY received_at DESC, position DESC
 LIMIT 1
 
 -- name: asof_balance_records
--- What decides customer $1's balance at position $2: their spends and paid Mayar deliveries,
--- and every other Mayar delivery naming the same payment ids (a payment's credit goes to
--- the delivery with the smallest event id, whoever it names). A UNION of index lookups.
-WITH mine AS (
-    SELECT order_id FROM audit_index
-    WHERE customer = $1 AND provider = 'mayar' AND category = 'received' AND position <= $2
-      AND order_id IS NOT NULL
+-- What can decide customer $1's balance at position $2: their spends ($3, the spend topic)
+-- and paid Mayar deliveries ($4, the delivery topic; $5, the paid kinds), and every other
+-- paid Mayar delivery naming the same payment ids (a payment's credit goes to the delivery
+-- with the smallest event id, whoever it names). The customer's index rows are read once;
+-- the log is read only for rows the fold uses (an index row's provider and kind are its
+-- delivery's own: ledger.payments.facts.payment_fact), a third fewer than every Mayar row.
+WITH mine AS MATERIALIZED (
+    SELECT position, topic, provider, kind, order_id FROM audit_index
+    WHERE customer = $1 AND position <= $2
+), paid AS (
+    SELECT position, order_id FROM mine
+    WHERE topic = $4 AND provider = 'mayar' AND kind = ANY($5::text[])
 ), picked AS (
-    SELECT position FROM audit_index
-    WHERE customer = $1 AND position <= $2 AND (provider = 'mayar' OR topic = $3)
+    SELECT position FROM mine WHERE topic = $3
     UNION
-    SELECT position FROM audit_index
-    WHERE order_id IN (SELECT order_id FROM mine) AND position <= $2
-      AND provider = 'mayar' AND category = 'received'
+    SELECT position FROM paid
+    UNION
+    SELECT a.position FROM audit_index a
+    WHERE a.order_id IN (SELECT order_id FROM paid WHERE order_id IS NOT NULL)
+      AND a.position <= $2 AND a.topic = $4 AND a.provider = 'mayar'
+      AND a.kind = ANY($5::text[])
 )
 SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
 FROM picked p
