@@ -30,6 +30,7 @@ import msgspec
 
 from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC, decode_checked
 from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
+from ledger.errors import LedgerError
 from ledger.ingest.providers import mayar
 from ledger.outbox.effects import Registration
 from ledger.payments.facts import PaymentFact, read_payment
@@ -40,7 +41,7 @@ from ledger.store.eventstore import StoredRecord
 Item = tuple[StoredRecord, str, Registration | PaymentFact, datetime]
 
 
-class Unstorable(ValueError):
+class Unstorable(LedgerError, ValueError):
     """A value of an event PostgreSQL would refuse (the event is poisoned, ADR 0010)."""
 
 
