@@ -225,6 +225,9 @@ class Worker:
             if last != start:
                 await conn.execute(SQL["advance"], name, generation, last)
                 await conn.execute(SQL["notify_progress"], f"{name}:{generation}:{last}")
+            if failures:  # the step after a failure: 'failed' ends in the same commit that
+                # moves past it, so no reader sees the new position with the old state
+                await conn.execute(SQL["recover"], name)
             switched = at_head and info["building_generation"] == generation
             if switched:
                 await conn.execute(SQL["switch"], name, generation, proj.version)
