@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
 
-from ledger.domain.events import CONFLICTED_TOPIC, QUARANTINED_TOPIC, RECEIVED_TOPIC
+from ledger.domain.events import (
+    CONFLICTED_TOPIC,
+    QUARANTINED_TOPIC,
+    RECEIVED_TOPIC,
+    DeliveryFields,
+)
 from ledger.payments.facts import read_payment
 
 # audit_index's columns, in the order of the row tuples (and of ``IndexRow``'s fields).
@@ -61,25 +65,14 @@ CATEGORIES = {
 }
 
 
-class StrictDelivery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``DeliveryState``'s fields with the same types (a test holds them equal), refusing
-    fields it does not declare (see the module docstring); the body is decoded from base64
-    by msgspec as the state is parsed, without the text in between. msgspec reads only
-    canonical base64 (padded, no other characters), where ``base64.b64decode`` gives the
-    same bytes; anything else is left to the reference."""
-
-    originator_topic: str
-    timestamp: datetime
-    provider: str
-    dedup_key: str
-    kind: str
-    source: str | None
-    scheme: str
-    headers: dict[str, str]
-    body_sha256: str
-    body_b64: bytes
-    fault: str | None = None
-    original_event_id: str | None = None
+class StrictDelivery(
+    DeliveryFields[dict[str, str], bytes], frozen=True, forbid_unknown_fields=True
+):
+    """``DeliveryState``'s fields with the same types (both are ``DeliveryFields``; a test
+    holds them equal) but the body, refusing fields it does not declare (see the module
+    docstring); the body is decoded from base64 by msgspec as the state is parsed, without
+    the text in between. msgspec reads only canonical base64 (padded, no other characters),
+    where ``base64.b64decode`` gives the same bytes; anything else is left to the reference."""
 
 
 _strict = msgspec.json.Decoder(StrictDelivery)

@@ -83,17 +83,19 @@ def aggregate_for(
     return aggregate
 
 
-class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
-    """The stored state of every Delivery creation event (what ``Mapper`` would write).
+Headers = TypeVar("Headers")
+Body = TypeVar("Body")
 
-    One webhook delivery as received: raw bytes, who sent it, how it was verified. The three
-    creation events share this shape and differ in meaning: ``Received`` is applied by
-    projections, ``Quarantined`` was authenticated but unusable (``fault`` says why),
-    ``Conflicted`` reused a dedup key with a different body (``original_event_id`` names the
-    first one); the last two go to the review queue.
 
-    The hot path encodes this Struct directly (one msgspec call) instead of building an
-    aggregate; a test proves eventsourcing's Mapper decodes the bytes into ``Delivery``'s events.
+class DeliveryFields(msgspec.Struct, Generic[Headers, Body], frozen=True, kw_only=True):
+    """The one list of a stored delivery's fields, in their stored order.
+
+    ``DeliveryState`` is the contract (``headers: dict[str, str]``, ``body_b64: str``).
+    Readers that decode the same bytes with the same fields but want the headers or the
+    body typed otherwise (left raw, decoded from base64 by msgspec) subclass it with their
+    own types, as ``ledger.audit.rows.StrictDelivery`` and ``ledger.outbox.reading`` do,
+    so that a field added here reaches every reading at once. Each subclass restates
+    ``frozen=True`` (msgspec inherits it; mypy's dataclass rules want it said).
     """
 
     originator_topic: str
@@ -103,11 +105,25 @@ class DeliveryState(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     source: str | None
     scheme: str
-    headers: dict[str, str]
+    headers: Headers
     body_sha256: str
-    body_b64: str
+    body_b64: Body
     fault: str | None = None
     original_event_id: str | None = None
+
+
+class DeliveryState(DeliveryFields[dict[str, str], str], frozen=True):
+    """The stored state of every Delivery creation event (what ``Mapper`` would write).
+
+    One webhook delivery as received: raw bytes, who sent it, how it was verified. The three
+    creation events share this shape and differ in meaning: ``Received`` is applied by
+    projections, ``Quarantined`` was authenticated but unusable (``fault`` says why),
+    ``Conflicted`` reused a dedup key with a different body (``original_event_id`` names the
+    first one); the last two go to the review queue. Its fields are ``DeliveryFields``'.
+
+    The hot path encodes this Struct directly (one msgspec call) instead of building an
+    aggregate; a test proves eventsourcing's Mapper decodes the bytes into ``Delivery``'s events.
+    """
 
 
 # Every delivery is the creation event of its own aggregate (the Struct's docstring).

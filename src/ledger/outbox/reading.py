@@ -28,7 +28,12 @@ from datetime import datetime
 
 import msgspec
 
-from ledger.domain.events import CHECKED_TOPIC, RECEIVED_TOPIC, decode_checked
+from ledger.domain.events import (
+    CHECKED_TOPIC,
+    RECEIVED_TOPIC,
+    DeliveryFields,
+    decode_checked,
+)
 from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
 from ledger.errors import LedgerError
 from ledger.ingest.providers import mayar
@@ -57,22 +62,10 @@ def storable(*values: str | None) -> None:
             v.encode()  # UnicodeEncodeError on a lone surrogate, as the driver raises
 
 
-class _Delivery(msgspec.Struct):
-    """``ledger.domain.events.DeliveryState`` as the outbox reads it: the same fields,
-    required and typed alike, except the headers, which it never reads (raw JSON)."""
-
-    originator_topic: str
-    timestamp: datetime
-    provider: str
-    dedup_key: str
-    kind: str
-    source: str | None
-    scheme: str
-    headers: msgspec.Raw
-    body_sha256: str
-    body_b64: str
-    fault: str | None = None
-    original_event_id: str | None = None
+class _Delivery(DeliveryFields[msgspec.Raw, str], frozen=True):
+    """``ledger.domain.events.DeliveryState`` as the outbox reads it: the same fields
+    (``DeliveryFields``), required and typed alike, except the headers, which it never
+    reads (raw JSON)."""
 
 
 _decode_delivery = msgspec.json.Decoder(_Delivery).decode
