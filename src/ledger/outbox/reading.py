@@ -38,7 +38,7 @@ from ledger.domain.orders import REGISTERED_TOPIC, decode_registered
 from ledger.errors import LedgerError
 from ledger.ingest.providers import mayar
 from ledger.outbox.effects import Registration
-from ledger.payments.facts import PaymentFact, read_payment
+from ledger.payments.facts import Payment, PaymentFact, read_payment
 from ledger.payments.rules import Catalogue, classify_payment
 from ledger.reconcile import answers
 from ledger.store.eventstore import StoredRecord
@@ -88,24 +88,7 @@ def paid_delivery(rec: StoredRecord, catalogue: Catalogue) -> tuple[PaymentFact,
         or classify_payment(_decode_mayar(body).data, catalogue, str(rec.id)).tokens <= 0
     ):
         return None
-    fact = PaymentFact(
-        position=rec.position,
-        event_id=str(rec.id),
-        recorded_at=st.timestamp.isoformat(),
-        provider=st.provider,
-        kind=st.kind,
-        state="received",
-        order_id=p.order_id,
-        status=p.status,
-        amount=p.amount,
-        paid_amount=p.paid_amount,
-        currency=p.currency,
-        customer=p.customer,
-        payment_method=p.payment_method,
-        invoice_id=p.invoice_id,
-        payment_id=p.payment_id,
-    )
-    return fact, st.timestamp
+    return _paid(rec, st.timestamp, st.provider, st.kind, p.order_id, p)
 
 
 def checked_fact(rec: StoredRecord) -> tuple[PaymentFact, datetime] | None:
@@ -115,14 +98,22 @@ def checked_fact(rec: StoredRecord) -> tuple[PaymentFact, datetime] | None:
     if st.reading != "paid":
         return None
     p = answers.payment(st.provider, st.order_id, binascii.a2b_base64(st.body_b64))
+    return _paid(rec, st.timestamp, st.provider, "reconciliation", st.order_id, p)
+
+
+def _paid(
+    rec: StoredRecord, at: datetime, provider: str, kind: str, order_id: str, p: Payment
+) -> tuple[PaymentFact, datetime]:
+    """The fact of a received payment reading paid (``p``) about ``order_id``, and its
+    time: what ``payment_fact`` says of a paid delivery, and of an answer (ADR 0017)."""
     fact = PaymentFact(
         position=rec.position,
         event_id=str(rec.id),
-        recorded_at=st.timestamp.isoformat(),
-        provider=st.provider,
-        kind="reconciliation",
+        recorded_at=at.isoformat(),
+        provider=provider,
+        kind=kind,
         state="received",
-        order_id=st.order_id,
+        order_id=order_id,
         status="paid",
         amount=p.amount,
         paid_amount=p.paid_amount,
@@ -132,7 +123,7 @@ def checked_fact(rec: StoredRecord) -> tuple[PaymentFact, datetime] | None:
         invoice_id=p.invoice_id,
         payment_id=p.payment_id,
     )
-    return fact, st.timestamp
+    return fact, at
 
 
 def read(records: Sequence[StoredRecord], catalogue: Catalogue) -> list[Item]:
