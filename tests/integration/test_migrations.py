@@ -367,3 +367,20 @@ def test_file_names_and_versions_are_checked(tmp_path: Path):
     (tmp_path / "2-bad-name.sql").write_text("SELECT 1")
     with pytest.raises(migrate.MigrationError, match=r"NNNN_name\.sql"):
         migrate.load_migrations(tmp_path)
+
+
+async def test_the_insert_only_tables_are_vacuumed_every_percent(conn):
+    """Migration 0013 (ADR 0028): the log and the audit index are vacuumed after ~1 % new
+    rows, not PostgreSQL's 20 %, so the visibility map their index-only reads rely on stays
+    current on the newest rows."""
+    await migrate.migrate(conn)
+    rows = await conn.fetch(
+        "SELECT relname, reloptions FROM pg_class "
+        "WHERE relname IN ('stored_events', 'audit_index') AND relkind = 'r'"
+    )
+    options = {r["relname"]: set(r["reloptions"] or []) for r in rows}
+    wanted = {
+        "autovacuum_vacuum_insert_scale_factor=0.01",
+        "autovacuum_vacuum_insert_threshold=10000",
+    }
+    assert options == {"stored_events": wanted, "audit_index": wanted}
