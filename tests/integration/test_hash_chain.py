@@ -262,6 +262,14 @@ async def test_cli_verify_reports_clean_then_the_tampered_position(store, databa
     assert f"position {target}" in out
     code, out = await run("--from", str(target + 1))
     assert code == 0, out
+    # Several processes, each a range of 5 positions (ADR 0029): the same verdicts.
+    code, out = await run("--jobs", "2", "--range", "5")
+    assert code == 1
+    assert f"position {target}" in out
+    assert "11 events before it verified" in out
+    code, out = await run("--jobs", "2", "--range", "5", "--from", str(target + 1))
+    assert code == 0, out
+    assert f"{25 - 12} events" in out
 
 
 @pytest.mark.parametrize(
@@ -303,7 +311,9 @@ async def test_the_copy_walk_does_not_depend_on_how_the_bytes_are_split(store, d
         async def keep(chunk: bytes) -> None:
             chunks.append(chunk)
 
-        await conn.copy_from_query(chain.SQL["chain_copy"], 0, 1000, output=keep, format="binary")
+        await conn.copy_from_query(
+            chain.SQL["chain_copy"], 0, 1000, chain.END, output=keep, format="binary"
+        )
         whole = b"".join(chunks)
         report = await chain.verify(conn)
     finally:
@@ -324,3 +334,56 @@ async def test_the_copy_walk_does_not_depend_on_how_the_bytes_are_split(store, d
     await broken(whole[:-40] + bytes([whole[-40] ^ 1]) + whole[-39:])
     assert not broken.complete()
     assert broken.rows == 39
+
+
+def test_ranges_cover_every_position_once_and_leave_the_end_open():
+    assert chain.ranges(1, 10, 4) == [(1, 4), (5, 8), (9, None)]
+    assert chain.ranges(1, 8, 4) == [(1, 4), (5, None)]
+    assert chain.ranges(5, 3, 4) == [(5, None)]
+    assert chain.ranges(1, 1_000_000, 250_000)[-1] == (750_001, None)
+
+
+TAMPERS = {
+    "intact": None,
+    "state at the end of a range": (
+        "UPDATE stored_events SET state = state || 'x' WHERE notification_id = $1",
+        6,
+    ),
+    "state at the start of a range": (
+        "UPDATE stored_events SET state = state || 'x' WHERE notification_id = $1",
+        7,
+    ),
+    # The next range is anchored on this very hash: it fails too, but later.
+    "hash at the end of a range": (
+        "UPDATE stored_events SET hash = sha256(hash) WHERE notification_id = $1",
+        13,
+    ),
+    "row deleted at the end of a range": (
+        "DELETE FROM stored_events WHERE notification_id = $1",
+        20,
+    ),
+    "row deleted at the start of a range": (
+        "DELETE FROM stored_events WHERE notification_id = $1",
+        21,
+    ),
+    "last row edited": (
+        "UPDATE stored_events SET topic = topic || 'x' WHERE notification_id = $1",
+        29,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERS))
+async def test_ranges_in_processes_report_exactly_what_one_walk_reports(store, database_url, case):
+    await store.append_many([ev(i) for i in range(30)])
+    pos = await positions(database_url)
+    tamper_with = TAMPERS[case]
+    if tamper_with is not None:
+        sql, k = tamper_with
+        await tamper(database_url, sql, pos[k])
+    one = await verify(database_url)
+    assert one.ok == (tamper_with is None)
+    parallel = await chain.verify_ranges(database_url, {}, pos[0], pos[-1], jobs=2, size=7, page=3)
+    assert parallel == one
+    later = await chain.verify_ranges(database_url, {}, pos[3], pos[-1], jobs=3, size=4)
+    assert later == await verify(database_url, start=pos[3])

@@ -16,10 +16,13 @@ head (``GET /v1/audit/head``) with a digest kept elsewhere for that.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import multiprocessing
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import asyncpg
@@ -32,6 +35,8 @@ GENESIS = bytes(32)
 _HEAD = struct.Struct(">q16sqi")
 _LEN = struct.Struct(">i")
 PAGE = 10_000
+END = 2**63 - 1  # the largest position: a range with no end
+RANGE = 250_000  # positions per range when several processes verify (``verify_ranges``)
 
 
 def message(
@@ -191,10 +196,12 @@ async def verify(
     conn: Conn,
     start: int = 1,
     *,
+    stop: int | None = None,
     page: int = PAGE,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Recompute the chain from ``start``; stop at the first mismatch.
+    """Recompute the chain from ``start`` to ``stop`` (inclusive; None: to the end, rows
+    appended meanwhile included); stop at the first mismatch.
 
     ``progress(rows_in_page, last_position)`` is called once per page.
 
@@ -204,14 +211,17 @@ async def verify(
     row, from the same anchor, which names the first mismatch.
     """
     prev_pos, prev = await anchor(conn, start)
+    end = END if stop is None else stop
     checked = 0
     first: int | None = None
     after = start - 1
     while True:
         walk = _Walk(prev)
-        await conn.copy_from_query(SQL["chain_copy"], after, page, output=walk, format="binary")
+        await conn.copy_from_query(
+            SQL["chain_copy"], after, page, end, output=walk, format="binary"
+        )
         if not walk.complete():
-            rows = await conn.fetch(SQL["chain_page"], after, page)
+            rows = await conn.fetch(SQL["chain_page"], after, page, end)
             n, first_here, prev_pos, prev, mismatch = _recompute(rows, prev_pos, prev)
             checked += n
             first = first if first is not None else first_here
@@ -254,6 +264,92 @@ def _recompute(
         checked += 1
         prev, prev_pos = h, pos
     return checked, first, prev_pos, prev, None
+
+
+def ranges(start: int, top: int, size: int = RANGE) -> list[tuple[int, int | None]]:
+    """``start..top`` cut into ranges of ``size`` positions, the last one open-ended (rows
+    appended while verifying are checked, as a single walk checks them)."""
+    out: list[tuple[int, int | None]] = []
+    lo = start
+    while lo + size <= top:
+        out.append((lo, lo + size - 1))
+        lo += size
+    out.append((lo, None))
+    return out
+
+
+def combine(reports: Iterable[Report]) -> Report:
+    """The reports of consecutive ranges, in position order, as one walk's report: the
+    first mismatch, with every row before it counted. Each range was anchored on the stored
+    hash before it, which the range before it found equal to the recomputed one; so when
+    every range matches, the chain matches end to end, and the first range that does not
+    names the same row, with the same previous position and hash, as a single walk."""
+    checked = 0
+    first: int | None = None
+    last: int | None = None
+    head_hash: bytes | None = None
+    for r in reports:
+        checked += r.checked
+        if first is None:
+            first = r.first_position
+        if r.mismatch is not None:
+            return Report(checked, first, r.last_position, r.head_hash, r.mismatch)
+        if r.checked:
+            last, head_hash = r.last_position, r.head_hash
+    return Report(checked, first, last, head_hash, None)
+
+
+def _verify_range(url: str, settings: dict[str, str], lo: int, hi: int | None, page: int) -> Report:
+    """One range, in a worker process, on its own session."""
+
+    async def go() -> Report:
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            return await verify(conn, lo, stop=hi, page=page)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def verify_ranges(
+    url: str,
+    settings: dict[str, str],
+    start: int,
+    top: int,
+    *,
+    jobs: int,
+    size: int = RANGE,
+    page: int = PAGE,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """``verify`` from ``start`` in ``jobs`` processes, each checking ranges of ``size``
+    positions on its own session (``url`` and ``settings``); the same report (``combine``).
+
+    The walk is one core's work (SHA-256 over every row, in Python: hashlib holds the GIL
+    for messages under 2 kB): processes, not threads. ``progress(rows, last_position)`` is
+    called once per range, in position order; the first mismatch stops the rest."""
+    loop = asyncio.get_running_loop()
+    parts = ranges(start, top, size)
+    reports: list[Report] = []
+    # spawn: a forked child would inherit this process's event loop and sessions.
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    futures: list[asyncio.Future[Report]] = []
+    try:
+        for lo, hi in parts:
+            futures.append(loop.run_in_executor(pool, _verify_range, url, settings, lo, hi, page))
+        for future, (lo, hi) in zip(futures, parts, strict=True):
+            report = await future
+            reports.append(report)
+            if report.mismatch is not None:
+                break
+            if progress is not None:
+                progress(report.checked, hi if hi is not None else report.last_position or lo)
+    finally:
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return combine(reports)
 
 
 async def head(conn: Conn) -> tuple[int, bytes | None]:

@@ -11,13 +11,14 @@ import getpass
 import sys
 import time
 
+import asyncpg
 import click
 from click._termui_impl import ProgressBar
 
 from ledger.audit import chain
 from ledger.audit.keys import KeyInfo, create_key, list_keys, revoke_key
 from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
-from ledger.cli.common import cli_settings, connect, ledger_url, run
+from ledger.cli.common import cli_settings, connect, ledger_url, run, session_login
 
 CLI_SCOPE = "local"
 
@@ -47,12 +48,30 @@ def require_reason(reason: str) -> str:
     help="first position to check (the stored hash before it is the anchor)",
 )
 @click.option("--page", default=chain.PAGE, show_default=True, type=click.IntRange(min=1))
-def verify(start: int, page: int) -> None:
+@click.option(
+    "--jobs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="processes hashing ranges of the log side by side  [default: the usable CPUs]",
+)
+@click.option(
+    "--range",
+    "size",
+    default=chain.RANGE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="positions per range with --jobs > 1",
+)
+def verify(start: int, page: int, jobs: int | None, size: int) -> None:
     """Recompute the log's hash chain; exit 1 naming the first altered or missing position."""
+    from ledger.cli.lifecycle import usable_cpus
+
     url = ledger_url(cli_settings())
+    jobs = jobs or usable_cpus()
 
     async def go() -> chain.Report:
-        conn = await connect(url)
+        login, settings = await session_login(url)
+        conn = await asyncpg.connect(login, server_settings=settings)
         try:
             top, _ = await chain.head(conn)
             total = max(top - start + 1, 0)
@@ -66,6 +85,17 @@ def verify(start: int, page: int) -> None:
                     bar.update(position - done)
                     done = position
 
+                if jobs > 1 and total >= 2 * size:
+                    return await chain.verify_ranges(
+                        login,
+                        settings,
+                        start,
+                        top,
+                        jobs=jobs,
+                        size=size,
+                        page=page,
+                        progress=progress,
+                    )
                 return await chain.verify(conn, start, page=page, progress=progress)
         finally:
             await conn.close()

@@ -45,15 +45,19 @@ def require_ledger(settings: Settings) -> None:
         )
 
 
-async def connect(url: str) -> asyncpg.Connection:
-    """A CLI session: like the service, logged in as ``ledger_app``, never as the owner
-    (ADR 0011)."""
+async def session_login(url: str) -> tuple[str, dict[str, str]]:
+    """The URL and session settings of a CLI session: like the service, logged in as
+    ``ledger_app``, never as the owner (ADR 0011)."""
     from ledger.database import APP_ROLE, logins_for
 
     logins = await logins_for(url, cli_settings())
-    conn: asyncpg.Connection = await asyncpg.connect(
-        logins.app, server_settings={"application_name": "ledger-cli", "role": APP_ROLE}
-    )
+    return logins.app, {"application_name": "ledger-cli", "role": APP_ROLE}
+
+
+async def connect(url: str) -> asyncpg.Connection:
+    """A CLI session (``session_login``)."""
+    login, settings = await session_login(url)
+    conn: asyncpg.Connection = await asyncpg.connect(login, server_settings=settings)
     return conn
 
 

@@ -8,13 +8,14 @@ ORDER BY notification_id DESC
 LIMIT 1
 
 -- name: chain_copy
+-- $1 < positions <= $3 ($3: the end of a range verify checks, else the largest bigint).
 -- Read with COPY (FORMAT binary) by ledger.audit.chain.verify: the head column is the
 -- message's first 32 bytes and COPY's int4 length words before the topic and the state are
 -- the message's own length fields, so each row's message is one contiguous byte range.
 SELECT int8send(notification_id) || uuid_send(originator_id) || int8send(originator_version),
        convert_to(coalesce(topic, ''), 'UTF8'), coalesce(state, ''::bytea), hash
 FROM stored_events
-WHERE notification_id > $1
+WHERE notification_id > $1 AND notification_id <= $3
 ORDER BY notification_id
 LIMIT $2
 
@@ -24,7 +25,7 @@ LIMIT $2
 SELECT notification_id, uuid_send(originator_id), originator_version,
        convert_to(coalesce(topic, ''), 'UTF8'), coalesce(state, ''::bytea), hash
 FROM stored_events
-WHERE notification_id > $1
+WHERE notification_id > $1 AND notification_id <= $3
 ORDER BY notification_id
 LIMIT $2
 
