@@ -120,7 +120,8 @@ def status(digest: bool) -> None:
 
 
 @projections.command("rebuild")
-@click.argument("name")
+@click.argument("names", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="rebuild every projection")
 @click.option(
     "--run/--no-run",
     default=True,
@@ -129,11 +130,28 @@ def status(digest: bool) -> None:
 )
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow until the switch")
 @click.option("--batch-size", default=2000, show_default=True, type=int)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="with several: processes folding at once [default: one per CPU]",
+)
 @click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
-def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> None:
-    """Rebuild NAME from position 0 beside the live generation, then switch atomically."""
+def rebuild(
+    names: tuple[str, ...],
+    every: bool,
+    run: bool,
+    wait: bool,
+    batch_size: int,
+    jobs: int | None,
+    reason: str,
+) -> None:
+    """Rebuild NAMES (or --all) from position 0 beside the live generations, then switch
+    each atomically. Several are started together and folded concurrently, one process
+    per CPU (ADR 0026)."""
     from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
     from ledger.cli.audit import CLI_SCOPE, cli_actor
+    from ledger.readmodels.rebuilds import fold_all
     from ledger.readmodels.runner import ProjectionRunner, available, start_rebuild
 
     try:
@@ -142,9 +160,12 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
         raise click.ClickException(str(exc)) from None
 
     code = available()
-    if name not in code:
-        raise click.ClickException(f"no projection named {name!r}; known: {sorted(code)}")
-    proj = code[name]
+    if every == bool(names):
+        raise click.UsageError("name the projections to rebuild, or give --all (not both)")
+    wanted = sorted(code) if every else list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in code]
+    if unknown:
+        raise click.ClickException(f"no projection named {unknown[0]!r}; known: {sorted(code)}")
     url = ledger_url(cli_settings())
 
     async def go() -> None:
@@ -152,22 +173,43 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
         try:
+            generations: dict[str, int] = {}
+            # Every rebuild and its operator event commit together (the trail never lies).
             async with pool.acquire() as conn, conn.transaction():
-                generation, started = await start_rebuild(conn, proj)
-                event = operator_event(cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason)
-                await append_in(conn, event)
-            verb = "started" if started else "already in progress:"
-            click.echo(f"rebuild of {name} {verb} generation {generation}")
+                for name in wanted:
+                    generation, started = await start_rebuild(conn, code[name])
+                    event = operator_event(
+                        cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason
+                    )
+                    await append_in(conn, event)
+                    generations[name] = generation
+                    verb = "started" if started else "already in progress:"
+                    click.echo(f"rebuild of {name} {verb} generation {generation}")
             if not wait:
                 return
-            if run:
-                worker = ProjectionRunner(
-                    logins.app, {name: proj}, batch_size=batch_size, app_name="ledger-rebuild"
-                )
-                await worker.start()
-            await _follow(ReadModels(pool), name, generation)
-            digest = await ReadModels(pool).digest(proj)
-            click.echo(f"generation {generation} of {name} is live; digest {digest}")
+            rm = ReadModels(pool)
+            if len(generations) == 1:
+                [(name, generation)] = generations.items()
+                if run:
+                    worker = ProjectionRunner(
+                        logins.app,
+                        {name: code[name]},
+                        batch_size=batch_size,
+                        app_name="ledger-rebuild",
+                    )
+                    await worker.start()
+                await _follow(rm, name, generation)
+            else:
+                follow = asyncio.create_task(_follow_all(rm, generations))
+                try:
+                    if run:
+                        await fold_all(logins.app, generations, jobs=jobs, batch_size=batch_size)
+                    await follow
+                finally:
+                    follow.cancel()
+            for name, generation in generations.items():
+                digest = await rm.digest(code[name])
+                click.echo(f"generation {generation} of {name} is live; digest {digest}")
         finally:
             if worker is not None:
                 await worker.stop()
@@ -252,6 +294,53 @@ async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5
         if tty:
             click.echo("\r" + line, nl=False, err=True)
         elif first or now - last_print >= 5:  # a log-friendly line every few seconds
+            click.echo(line, err=True)
+            last_print, first = now, False
+        await asyncio.sleep(every)
+
+
+async def _follow_all(rm: ReadModels, generations: dict[str, int], every: float = 0.5) -> None:
+    """One progress line for several rebuilds (events folded by all of them, over the
+    events all of them must fold) until every one has switched."""
+    samples: deque[tuple[float, int]] = deque(maxlen=10)
+    tty = sys.stderr.isatty()
+    started = last_print = time.monotonic()
+    first = True
+    while True:
+        found = {s.name: s for s in await rm.status() if s.name in generations}
+        done_events = total = live = 0
+        for name, generation in generations.items():
+            st = found.get(name)
+            if st is None:
+                raise click.ClickException(f"projection {name} is not registered")
+            if st.building_generation == generation:
+                done_events += st.building_position or 0
+                total += st.head
+            elif st.live_generation == generation:
+                live += 1
+                done_events += st.position
+                total += st.position
+            else:
+                raise click.ClickException(
+                    f"generation {generation} of {name} is no longer being built (live: "
+                    f"g{st.live_generation}, building: {st.building_generation})"
+                )
+        now = time.monotonic()
+        if live == len(generations):
+            elapsed = max(now - started, 1e-3)
+            line = progress_line(done_events, total, done_events / elapsed)
+            click.echo(
+                ("\r" if tty else "") + f"{live}/{live} live  {line}  in {elapsed:.1f} s",
+                err=True,
+            )
+            return
+        samples.append((now, done_events))
+        t0, d0 = samples[0]
+        rate = (done_events - d0) / (now - t0) if now > t0 else 0.0
+        line = f"{live}/{len(generations)} live  " + progress_line(done_events, total, rate)
+        if tty:
+            click.echo("\r" + line, nl=False, err=True)
+        elif first or now - last_print >= 5:
             click.echo(line, err=True)
             last_print, first = now, False
         await asyncio.sleep(every)

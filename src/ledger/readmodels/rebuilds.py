@@ -1,0 +1,87 @@
+"""Several blue/green rebuilds at once, one process per CPU (ADR 0026).
+
+A rebuild is folded by the same ``ProjectionRunner`` as always (one transaction per batch,
+rows and position together, the switch in the batch that reaches the head; ADR 0005).
+What this adds is only where the runners run: ``fold_all`` hands each rebuilding
+projection to a pool of at most ``os.cpu_count()`` processes (spawned: no event loop or
+connection is inherited), each of which runs one runner for that projection until its new
+generation is live, then takes the next. A projection's fold is one Python process and its
+PostgreSQL backends; five of them one after another leave one of two cores idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+
+from ledger.errors import LedgerError
+from ledger.readmodels.generations import SQL, connect
+
+
+class RebuildAbandoned(LedgerError):
+    """The generation being rebuilt is neither building nor live any more (another rebuild
+    replaced it, or an operator abandoned it)."""
+
+
+def jobs_for(count: int, jobs: int | None = None) -> int:
+    """Processes for ``count`` rebuilds: ``jobs``, else one per usable CPU; at most one
+    per rebuild, at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(count, jobs or cpus or 1))
+
+
+async def fold_until_live(
+    url: str, name: str, generation: int, *, batch_size: int = 2000, poll: float = 0.2
+) -> None:
+    """Run a ``ProjectionRunner`` for ``name`` in this process until ``generation`` is its
+    live generation (if another process holds the generation's lock, it folds and this one
+    waits, as a runner always does)."""
+    from ledger.readmodels.runner import ProjectionRunner, available
+
+    proj = available()[name]
+    runner = ProjectionRunner(
+        url, {name: proj}, batch_size=batch_size, app_name=f"ledger-rebuild-{os.getpid()}"
+    )
+    conn = await connect(url, "ledger-rebuild")
+    await runner.start()
+    try:
+        while True:
+            row = await conn.fetchrow(SQL["get_projection"], name)
+            if row is not None and row["live_generation"] == generation:
+                return
+            if row is None or row["building_generation"] != generation:
+                raise RebuildAbandoned(f"{name}: generation {generation} is no longer being built")
+            await asyncio.sleep(poll)
+    finally:
+        await runner.stop()
+        await conn.close()
+
+
+def _fold_in_process(url: str, name: str, generation: int, batch_size: int) -> str:
+    asyncio.run(fold_until_live(url, name, generation, batch_size=batch_size))
+    return name
+
+
+async def fold_all(
+    url: str, generations: Mapping[str, int], *, jobs: int | None = None, batch_size: int = 2000
+) -> None:
+    """Fold every ``{name: generation}`` rebuild until it is live, ``jobs`` processes at a
+    time (default: one per CPU), in the order given (put the longest first). Raises the
+    first failure after the others have finished."""
+    if not generations:
+        return
+    workers = jobs_for(len(generations), jobs)
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [
+            loop.run_in_executor(pool, _fold_in_process, url, name, generation, batch_size)
+            for name, generation in generations.items()
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
