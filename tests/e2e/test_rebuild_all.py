@@ -37,9 +37,7 @@ DELIVERIES = [
 
 
 @pytest.fixture
-async def ingest_only(
-    settings: Settings, database_url: str
-) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+async def ingest_only(settings: Settings, database_url: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
     """The real app with no projection runner: only the CLI's rebuilds fold."""
     quiet = msgspec.structs.replace(settings, run_projections=False, run_outbox=False)
     app = create_app(quiet, database_url=database_url)
