@@ -4,11 +4,13 @@ HTTP)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 
 import click
 
@@ -151,7 +153,7 @@ def rebuild(
     per CPU (ADR 0026)."""
     from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
     from ledger.cli.audit import CLI_SCOPE, cli_actor
-    from ledger.readmodels.rebuilds import fold_all
+    from ledger.readmodels.rebuilds import fold_all, rebuild_pool
     from ledger.readmodels.runner import ProjectionRunner, available, start_rebuild
 
     try:
@@ -169,11 +171,19 @@ def rebuild(
     url = ledger_url(cli_settings())
 
     async def go() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            folders = None
+            if run and wait and len(wanted) > 1:  # started first: they take the rebuilds up
+                folders = await stack.enter_async_context(rebuild_pool(len(wanted), jobs))
+            await rebuild_in(folders)
+
+    async def rebuild_in(folders: ProcessPoolExecutor | None) -> None:
         logins = await logins_for(url, cli_settings())
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
         try:
             generations: dict[str, int] = {}
+            fresh: dict[str, bool] = {}
             # Every rebuild and its operator event commit together (the trail never lies).
             async with pool.acquire() as conn, conn.transaction():
                 for name in wanted:
@@ -182,9 +192,10 @@ def rebuild(
                         cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason
                     )
                     await append_in(conn, event)
-                    generations[name] = generation
-                    verb = "started" if started else "already in progress:"
-                    click.echo(f"rebuild of {name} {verb} generation {generation}")
+                    generations[name], fresh[name] = generation, started
+            for name, generation in generations.items():  # once committed
+                verb = "started" if fresh[name] else "already in progress:"
+                click.echo(f"rebuild of {name} {verb} generation {generation}")
             if not wait:
                 return
             rm = ReadModels(pool)
@@ -202,8 +213,8 @@ def rebuild(
             else:
                 follow = asyncio.create_task(_follow_all(rm, generations))
                 try:
-                    if run:
-                        await fold_all(logins.app, generations, jobs=jobs, batch_size=batch_size)
+                    if folders is not None:
+                        await fold_all(folders, logins.app, generations, batch_size=batch_size)
                     await follow
                 finally:
                     follow.cancel()

@@ -12,9 +12,10 @@ PostgreSQL backends; five of them one after another leave one of two cores idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 
 from ledger.errors import LedgerError
@@ -60,28 +61,43 @@ async def fold_until_live(
         await conn.close()
 
 
+def _warm() -> int:
+    """Import what a fold needs (the app's projections) in a pool process, ahead of time."""
+    from ledger.readmodels.runner import available
+
+    available()
+    return os.getpid()
+
+
 def _fold_in_process(url: str, name: str, generation: int, batch_size: int) -> str:
     asyncio.run(fold_until_live(url, name, generation, batch_size=batch_size))
     return name
 
 
-async def fold_all(
-    url: str, generations: Mapping[str, int], *, jobs: int | None = None, batch_size: int = 2000
-) -> None:
-    """Fold every ``{name: generation}`` rebuild until it is live, ``jobs`` processes at a
-    time (default: one per CPU), in the order given (put the longest first). Raises the
-    first failure after the others have finished."""
-    if not generations:
-        return
-    workers = jobs_for(len(generations), jobs)
+@contextlib.asynccontextmanager
+async def rebuild_pool(count: int, jobs: int | None = None) -> AsyncIterator[ProcessPoolExecutor]:
+    """A pool of ``jobs_for(count, jobs)`` spawned processes (no event loop or connection is
+    inherited), started and warmed (imports done) before it is handed out, so the rebuilds
+    started next are taken up at once."""
+    workers = jobs_for(count, jobs)
     loop = asyncio.get_running_loop()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [
-            loop.run_in_executor(pool, _fold_in_process, url, name, generation, batch_size)
-            for name, generation in generations.items()
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(workers)))
+        yield pool
+
+
+async def fold_all(
+    pool: ProcessPoolExecutor, url: str, generations: Mapping[str, int], *, batch_size: int = 2000
+) -> None:
+    """Fold every ``{name: generation}`` rebuild until it is live on ``pool``
+    (``rebuild_pool``), in the order given (put the longest first). Raises the first
+    failure after the others have finished."""
+    loop = asyncio.get_running_loop()
+    futures = [
+        loop.run_in_executor(pool, _fold_in_process, url, name, generation, batch_size)
+        for name, generation in generations.items()
+    ]
+    results = await asyncio.gather(*futures, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
