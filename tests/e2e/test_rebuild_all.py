@@ -20,7 +20,8 @@ from ledger.app import create_app, installed_projections
 from ledger.config import Settings
 from ledger.database import create_pool
 from ledger.readmodels.access import ReadModels
-from tests.support import SECRETS, signed
+from ledger.readmodels.runner import ProjectionRunner
+from tests.support import PATIENCE, SECRETS, signed
 
 DELIVERIES = [
     ("mayar", "payment.success", {"customer": "a@b.c", "package": "silver"}),
@@ -132,3 +133,36 @@ def test_rebuild_needs_names_or_all(database_url: str) -> None:
     code, _, err = _run(database_url, "rebuild", "orders", "nope", "--reason", "x")
     assert code == 1
     assert "no projection named 'nope'" in err
+
+
+async def test_rebuild_all_folds_in_its_own_processes_while_another_runner_runs(
+    ingest_only: AsyncTestClient,  # type: ignore[type-arg]
+    database_url: str,
+) -> None:
+    """A runner elsewhere (``serve``'s, a worker's) runs every building generation too and
+    hears the rebuilds start at once; the command still folds them in its own processes:
+    it holds the new generations' locks until they queue for them (ADR 0026)."""
+    for provider, event, opts in DELIVERIES:
+        d = signed(provider, event, **opts)
+        ack = await ingest_only.post(d.path, content=d.body, headers=d.headers)
+        assert ack.status_code == 200, ack.text
+    projections = installed_projections()
+    elsewhere = ProjectionRunner(database_url, projections, poll_interval=0.2, lock_retry=0.02)
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    await elsewhere.start()
+    try:
+        rm = ReadModels(pool)
+        for name in projections:
+            assert await rm.wait_for(name, len(DELIVERIES), timeout=PATIENCE)
+        folded_here = elsewhere.applied
+        code, out, err = await asyncio.to_thread(
+            _run, database_url, "rebuild", "--all", "--reason", "test full rebuild"
+        )
+        assert code == 0, err
+        assert set(_live_digests(out)) == set(projections)
+        # The other runner applied nothing of the new generations (each would have meant
+        # every delivery of at least one projection again).
+        assert elsewhere.applied == folded_here
+    finally:
+        await elsewhere.stop()
+        await pool.close()

@@ -7,35 +7,16 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
-import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
 import click
 
 from ledger.cli.common import cli_settings, ledger_url
+from ledger.cli.following import follow, follow_all
+from ledger.cli.following import progress_line as progress_line  # re-exported
 from ledger.database import create_pool, logins_for
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-def progress_line(done: int, total: int, rate: float, width: int = 30) -> str:
-    """``[#####.....]  45%  450,000/1,000,000 events  23,400 ev/s  ETA 00:23``"""
-    frac = 1.0 if total <= 0 else min(1.0, done / total)
-    filled = int(frac * width)
-    eta = "--:--" if rate <= 0 else _fmt_duration((total - done) / rate)
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  "
-        f"{done:,}/{total:,} events  {rate:,.0f} ev/s  ETA {eta}"
-    )
 
 
 def status_table(items: list[ProjectionStatus]) -> str:
@@ -153,8 +134,8 @@ def rebuild(
     per CPU (ADR 0026)."""
     from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
     from ledger.cli.audit import CLI_SCOPE, cli_actor
-    from ledger.readmodels.rebuilds import fold_all, rebuild_pool
-    from ledger.readmodels.runner import ProjectionRunner, available, start_rebuild
+    from ledger.readmodels.rebuilds import Handover, fold_all, rebuild_pool
+    from ledger.readmodels.runner import ProjectionRunner, available, connect, start_rebuild
 
     try:
         reason = check_reason(reason)
@@ -181,6 +162,10 @@ def rebuild(
         logins = await logins_for(url, cli_settings())
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
+        # The pool's processes, not another runner, take the new generations (ADR 0026).
+        handover = None
+        if folders is not None:
+            handover = Handover(await connect(logins.app, "ledger-rebuild"))
         try:
             generations: dict[str, int] = {}
             fresh: dict[str, bool] = {}
@@ -193,6 +178,8 @@ def rebuild(
                     )
                     await append_in(conn, event)
                     generations[name], fresh[name] = generation, started
+                    if handover is not None and started:
+                        await handover.hold(name, generation)
             for name, generation in generations.items():  # once committed
                 verb = "started" if fresh[name] else "already in progress:"
                 click.echo(f"rebuild of {name} {verb} generation {generation}")
@@ -209,21 +196,26 @@ def rebuild(
                         app_name="ledger-rebuild",
                     )
                     await worker.start()
-                await _follow(rm, name, generation)
+                await follow(rm, name, generation)
             else:
-                follow = asyncio.create_task(_follow_all(rm, generations))
+                following = asyncio.create_task(follow_all(rm, generations))
+                hand = None if handover is None else asyncio.create_task(handover.run())
                 try:
                     if folders is not None:
                         await fold_all(folders, logins.app, generations, batch_size=batch_size)
-                    await follow
+                    await following
                 finally:
-                    follow.cancel()
+                    following.cancel()
+                    if hand is not None:
+                        hand.cancel()
             for name, generation in generations.items():
                 digest = await rm.digest(code[name])
                 click.echo(f"generation {generation} of {name} is live; digest {digest}")
         finally:
             if worker is not None:
                 await worker.stop()
+            if handover is not None:
+                await handover.conn.close()  # releases whatever it still holds
             await pool.close()
 
     asyncio.run(go())
@@ -271,90 +263,6 @@ def retry(name: str, reason: str) -> None:
     click.echo(f"{name}: {len(resolved)} resolved {resolved}, {len(still)} still poisoned {still}")
     if still:
         raise SystemExit(1)
-
-
-async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5) -> None:
-    """Print a progress line (rate over the last few seconds, ETA) until the switch."""
-    samples: deque[tuple[float, int]] = deque(maxlen=10)
-    tty = sys.stderr.isatty()
-    started = last_print = time.monotonic()
-    first = True
-    while True:
-        st = next((s for s in await rm.status() if s.name == name), None)
-        if st is None:
-            raise click.ClickException(f"projection {name} is not registered")
-        if st.building_generation != generation:
-            if st.live_generation != generation:
-                raise click.ClickException(
-                    f"generation {generation} is no longer being built (live: "
-                    f"g{st.live_generation}, building: {st.building_generation})"
-                )
-            # The last line: everything folded, at the overall rate.
-            elapsed = max(time.monotonic() - started, 1e-3)
-            line = progress_line(st.position, st.position, st.position / elapsed)
-            click.echo(("\r" if tty else "") + line + f"  in {elapsed:.1f} s", err=True)
-            return
-        now = time.monotonic()
-        done_events = st.building_position or 0
-        samples.append((now, done_events))
-        t0, d0 = samples[0]
-        rate = (done_events - d0) / (now - t0) if now > t0 else 0.0
-        line = progress_line(done_events, st.head, rate)
-        if st.state == "failed" and st.error:
-            line += f"  FAILED (retrying): {st.error[:120]}"
-        if tty:
-            click.echo("\r" + line, nl=False, err=True)
-        elif first or now - last_print >= 5:  # a log-friendly line every few seconds
-            click.echo(line, err=True)
-            last_print, first = now, False
-        await asyncio.sleep(every)
-
-
-async def _follow_all(rm: ReadModels, generations: dict[str, int], every: float = 0.5) -> None:
-    """One progress line for several rebuilds (events folded by all of them, over the
-    events all of them must fold) until every one has switched."""
-    samples: deque[tuple[float, int]] = deque(maxlen=10)
-    tty = sys.stderr.isatty()
-    started = last_print = time.monotonic()
-    first = True
-    while True:
-        found = {s.name: s for s in await rm.status() if s.name in generations}
-        done_events = total = live = 0
-        for name, generation in generations.items():
-            st = found.get(name)
-            if st is None:
-                raise click.ClickException(f"projection {name} is not registered")
-            if st.building_generation == generation:
-                done_events += st.building_position or 0
-                total += st.head
-            elif st.live_generation == generation:
-                live += 1
-                done_events += st.position
-                total += st.position
-            else:
-                raise click.ClickException(
-                    f"generation {generation} of {name} is no longer being built (live: "
-                    f"g{st.live_generation}, building: {st.building_generation})"
-                )
-        now = time.monotonic()
-        if live == len(generations):
-            elapsed = max(now - started, 1e-3)
-            line = progress_line(done_events, total, done_events / elapsed)
-            click.echo(
-                ("\r" if tty else "") + f"{live}/{live} live  {line}  in {elapsed:.1f} s",
-                err=True,
-            )
-            return
-        samples.append((now, done_events))
-        t0, d0 = samples[0]
-        rate = (done_events - d0) / (now - t0) if now > t0 else 0.0
-        line = f"{live}/{len(generations)} live  " + progress_line(done_events, total, rate)
-        if tty:
-            click.echo("\r" + line, nl=False, err=True)
-        elif first or now - last_print >= 5:
-            click.echo(line, err=True)
-            last_print, first = now, False
-        await asyncio.sleep(every)
 
 
 @click.command()

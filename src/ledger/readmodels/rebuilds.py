@@ -7,6 +7,12 @@ projection to a pool of at most ``os.cpu_count()`` processes (spawned: no event 
 connection is inherited), each of which runs one runner for that projection until its new
 generation is live, then takes the next. A projection's fold is one Python process and its
 PostgreSQL backends; five of them one after another leave one of two cores idle.
+
+Every runner runs every building generation of its projections (ADR 0005), and ``serve``'s
+or a worker's runner hears a rebuild start at once. So that the pool folds, not one of
+them, the command holds each new generation's lock from the start's transaction on
+(``Handover``) and lets it go only when a pool process waits for it in PostgreSQL's lock
+queue (``queue_for``): the lock passes to the waiter, never to a runner that merely tries.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 
+import asyncpg
+
 from ledger.errors import LedgerError
-from ledger.readmodels.generations import SQL, connect
+from ledger.readmodels.generations import SQL, connect, lock_key
 
 
 class RebuildAbandoned(LedgerError):
@@ -44,7 +52,11 @@ async def fold_until_live(
 
     proj = available()[name]
     runner = ProjectionRunner(
-        url, {name: proj}, batch_size=batch_size, app_name=f"ledger-rebuild-{os.getpid()}"
+        url,
+        {name: proj},
+        batch_size=batch_size,
+        app_name=f"ledger-rebuild-{os.getpid()}",
+        queue_for={(name, generation)},
     )
     conn = await connect(url, "ledger-rebuild")
     await runner.start()
@@ -59,6 +71,30 @@ async def fold_until_live(
     finally:
         await runner.stop()
         await conn.close()
+
+
+class Handover:
+    """Holds new generations' locks on its own connection (``hold``, called in the
+    transaction that starts them, so nobody can take them first) and releases each one as
+    soon as some session waits for it (``run``): PostgreSQL grants it to that waiter."""
+
+    def __init__(self, conn: asyncpg.Connection, poll: float = 0.05) -> None:
+        self.conn = conn
+        self.poll = poll
+        self.held: list[int] = []
+
+    async def hold(self, name: str, generation: int) -> None:
+        key = lock_key(name, generation)
+        await self.conn.execute(SQL["lock_generation"], key)
+        self.held.append(key)
+
+    async def run(self) -> None:
+        while self.held:
+            for key in list(self.held):
+                if await self.conn.fetchval(SQL["lock_queued"], key):
+                    await self.conn.execute(SQL["unlock_generation"], key)
+                    self.held.remove(key)
+            await asyncio.sleep(self.poll)
 
 
 def _warm() -> int:
