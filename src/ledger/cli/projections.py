@@ -4,36 +4,19 @@ HTTP)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import sys
-import time
-from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 
 import click
 
 from ledger.cli.common import cli_settings, ledger_url
+from ledger.cli.following import follow, follow_all
+from ledger.cli.following import progress_line as progress_line  # re-exported
 from ledger.database import create_pool, logins_for
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
-
-
-def _fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-def progress_line(done: int, total: int, rate: float, width: int = 30) -> str:
-    """``[#####.....]  45%  450,000/1,000,000 events  23,400 ev/s  ETA 00:23``"""
-    frac = 1.0 if total <= 0 else min(1.0, done / total)
-    filled = int(frac * width)
-    eta = "--:--" if rate <= 0 else _fmt_duration((total - done) / rate)
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  "
-        f"{done:,}/{total:,} events  {rate:,.0f} ev/s  ETA {eta}"
-    )
 
 
 def status_table(items: list[ProjectionStatus]) -> str:
@@ -120,7 +103,8 @@ def status(digest: bool) -> None:
 
 
 @projections.command("rebuild")
-@click.argument("name")
+@click.argument("names", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="rebuild every projection")
 @click.option(
     "--run/--no-run",
     default=True,
@@ -129,12 +113,29 @@ def status(digest: bool) -> None:
 )
 @click.option("--wait/--no-wait", default=True, show_default=True, help="follow until the switch")
 @click.option("--batch-size", default=2000, show_default=True, type=int)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="with several: processes folding at once [default: one per CPU]",
+)
 @click.option("--reason", required=True, help="why (recorded in the log's operator trail)")
-def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> None:
-    """Rebuild NAME from position 0 beside the live generation, then switch atomically."""
+def rebuild(
+    names: tuple[str, ...],
+    every: bool,
+    run: bool,
+    wait: bool,
+    batch_size: int,
+    jobs: int | None,
+    reason: str,
+) -> None:
+    """Rebuild NAMES (or --all) from position 0 beside the live generations, then switch
+    each atomically. Several are started together and folded concurrently, one process
+    per CPU (ADR 0026)."""
     from ledger.audit.trail import ReasonRequired, append_in, check_reason, operator_event
     from ledger.cli.audit import CLI_SCOPE, cli_actor
-    from ledger.readmodels.runner import ProjectionRunner, available, start_rebuild
+    from ledger.readmodels.rebuilds import Handover, fold_all, rebuild_pool
+    from ledger.readmodels.runner import ProjectionRunner, available, connect, start_rebuild
 
     try:
         reason = check_reason(reason)
@@ -142,35 +143,79 @@ def rebuild(name: str, run: bool, wait: bool, batch_size: int, reason: str) -> N
         raise click.ClickException(str(exc)) from None
 
     code = available()
-    if name not in code:
-        raise click.ClickException(f"no projection named {name!r}; known: {sorted(code)}")
-    proj = code[name]
+    if every == bool(names):
+        raise click.UsageError("name the projections to rebuild, or give --all (not both)")
+    wanted = sorted(code) if every else list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in code]
+    if unknown:
+        raise click.ClickException(f"no projection named {unknown[0]!r}; known: {sorted(code)}")
     url = ledger_url(cli_settings())
 
     async def go() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            folders = None
+            if run and wait and len(wanted) > 1:  # started first: they take the rebuilds up
+                folders = await stack.enter_async_context(rebuild_pool(len(wanted), jobs))
+            await rebuild_in(folders)
+
+    async def rebuild_in(folders: ProcessPoolExecutor | None) -> None:
         logins = await logins_for(url, cli_settings())
         pool = await create_pool(logins.app, min_size=1, max_size=2)
         worker: ProjectionRunner | None = None
+        # The pool's processes, not another runner, take the new generations (ADR 0026).
+        handover = None
+        if folders is not None:
+            handover = Handover(await connect(logins.app, "ledger-rebuild"))
         try:
+            generations: dict[str, int] = {}
+            fresh: dict[str, bool] = {}
+            # Every rebuild and its operator event commit together (the trail never lies).
             async with pool.acquire() as conn, conn.transaction():
-                generation, started = await start_rebuild(conn, proj)
-                event = operator_event(cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason)
-                await append_in(conn, event)
-            verb = "started" if started else "already in progress:"
-            click.echo(f"rebuild of {name} {verb} generation {generation}")
+                for name in wanted:
+                    generation, started = await start_rebuild(conn, code[name])
+                    event = operator_event(
+                        cli_actor(), CLI_SCOPE, "projection.rebuild", name, reason
+                    )
+                    await append_in(conn, event)
+                    generations[name], fresh[name] = generation, started
+                    if handover is not None and started:
+                        await handover.hold(name, generation)
+            for name, generation in generations.items():  # once committed
+                verb = "started" if fresh[name] else "already in progress:"
+                click.echo(f"rebuild of {name} {verb} generation {generation}")
             if not wait:
                 return
-            if run:
-                worker = ProjectionRunner(
-                    logins.app, {name: proj}, batch_size=batch_size, app_name="ledger-rebuild"
-                )
-                await worker.start()
-            await _follow(ReadModels(pool), name, generation)
-            digest = await ReadModels(pool).digest(proj)
-            click.echo(f"generation {generation} of {name} is live; digest {digest}")
+            rm = ReadModels(pool)
+            if len(generations) == 1:
+                [(name, generation)] = generations.items()
+                if run:
+                    worker = ProjectionRunner(
+                        logins.app,
+                        {name: code[name]},
+                        batch_size=batch_size,
+                        app_name="ledger-rebuild",
+                    )
+                    await worker.start()
+                await follow(rm, name, generation)
+            else:
+                following = asyncio.create_task(follow_all(rm, generations))
+                hand = None if handover is None else asyncio.create_task(handover.run())
+                try:
+                    if folders is not None:
+                        await fold_all(folders, logins.app, generations, batch_size=batch_size)
+                    await following
+                finally:
+                    following.cancel()
+                    if hand is not None:
+                        hand.cancel()
+            for name, generation in generations.items():
+                digest = await rm.digest(code[name])
+                click.echo(f"generation {generation} of {name} is live; digest {digest}")
         finally:
             if worker is not None:
                 await worker.stop()
+            if handover is not None:
+                await handover.conn.close()  # releases whatever it still holds
             await pool.close()
 
     asyncio.run(go())
@@ -218,43 +263,6 @@ def retry(name: str, reason: str) -> None:
     click.echo(f"{name}: {len(resolved)} resolved {resolved}, {len(still)} still poisoned {still}")
     if still:
         raise SystemExit(1)
-
-
-async def _follow(rm: ReadModels, name: str, generation: int, every: float = 0.5) -> None:
-    """Print a progress line (rate over the last few seconds, ETA) until the switch."""
-    samples: deque[tuple[float, int]] = deque(maxlen=10)
-    tty = sys.stderr.isatty()
-    started = last_print = time.monotonic()
-    first = True
-    while True:
-        st = next((s for s in await rm.status() if s.name == name), None)
-        if st is None:
-            raise click.ClickException(f"projection {name} is not registered")
-        if st.building_generation != generation:
-            if st.live_generation != generation:
-                raise click.ClickException(
-                    f"generation {generation} is no longer being built (live: "
-                    f"g{st.live_generation}, building: {st.building_generation})"
-                )
-            # The last line: everything folded, at the overall rate.
-            elapsed = max(time.monotonic() - started, 1e-3)
-            line = progress_line(st.position, st.position, st.position / elapsed)
-            click.echo(("\r" if tty else "") + line + f"  in {elapsed:.1f} s", err=True)
-            return
-        now = time.monotonic()
-        done_events = st.building_position or 0
-        samples.append((now, done_events))
-        t0, d0 = samples[0]
-        rate = (done_events - d0) / (now - t0) if now > t0 else 0.0
-        line = progress_line(done_events, st.head, rate)
-        if st.state == "failed" and st.error:
-            line += f"  FAILED (retrying): {st.error[:120]}"
-        if tty:
-            click.echo("\r" + line, nl=False, err=True)
-        elif first or now - last_print >= 5:  # a log-friendly line every few seconds
-            click.echo(line, err=True)
-            last_print, first = now, False
-        await asyncio.sleep(every)
 
 
 @click.command()

@@ -23,6 +23,7 @@ class Target(Protocol):
 
     database_url: str
     app_name: str
+    queue_for: frozenset[tuple[str, int]]
 
 
 class _Lane:
@@ -46,7 +47,11 @@ class _Lane:
         """Connected and holding the generation's lock (False: another process has it)."""
         if self._conn is None or self._conn.is_closed():
             await self.open(runner.database_url, runner.app_name)
-        if not self.locked:
+        if not self.locked and key in runner.queue_for:
+            await self.conn.execute(SQL["lock_generation"], lock_key(*key))  # waits its turn
+            self.locked = True
+            log.info("projection %s: applying generation %d", *key)
+        elif not self.locked:
             got = await self.conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(*key))
             self.locked = bool(got)
             if self.locked:

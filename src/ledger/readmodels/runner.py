@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import asyncpg
@@ -99,6 +99,7 @@ class ProjectionRunner(Worker):
         backoff_max: float = 30.0,
         app_name: str = "ledger-runner",
         poison_after: int | None = poison.ATTEMPTS,
+        queue_for: Collection[tuple[str, int]] = (),
     ) -> None:
         self.database_url = database_url
         self.projections: dict[str, Projection] = dict(projections or {})
@@ -115,6 +116,10 @@ class ProjectionRunner(Worker):
         # Failed attempts of one batch before its faulty events are set aside (ADR 0010);
         # None: never set aside, stop at the event and retry forever (the old policy).
         self.poison_after = poison_after
+        # (name, generation)s whose lock this runner waits for in PostgreSQL's queue rather
+        # than trying every ``lock_retry``: a full rebuild's processes, to which the command
+        # hands the new generations' locks (ADR 0026).
+        self.queue_for = frozenset(queue_for)
         self.applied = 0  # events applied by this process (all projections)
         self.poisoned = 0  # events set aside by this process (all projections)
         self._workers: dict[tuple[str, int], asyncio.Task[None]] = {}

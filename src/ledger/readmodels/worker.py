@@ -56,6 +56,7 @@ class Worker:
     lock_retry: float
     backoff_max: float
     poison_after: int | None
+    queue_for: frozenset[tuple[str, int]]
     applied: int
     poisoned: int
     _wakes: dict[tuple[str, int], asyncio.Event]

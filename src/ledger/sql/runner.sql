@@ -113,3 +113,21 @@ SELECT live_generation FROM projections WHERE name = $1
 
 -- name: first_after
 SELECT state FROM stored_events WHERE notification_id > $1 ORDER BY notification_id LIMIT 1
+
+-- name: lock_generation
+-- Wait for a generation's lock (a rebuild's own processes queue for it; ADR 0026).
+SELECT pg_advisory_lock($1)
+
+-- name: unlock_generation
+SELECT pg_advisory_unlock($1)
+
+-- name: lock_queued
+-- Whether a session of this database waits for the advisory lock with this 64-bit key
+-- (PostgreSQL keeps such a key as classid = high 32 bits, objid = low 32 bits, objsubid 1).
+SELECT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid = ((($1::bigint) >> 32) & 4294967295)::oid
+      AND objid = (($1::bigint) & 4294967295)::oid
+)
