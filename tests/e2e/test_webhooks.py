@@ -127,6 +127,46 @@ async def test_too_large_is_413_problem(client, database_url):
     assert await count_events(database_url) == 0
 
 
+async def test_a_chunked_body_is_read_whole_and_counted_against_the_limit(database_url):
+    """No ``content-length`` (chunked transfer): the body is read whole, and the limit is
+    enforced on the bytes read."""
+    d = signed("midtrans", "settlement")
+    headers = {k: v for k, v in d.headers.items() if k.lower() != "content-length"}
+
+    async def pieces(body: bytes, size: int):
+        for i in range(0, len(body), size):
+            yield body[i : i + size]
+            await asyncio.sleep(0)
+
+    async with live_server(database_url) as http:
+        r = await http.post(d.path, content=pieces(d.body, 7), headers=headers)
+        assert "content-length" not in r.request.headers
+        assert r.status_code == 200, r.text
+        ack = r.json()
+        big = await http.post(
+            "/webhooks/mayar",
+            content=pieces(b" " * 100_000, 20_000),
+            headers={"x-callback-token": "test-mayar-token"},
+        )
+    assert big.status_code == 413
+    assert big.json()["type"] == "/problems/body-too-large"
+    stored = await fetchval(
+        database_url, "SELECT state FROM stored_events WHERE notification_id = $1", ack["position"]
+    )
+    assert base64.b64decode(json.loads(stored)["body_b64"]) == d.body
+    assert await count_events(database_url) == 1
+
+
+async def test_invalid_content_length_is_400_and_nothing_is_recorded(client, database_url):
+    r = await client.post(
+        "/webhooks/mayar",
+        content=b"{}",
+        headers={"x-callback-token": "test-mayar-token", "content-length": "two"},
+    )
+    assert r.status_code == 400
+    assert await count_events(database_url) == 0
+
+
 async def test_deep_nesting_is_rejected_before_decoding(client, database_url):
     body = b'{"event":"payment.success","data":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     body = body[:60_000]  # under the size limit, still absurdly deep
