@@ -847,6 +847,36 @@ async def building_position(url: str, name: str) -> int:
         await conn.close()
 
 
+async def start_rebuild_cli(env: dict[str, str], *what: str) -> asyncio.subprocess.Process:
+    """``ledger projections rebuild WHAT...`` in its own process group, stdout piped."""
+    return await asyncio.create_subprocess_exec(
+        *LEDGER,
+        "projections",
+        "rebuild",
+        *what,
+        "--reason",
+        "bench/scale.py",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+async def stop_rebuild_cli(proc: asyncio.subprocess.Process, done: bool) -> None:
+    """Stop a rebuild command still running: SIGINT when the bound stopped it (it leaves the
+    generation building), SIGTERM once it switched; SIGKILL after 60 s."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT if not done else signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 60)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
 async def rebuilds(fig: Figures, url: str, home: Path, bound: float, head: int) -> None:
     from ledger.readmodels.runner import available
 
@@ -856,18 +886,7 @@ async def rebuilds(fig: Figures, url: str, home: Path, bound: float, head: int) 
     total_estimate = 0.0
     for name in names:
         await fast_forward(url)
-        proc = await asyncio.create_subprocess_exec(
-            *LEDGER,
-            "projections",
-            "rebuild",
-            name,
-            "--reason",
-            "bench/scale.py",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        proc = await start_rebuild_cli(env, name)
         assert proc.stdout is not None
         # "rebuild of NAME started generation G": timed from here (not the CLI's start-up)
         # to the switch seen in the database (not the digest the CLI prints afterwards).
@@ -887,14 +906,7 @@ async def rebuilds(fig: Figures, url: str, home: Path, bound: float, head: int) 
             await asyncio.sleep(0.1)
         took = time.perf_counter() - t0
         folded = head if done else await building_position(url, name)
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT if not done else signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await stop_rebuild_cli(proc, done)
         rate = folded / took if took else 0.0
         fig.put(f"rebuild_{name}_ev_s", rate, "" if done else "partial")
         total_estimate += head / rate if rate else float("inf")
@@ -924,18 +936,7 @@ async def rebuild_all(fig: Figures, url: str, home: Path, bound: float, head: in
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env |= SECRETS | {"LEDGER_DATABASE_URL": url, "LEDGER_HOME": str(home)}
     await fast_forward(url)
-    proc = await asyncio.create_subprocess_exec(
-        *LEDGER,
-        "projections",
-        "rebuild",
-        "--all",
-        "--reason",
-        "bench/scale.py",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = await start_rebuild_cli(env, "--all")
     assert proc.stdout is not None
     generations: dict[str, int] = {}
     for _ in names:
@@ -960,14 +961,7 @@ async def rebuild_all(fig: Figures, url: str, home: Path, bound: float, head: in
         for n, g in generations.items():
             live = await live_generation(url, n) == g
             folded += head if live else await building_position(url, n)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT if not done else signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 60)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+    await stop_rebuild_cli(proc, done)
     await fast_forward(url)  # abandons what the bound stopped
     total = took if done else took * head * len(names) / max(folded, 1)
     note = "" if done else "extrapolated"
