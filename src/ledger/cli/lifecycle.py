@@ -219,6 +219,8 @@ class BackgroundProcess:
         import threading
 
         self._url = database_url
+        # serve's environment as it starts (``--workers`` adds the URL to it later on)
+        self._env = dict(os.environ)
         self._command = command or [sys.executable, "-m", "ledger", "-v", "worker"]
         self.backoff = backoff
         self.healthy_after = healthy_after
@@ -267,6 +269,7 @@ class BackgroundProcess:
                 proc = subprocess.Popen(  # noqa: S603 -- this interpreter, our own command
                     [*self._command, "--parent-pipe", str(read)],
                     pass_fds=(read,),
+                    env=self._env,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )

@@ -319,4 +319,3 @@ async def retry_message(
             raise NotRetryable(f"message {message_id} {why}")
         position = await append_in(conn, event)
     return int(position or 0)
-
