@@ -175,7 +175,7 @@ def _background_apart(settings: Settings, background: str, log: logging.Logger) 
 
     if not (settings.run_projections or settings.run_outbox):
         log.info(
-            "background components: in the server process (LEDGER_RUN_PROJECTIONS and "
+            "background components: in the server process(es) (LEDGER_RUN_PROJECTIONS and "
             "LEDGER_RUN_OUTBOX are off: the reconciler alone)"
         )
         return False
@@ -185,7 +185,7 @@ def _background_apart(settings: Settings, background: str, log: logging.Logger) 
         why = f"--background auto: {cpus} usable CPU{'s' if cpus != 1 else ''}"
     else:
         why = f"--background {background}"
-    where = "their own process" if background == "process" else "the server process"
+    where = "their own process" if background == "process" else "the server process(es)"
     log.info("background components: in %s (%s)", where, why)
     return background == "process"
 

@@ -11,6 +11,9 @@
 - The embedded server's bookkeeping (``pgdata/.handle_pids.json``, one pid per process using
   it; the last to leave stops it) keeps the pid of a process killed with SIGKILL forever, and
   then nobody ever stops the server. :func:`forget_dead_handles` drops such pids first.
+- The background components run in one supervised child (:class:`BackgroundProcess`, ADR
+  0030) on 2 CPUs or more: started after the migrations, stopped after HTTP and before the
+  embedded PostgreSQL, restarted with backoff, and gone by itself when serve is gone.
 """
 
 from __future__ import annotations
