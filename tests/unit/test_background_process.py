@@ -74,3 +74,40 @@ def test_stop_ends_a_running_child_and_starts_no_other(tmp_path: Path) -> None:
     bg.stop()
     assert bg.starts == 1
     assert bg.failed is None
+
+
+@pytest.mark.parametrize(
+    ("background", "cpus", "env", "apart", "logged"),
+    [
+        ("auto", 2, {}, True, "their own process (--background auto: 2 usable CPUs)"),
+        ("auto", 1, {}, False, "the server process(es) (--background auto: 1 usable CPU)"),
+        ("inline", 8, {}, False, "the server process(es) (--background inline)"),
+        ("process", 1, {}, True, "their own process (--background process)"),
+        (
+            "process",
+            8,
+            {"LEDGER_RUN_PROJECTIONS": "false", "LEDGER_RUN_OUTBOX": "false"},
+            False,
+            "LEDGER_RUN_OUTBOX are off",
+        ),
+    ],
+)
+def test_serve_decides_where_the_background_runs_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    background: str,
+    cpus: int,
+    env: dict[str, str],
+    apart: bool,
+    logged: str,
+) -> None:
+    import logging
+
+    from ledger.cli import _background_apart
+    from tests.support import test_settings
+
+    monkeypatch.setattr("ledger.cli.lifecycle.usable_cpus", lambda: cpus)
+    log = logging.getLogger("ledger.serve")
+    with caplog.at_level(logging.INFO, logger="ledger.serve"):
+        assert _background_apart(test_settings(**env), background, log) is apart
+    assert logged in caplog.text
