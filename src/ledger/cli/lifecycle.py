@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -185,8 +186,6 @@ def auto_workers(cpus: int, *, local_database: bool) -> int:
 
 # -- the background components in their own process (ADR 0030) ---------------------------
 
-BACKGROUND_MODES = ("auto", "process", "inline")
-
 
 def auto_background(cpus: int) -> str:
     """``--background auto``: ``process`` with 2 usable CPUs or more (HTTP never waits for a
@@ -198,15 +197,16 @@ class BackgroundProcess:
     """``ledger serve``'s background components in one supervised child (``ledger worker
     --parent-pipe FD``), restarted with backoff when it dies.
 
-    - The database URL goes down a pipe, never in argv, the environment or a log. Serve keeps
-      the pipe's write end open (close-on-exec: no other child inherits it), so when serve
+    - The database URL goes down a pipe: never in argv or a log, and serve adds it to no
+      environment the child gets (an operator's LEDGER_DATABASE_URL is there anyway). Serve
+      keeps the pipe's write end open (close-on-exec: no other child inherits it), so when serve
       dies, even by SIGKILL, the child reads end of file and stops: never an orphan.
     - The child has its own session: a terminal's Ctrl+C reaches serve alone, which stops
       the child (SIGTERM, then SIGKILL after ``stop_timeout``) once HTTP has stopped, and
       before the embedded PostgreSQL stops.
-    - A child that dies is started again after 1, 2, 4, ... s; one that ran
-      ``healthy_after`` seconds starts the count again. After ``len(backoff)`` failures in a
-      row serve gives up: ``failed`` says why and ``give_up`` (SIGTERM to serve) stops it.
+    - A child that dies is started again after 1, 2, 4, ... s (``backoff``); one that ran
+      ``healthy_after`` seconds starts the count again. When it dies once more after the last
+      step, serve gives up: ``failed`` says why and ``give_up`` (SIGTERM to serve) stops it.
     """
 
     def __init__(
@@ -281,7 +281,9 @@ class BackgroundProcess:
                 raise
             finally:
                 os.close(read)
-            os.write(write, self._url.encode() + b"\n")  # far below a pipe's buffer
+            # Far below a pipe's buffer. A child already gone is seen by the supervisor's wait.
+            with contextlib.suppress(BrokenPipeError):
+                os.write(write, self._url.encode() + b"\n")
             self._proc = proc
             self.pid = proc.pid
             self.starts += 1
