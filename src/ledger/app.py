@@ -337,6 +337,10 @@ def create_app(
     process (``ledger serve``, ADR 0030)."""
     cfg: Settings = settings or load_settings()
     running = Running()
+    if not parts.background:  # its outbox and reconciler metrics come from that process
+        from ledger.metrics_relay import FILE_NAME, relay
+
+        relay(cfg.home_path / FILE_NAME)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

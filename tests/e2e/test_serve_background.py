@@ -229,16 +229,35 @@ async def test_background_process_folds_restarts_rebuilds_and_stops_with_serve(
 async def test_workers_share_one_background_process_and_a_killed_serve_leaves_no_orphan(
     database_url: str, tmp_path: Path
 ) -> None:
-    env = {"LEDGER_DATABASE_URL": database_url, "LEDGER_LOG_FORMAT": "json"}
+    # Partner sync to a closed loopback port: a paid Xendit order makes a delivery attempt
+    # (failing), counted by the dispatcher in the background process.
+    env = {
+        "LEDGER_DATABASE_URL": database_url,
+        "LEDGER_LOG_FORMAT": "json",
+        "LEDGER_PARTNER_SYNC_URL": f"http://127.0.0.1:{free_port()}/sync",
+    }
     server = Serve(tmp_path / "home", env=env, args=("--workers", "2"))
     try:
         await server.start()
         assert server.proc is not None
         [background] = await until(server.background_pids, what="the background process")
-        key = await make_key(database_url, "audit:read")
+        key = await make_key(database_url, "audit:read", "ops:admin")
         async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
             for i in range(4):  # over both HTTP processes
                 await paid_and_folded(http, key, f"INV-W-{i}")
+            d = signed("xendit", "PAID")
+            assert (await http.post(d.path, content=d.body, headers=d.headers)).status_code == 200
+
+            # GET /metrics (either HTTP process) shows the background process's counters,
+            # once: the HTTP processes' own idle copies are not there beside them.
+            async def attempts_counted() -> str:
+                r = await http.get("/metrics", headers=bearer(key))
+                assert r.status_code == 200, r.text
+                return r.text if 'ledger_outbox_attempts_total{kind="partner"' in r.text else ""
+
+            text = await until(attempts_counted, timeout=120, what="outbox attempts in /metrics")
+            assert text.count("# TYPE ledger_outbox_attempts_total counter") == 1, text
+            assert text.count("# TYPE ledger_reconcile_passes_total counter") == 1, text
         # The lanes hold their generations' locks in the background process's sessions; an
         # HTTP process running a runner would hold some as "ledger-runner".
         holders = await lock_holders(database_url)

@@ -342,6 +342,7 @@ def _serve_background(settings: Settings, pipe: int, batch_size: int) -> None:
 
     from ledger import logs
     from ledger.config import secrets_in_effect
+    from ledger.metrics_relay import FILE_NAME, publish
 
     log = logging.getLogger("ledger.serve.background")
     logs.mask_values(secrets_in_effect(settings).values())
@@ -366,6 +367,8 @@ def _serve_background(settings: Settings, pipe: int, batch_size: int) -> None:
                     stop.set()
 
             loop.add_reader(pipe, parent_gone)
+            # The outbox's and reconciler's counters, for serve's GET /metrics.
+            relay = asyncio.create_task(publish(settings.home_path / FILE_NAME))
             running = [
                 name
                 for name, on in (
@@ -382,6 +385,9 @@ def _serve_background(settings: Settings, pipe: int, batch_size: int) -> None:
                 settings.reconcile_interval,
             )
             await stop.wait()
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
         log.info("background process %d stopped", os.getpid())
 
     asyncio.run(go())
