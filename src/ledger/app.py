@@ -16,7 +16,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.plugins.prometheus import PrometheusConfig
 
-from ledger import __version__
+from ledger import __version__, heap
 from ledger.accounts.spend import Spender
 from ledger.api import problems
 from ledger.api.accounts import AccountsController
@@ -347,6 +347,7 @@ def create_app(
         async with running_services(cfg, database_url, parts=parts) as services:
             app.state.services = services  # for the guards (they take no dependencies)
             running.services = services
+            heap.settle()  # start-up done: freeze it out of the collector's walks (ADR 0031)
             yield
 
     # Webhooks are counted and timed by ledger.metrics (cheaper than this middleware's

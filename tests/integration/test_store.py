@@ -123,3 +123,23 @@ async def test_group_commit_fails_a_batch_with_store_unavailable(database_url, s
         await admin.close()
         await committer.stop()
         await pool.close()
+
+
+async def test_a_cancelled_caller_leaves_its_queued_event_committed(store):
+    """A request cancelled while its event waits for a commit (the client went away): the
+    event is still committed, the committer keeps serving, and nothing is left unretrieved."""
+    committer = GroupCommitter(store, writers=1)  # one writer: batches commit in queue order
+    await committer.start()
+    try:
+        gone = event()
+        task = asyncio.create_task(committer.append(gone))
+        await asyncio.sleep(0)  # the task queues its event and waits for the commit
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = await committer.append(event())
+    finally:
+        await committer.stop()
+    stored = await store.get(gone.id)
+    assert stored is not None
+    assert stored.position < after.position
