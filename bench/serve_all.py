@@ -15,8 +15,10 @@ by ``wrk -t1 -cN`` (or, without wrk, the asyncio client of ``bench/ingest.py``):
    with the bench-only ``POST /noop`` added, background components off: first the in-app
    no-op, then ingest alone (``POST /webhooks/midtrans``).
 3. ``serve``: the real command, ``python -m ledger serve`` (README defaults: projection
-   runner, outbox dispatcher, live-stream hub and audit index in the same process), then
-   the same ingest load. After the load: how long the projections and the audit index took
+   runner, outbox dispatcher, audit index and reconciler on; in their own process beside
+   the HTTP one on 2 CPUs or more, ADR 0030), then the same ingest load. Server CPU is
+   every process under serve (HTTP and background), the background's share shown apart;
+   PostgreSQL's is reported separately. After the load: how long the projections and the audit index took
    to reach the head, and the log's count of distinct dedup keys (= events: no duplicates).
 4. ``bare`` again: its mean with the first is the ceiling (the machine's load drifts).
 
@@ -142,6 +144,8 @@ class Server:
         bi.stop(self.proc)
 
     def pids(self) -> list[int]:
+        """The server and every process under it (``--workers`` children and serve's
+        background process, ADR 0030); the PostgreSQL processes are counted apart."""
         import psutil
 
         try:
@@ -149,6 +153,17 @@ class Server:
             return [p.pid, *(c.pid for c in p.children(recursive=True))]
         except psutil.Error:
             return [self.proc.pid]
+
+    def background_pids(self) -> list[int]:
+        """``ledger serve``'s background process (``ledger worker --parent-pipe``), if any."""
+        import psutil
+
+        found = []
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                if "--parent-pipe" in psutil.Process(pid).cmdline():
+                    found.append(pid)
+        return found
 
 
 def measure(
@@ -174,11 +189,16 @@ def measure(
             stderr=subprocess.DEVNULL,
         )
     pg_pids = bi.postgres_pids(PG_DATA[0]) if PG_DATA else []
-    cpu0, pg0 = bi.cpu_seconds(server.pids()), bi.cpu_seconds(pg_pids)
+    pids, bg_pids = server.pids(), server.background_pids()
+    cpu0, pg0, bg0 = bi.cpu_seconds(pids), bi.cpu_seconds(pg_pids), bi.cpu_seconds(bg_pids)
     t0 = time.perf_counter()
     r: dict[str, Any] = bi.run_load(url, main_file, args.duration, args.connections, server.tmp)
     wall = time.perf_counter() - t0
-    cpu = bi.cpu_seconds(server.pids()) - cpu0
+    if server.pids() != pids:  # e.g. the background process restarted: the figure is wrong
+        r["pids_changed"] = True
+        print(f"  warning: {label}: the server's processes changed during the run", flush=True)
+    cpu = bi.cpu_seconds(pids) - cpu0  # the same processes as at the start
+    bg_cpu = bi.cpu_seconds(bg_pids) - bg0
     r["postgres_cpu_pct"] = round(100 * (bi.cpu_seconds(pg_pids) - pg0) / wall, 1)
     if spy is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -186,11 +206,21 @@ def measure(
     r["rps"] = r["requests"] / r["duration_s"]
     r["server_cpu_us_per_request"] = round(1e6 * cpu / max(1, r["requests"]))
     r["server_cpu_pct"] = round(100 * cpu / wall, 1)
+    # Of which serve's background process (projections, audit index, outbox): all of a
+    # request's server CPU is the total above, HTTP process(es) + background process.
+    r["background_cpu_us_per_request"] = round(1e6 * bg_cpu / max(1, r["requests"]))
+    r["background_cpu_pct"] = round(100 * bg_cpu / wall, 1)
     r["loadavg"] = loadavg()
+    of_which = (
+        f", of which background process {r['background_cpu_us_per_request']} us/req"
+        f" = {r['background_cpu_pct']}%"
+        if bg_pids
+        else ""
+    )
     print(
         f"  {label:16} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms"
-        f"  server CPU {r['server_cpu_us_per_request']:4d} us/req ({r['server_cpu_pct']}% of a core,"
-        f" postgres {r['postgres_cpu_pct']}%)"
+        f"  server CPU {r['server_cpu_us_per_request']:4d} us/req ({r['server_cpu_pct']}% of a core"
+        f"{of_which}, postgres {r['postgres_cpu_pct']}%)"
         f"  non-2xx {r['non2xx']}  errors {r['errors']}  load {r['loadavg']}",
         flush=True,
     )
@@ -294,6 +324,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if workers:
                 cmd += ["--workers", str(workers)]
                 label += f" -w{workers}"
+            if args.background:
+                cmd += ["--background", args.background]
+                label += f" --background {args.background}"
             files = bodies_for(tmp, f"serve{i}", out["app_noop"]["rps"] * max(1, workers), args)
             with Server(f"serve{i}", cmd, serve_env, tmp) as s:
                 run = measure(s, "/webhooks/midtrans", files, args, label)
@@ -341,6 +374,8 @@ if __name__ == "__main__":
         parser.add_argument("--connections", type=int, default=64)
         parser.add_argument("--workers", type=int, nargs="+", default=[0],
                             help="one serve run per value: --workers N (0: the default)")  # fmt: skip
+        parser.add_argument("--background", choices=["auto", "process", "inline"],
+                            help="serve --background (default: serve's own default)")  # fmt: skip
         parser.add_argument("--profile", type=Path, help="py-spy raw profiles into this folder")
         parser.add_argument("--json", type=Path, help="append the raw result as one JSON line")
         ns = parser.parse_args()

@@ -75,10 +75,11 @@ class Services:
     database_url: str = ""
     # Keyword arguments for the ProjectionRunner (``ledger worker`` and tests tune them).
     runner_options: dict[str, Any] = field(default_factory=dict)
-    # Filled by components (see ``components()``); None when not running in this process.
+    # Filled by components (see ``components()``); None when not running in this process
+    # (``ledger serve``'s HTTP process when its background process runs them, ADR 0030).
     runner: ProjectionRunner | None = None
     dispatcher: Dispatcher | None = None
-    hub: StreamHub | None = None  # the live stream (started by the outbox components)
+    hub: StreamHub | None = None  # the live stream (in every process that serves HTTP)
     # The read models of this code base, configured (see ``installed_projections``).
     projections: dict[str, Projection] = field(default_factory=dict)
 
@@ -103,26 +104,49 @@ def installed_projections(settings: Settings | None = None) -> dict[str, Project
     return discover(ledger.projections)
 
 
-def components(services: Services) -> list[Component]:
-    """The background components this process runs (add one line per component)."""
+@dataclass(frozen=True)
+class Parts:
+    """Which components a process runs (ADR 0030). ``http``: what requests need beside the
+    pool and group commit (the key cache, the live-stream hub); ``background``: the log's
+    consumers (projection runner, audit index, outbox dispatcher, reconciler), each still
+    subject to its setting (``LEDGER_RUN_PROJECTIONS``, ``LEDGER_RUN_OUTBOX``, ...)."""
+
+    http: bool = True
+    background: bool = True
+
+
+EVERYTHING = Parts()  # ``serve --background inline``, one process does it all
+HTTP_ONLY = Parts(background=False)  # ``serve``'s HTTP process(es) beside a background one
+BACKGROUND_ONLY = Parts(http=False)  # ``ledger worker`` and ``serve``'s background process
+
+
+def components(services: Services, parts: Parts = EVERYTHING) -> list[Component]:
+    """The components this process runs besides group commit (one line per component)."""
+    settings = services.settings
     found: list[Component] = []
-    if services.settings.run_projections:
+    if parts.http:
+        found.append(services.keyring)
+        services.hub = StreamHub(services.database_url, services.store)
+        found.append(services.hub)
+    if not parts.background:
+        return found
+    if settings.run_projections:
         services.runner = ProjectionRunner(
             services.database_url, services.projections, **services.runner_options
         )
         found.append(services.runner)
-    from ledger.outbox.dispatcher import outbox_components
-
-    found.extend(outbox_components(services))
-    if services.settings.run_projections:  # derived data, like the projections
+    if settings.run_outbox:
+        services.dispatcher = Dispatcher(
+            services.pool, settings, database_url=services.database_url
+        )
+        found.append(services.dispatcher)
+    if settings.run_projections:  # derived data, like the projections
         found.append(AuditIndexer(services.pool))
     from ledger.reconcile.background import Reconciler
 
     # Every LEDGER_RECONCILE_INTERVAL (0: off); one pass at a time across processes.
     found.append(
-        Reconciler(
-            services.settings, services.database_url, services.read_models, services.committer
-        )
+        Reconciler(settings, services.database_url, services.read_models, services.committer)
     )
     return found
 
@@ -137,12 +161,17 @@ async def prepare_database(
 
 @asynccontextmanager
 async def running_services(
-    cfg: Settings, database_url: str | None = None, *, runner_options: dict[str, Any] | None = None
+    cfg: Settings,
+    database_url: str | None = None,
+    *,
+    runner_options: dict[str, Any] | None = None,
+    parts: Parts = EVERYTHING,
 ) -> AsyncIterator[Services]:
-    """Everything but HTTP: the store, group commit and the background components.
+    """Everything but HTTP: the store, group commit and the components ``parts`` names.
 
-    ``serve`` runs it inside the app's lifespan and ``ledger worker`` on its own, so both
-    get the same, fully configured components (e.g. the outbox projection's targets).
+    ``serve`` runs it inside the app's lifespan and ``ledger worker`` (or serve's background
+    process) on its own, so all get the same, fully configured components (e.g. the outbox
+    projection's targets).
     """
     url = await asyncio.to_thread(
         resolve_database_url, database_url or cfg.database_url, cfg.home_path
@@ -187,7 +216,7 @@ async def running_services(
     )
     started: list[Component] = []
     try:
-        for comp in [services.keyring, *components(services)]:
+        for comp in components(services, parts):
             await comp.start()
             started.append(comp)
         yield services
@@ -281,7 +310,7 @@ def dependencies(running: Running) -> dict[str, Provide]:
 
     def hub() -> StreamHub:
         running_hub = get().hub
-        if running_hub is None:  # components() always starts one; a bug if not
+        if running_hub is None:  # every HTTP process starts one; a bug if not
             raise RuntimeError("the stream hub is not running")
         return running_hub
 
@@ -298,13 +327,24 @@ def dependencies(running: Running) -> dict[str, Provide]:
     return {fn.__name__: Provide(fn, sync_to_thread=False) for fn in providers}
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    parts: Parts = EVERYTHING,
+) -> Litestar:
+    """The HTTP app; ``parts=HTTP_ONLY`` when the background components run in another
+    process (``ledger serve``, ADR 0030)."""
     cfg: Settings = settings or load_settings()
     running = Running()
+    if not parts.background:  # its outbox and reconciler metrics come from that process
+        from ledger.metrics_relay import FILE_NAME, relay
+
+        relay(cfg.home_path / FILE_NAME)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with running_services(cfg, database_url) as services:
+        async with running_services(cfg, database_url, parts=parts) as services:
             app.state.services = services  # for the guards (they take no dependencies)
             running.services = services
             heap.settle()  # start-up done: freeze it out of the collector's walks (ADR 0031)
@@ -332,9 +372,19 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
 
 def app_from_env() -> Any:
-    """Uvicorn factory target (``ledger.app:app_from_env``; ``ledger serve --workers N``):
-    settings from the environment, development secrets from ``$LEDGER_HOME``."""
+    """Uvicorn factory target (``ledger.app:app_from_env``; ``ledger serve --workers N
+    --background inline``): settings from the environment, development secrets from
+    ``$LEDGER_HOME``; every component in each process."""
     from ledger.config import ensure_dev_secrets
 
     settings, _ = ensure_dev_secrets(load_settings())
     return create_app(settings)
+
+
+def http_app_from_env() -> Any:
+    """Like :func:`app_from_env` with HTTP's components only: ``ledger serve --workers N``
+    whose background components run in their own process (ADR 0030)."""
+    from ledger.config import ensure_dev_secrets
+
+    settings, _ = ensure_dev_secrets(load_settings())
+    return create_app(settings, parts=HTTP_ONLY)

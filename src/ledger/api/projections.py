@@ -20,7 +20,6 @@ from ledger.readmodels import poison
 from ledger.readmodels import runner as runners
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.contract import Conn, Projection
-from ledger.readmodels.runner import ProjectionRunner
 from ledger.store.eventstore import EventStore
 
 
@@ -57,16 +56,14 @@ class RebuildStarted(msgspec.Struct, kw_only=True):
     started: bool  # false: a rebuild was already in progress; this is its generation
 
 
-def known(active: ProjectionRunner | None) -> dict[str, Projection]:
-    """The projections of this code base (the runner's when this process runs one)."""
-    if active is not None and active.projections:
-        found: dict[str, Projection] = active.projections
-        return found
-    return runners.available()
+def known(read_models: ReadModels) -> dict[str, Projection]:
+    """The projections of this code base, as this process configured them (also when its
+    runner runs in another process, ADR 0030)."""
+    return read_models.projections or runners.available()
 
 
-def _find(runner: ProjectionRunner | None, name: str) -> Projection:
-    projections = known(runner)
+def _find(read_models: ReadModels, name: str) -> Projection:
+    projections = known(read_models)
     proj = projections.get(name)
     if proj is None:
         raise problem(
@@ -116,7 +113,6 @@ class ProjectionsController(KeyedController):
     async def list_projections(
         self,
         read_models: NamedDependency[ReadModels],
-        runner: NamedDependency[ProjectionRunner | None],
         store: NamedDependency[EventStore],
         pool: NamedDependency[asyncpg.Pool],
         digest: Annotated[
@@ -126,7 +122,7 @@ class ProjectionsController(KeyedController):
         rm = read_models
         items = await rm.status()
         if digest:
-            await _with_digests(rm, items, known(runner))
+            await _with_digests(rm, items, known(read_models))
         head = items[0].head if items else await store.head()
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             index = await _audit_status(conn, await poison.annotate(conn, items))
@@ -136,7 +132,6 @@ class ProjectionsController(KeyedController):
     async def get_projection(
         self,
         read_models: NamedDependency[ReadModels],
-        runner: NamedDependency[ProjectionRunner | None],
         pool: NamedDependency[asyncpg.Pool],
         name: FromPath[str],
         digest: Annotated[bool, QueryParameter(description="also compute the digest")] = False,
@@ -144,7 +139,7 @@ class ProjectionsController(KeyedController):
         rm = read_models
         found = [st for st in await rm.status() if st.name == name]
         if not found:
-            _find(runner, name)  # 404 when the code does not know it either
+            _find(read_models, name)  # 404 when the code does not know it either
             raise problem(
                 503,
                 "projection-unavailable",
@@ -153,7 +148,7 @@ class ProjectionsController(KeyedController):
                 headers={"Retry-After": "1"},
             )
         if digest:
-            await _with_digests(rm, found, known(runner))
+            await _with_digests(rm, found, known(read_models))
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             await poison.annotate(conn, found)
         return found[0]
@@ -165,7 +160,6 @@ class ProjectionsController(KeyedController):
         self,
         request: Request[Any, Any, Any],
         read_models: NamedDependency[ReadModels],
-        runner: NamedDependency[ProjectionRunner | None],
         pool: NamedDependency[asyncpg.Pool],
         name: FromPath[str],
     ) -> RebuildStarted:
@@ -173,7 +167,7 @@ class ProjectionsController(KeyedController):
         another process) folds it from position 0 and switches readers when it catches
         up. Follow it with ``GET /v1/projections``. Needs ``X-Ledger-Reason``: the request
         is recorded in the log as an operator action."""
-        proj = _find(runner, name)
+        proj = _find(read_models, name)
         reason = _reason(request)
         key = current_key(request)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
@@ -194,7 +188,7 @@ class ProjectionsController(KeyedController):
     async def retry(
         self,
         request: Request[Any, Any, Any],
-        runner: NamedDependency[ProjectionRunner | None],
+        read_models: NamedDependency[ReadModels],
         pool: NamedDependency[asyncpg.Pool],
         name: FromPath[str],
     ) -> RetryDone:
@@ -203,7 +197,7 @@ class ProjectionsController(KeyedController):
         stays poisoned with its new error. Late is correct: projections are
         order-independent folds (ADR 0008, 0010). Needs ``X-Ledger-Reason``: the retry and
         its operator event in the log commit together."""
-        proj = None if name == poison.AUDIT_INDEX else _find(runner, name)
+        proj = None if name == poison.AUDIT_INDEX else _find(read_models, name)
         reason = _reason(request)
         key = current_key(request)
         try:

@@ -70,12 +70,22 @@ def main(ctx: click.Context, verbose: int) -> None:
     help="server processes (1-64); auto: one per usable CPU, less one when PostgreSQL is "
     "on this machine, at most 2 (ADR 0018); every component is safe in several at once",
 )
-def serve(host: str, port: int, workers: int | None) -> None:
+@click.option(
+    "--background",
+    type=click.Choice(["auto", "process", "inline"]),
+    default="auto",
+    show_default=True,
+    help="where the projection runner, audit index, outbox dispatcher and reconciler run: "
+    "process: one supervised child process beside the server process(es); inline: in each "
+    "server process; auto: process with 2 usable CPUs or more (ADR 0030)",
+)
+def serve(host: str, port: int, workers: int | None, background: str) -> None:
     """Serve the API (embedded PostgreSQL and dev secrets when none are configured).
 
     One serve per LEDGER_HOME (it holds $LEDGER_HOME/serve.lock). SIGTERM and SIGINT stop
     it gracefully: no new connections, in-flight requests finish (LEDGER_SHUTDOWN_TIMEOUT),
-    background components stop, then the embedded PostgreSQL this process started.
+    background components stop (their process too), then the embedded PostgreSQL this
+    process started.
     """
     from ledger.cli import lifecycle
 
@@ -86,19 +96,20 @@ def serve(host: str, port: int, workers: int | None) -> None:
         raise click.ClickException(str(exc)) from None
     lifecycle.terminate_like_interrupt()
     try:
-        _serve(settings, host, port, workers)
+        _serve(settings, host, port, workers, background)
     finally:
         # Exit hooks stop the embedded server next; a second signal must not cut them short.
         lifecycle.ignore_further_signals()
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int | None) -> None:
+def _serve(settings: Settings, host: str, port: int, workers: int | None, background: str) -> None:
     import os
 
     import uvicorn
 
     from ledger.api.slow_clients import HeaderDeadlineProtocol
-    from ledger.app import create_app
+    from ledger.app import EVERYTHING, HTTP_ONLY, create_app
+    from ledger.cli import lifecycle
     from ledger.database import PrivilegeError, logins_for
 
     supplied = settings
@@ -109,12 +120,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int | None) -> Non
     except PrivilegeError as exc:
         raise click.ClickException(str(exc)) from None
     _banner(supplied, settings, created is not None, url, host, port)
+    log = logging.getLogger("ledger.serve")
     if workers is None:  # --workers auto (ADR 0018)
-        from ledger.cli.lifecycle import auto_workers, database_is_local, usable_cpus
-
-        cpus, local = usable_cpus(), database_is_local(url)
-        workers = auto_workers(cpus, local_database=local)
-        logging.getLogger("ledger.serve").info(
+        cpus, local = lifecycle.usable_cpus(), lifecycle.database_is_local(url)
+        workers = lifecycle.auto_workers(cpus, local_database=local)
+        log.info(
             "server processes: %d (--workers auto: %d usable CPUs, PostgreSQL %s)",
             workers,
             cpus,
@@ -134,15 +144,50 @@ def _serve(settings: Settings, host: str, port: int, workers: int | None) -> Non
         # (an unanswered request was not acknowledged, so nothing acknowledged is lost).
         "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
-    if workers == 1:
-        uvicorn.run(create_app(settings, database_url=url), **common)
-        return
-    # Several processes: each builds its app from the environment (the embedded server, if
-    # any, stays owned by this parent process). Appends, projections (advisory locks), the
-    # outbox (leases) and the audit index (a row lock) are all safe across processes. On
-    # SIGTERM/SIGINT the parent stops each child gracefully and waits for it, then returns.
-    os.environ["LEDGER_DATABASE_URL"] = url
-    uvicorn.run("ledger.app:app_from_env", factory=True, workers=workers, **common)
+    apart = _background_apart(settings, background, log)
+    supervisor = lifecycle.BackgroundProcess(url) if apart else None
+    try:
+        if supervisor is not None:  # after the migrations; stopped before PostgreSQL
+            supervisor.start()
+        if workers == 1:
+            parts = HTTP_ONLY if apart else EVERYTHING
+            uvicorn.run(create_app(settings, database_url=url, parts=parts), **common)
+        else:
+            # Several processes: each builds its app from the environment (the embedded
+            # server, if any, stays owned by this parent process). Appends, projections
+            # (advisory locks), the outbox (leases) and the audit index (a row lock) are all
+            # safe across processes. On SIGTERM/SIGINT the parent stops each child gracefully
+            # and waits for it, then returns.
+            os.environ["LEDGER_DATABASE_URL"] = url
+            factory = "http_app_from_env" if apart else "app_from_env"
+            uvicorn.run(f"ledger.app:{factory}", factory=True, workers=workers, **common)
+    finally:
+        if supervisor is not None:
+            lifecycle.ignore_further_signals()  # shutdown is under way (see ``serve``)
+            supervisor.stop()
+    if supervisor is not None and supervisor.failed:
+        raise click.ClickException(supervisor.failed)
+
+
+def _background_apart(settings: Settings, background: str, log: logging.Logger) -> bool:
+    """Whether the background components run in their own process (ADR 0030); logs why."""
+    from ledger.cli.lifecycle import auto_background, usable_cpus
+
+    if not (settings.run_projections or settings.run_outbox):
+        log.info(
+            "background components: in the server process(es) (LEDGER_RUN_PROJECTIONS and "
+            "LEDGER_RUN_OUTBOX are off: the reconciler alone)"
+        )
+        return False
+    if background == "auto":
+        cpus = usable_cpus()
+        background = auto_background(cpus)
+        why = f"--background auto: {cpus} usable CPU{'s' if cpus != 1 else ''}"
+    else:
+        why = f"--background {background}"
+    where = "their own process" if background == "process" else "the server process(es)"
+    log.info("background components: in %s (%s)", where, why)
+    return background == "process"
 
 
 def _banner(

@@ -11,14 +11,19 @@
 - The embedded server's bookkeeping (``pgdata/.handle_pids.json``, one pid per process using
   it; the last to leave stops it) keeps the pid of a process killed with SIGKILL forever, and
   then nobody ever stops the server. :func:`forget_dead_handles` drops such pids first.
+- The background components run in one supervised child (:class:`BackgroundProcess`, ADR
+  0030) on 2 CPUs or more: started after the migrations, stopped after HTTP and before the
+  embedded PostgreSQL, restarted with backoff, and gone by itself when serve is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from ledger.errors import LedgerError
@@ -177,3 +182,155 @@ def auto_workers(cpus: int, *, local_database: bool) -> int:
     :data:`MAX_AUTO_WORKERS`."""
     spare = cpus - 1 if local_database else cpus
     return max(1, min(spare, MAX_AUTO_WORKERS))
+
+
+# -- the background components in their own process (ADR 0030) ---------------------------
+
+
+def auto_background(cpus: int) -> str:
+    """``--background auto``: ``process`` with 2 usable CPUs or more (HTTP never waits for a
+    fold), ``inline`` on one (a second process would only take turns on the same core)."""
+    return "process" if cpus >= 2 else "inline"
+
+
+class BackgroundProcess:
+    """``ledger serve``'s background components in one supervised child (``ledger worker
+    --parent-pipe FD``), restarted with backoff when it dies.
+
+    - The database URL goes down a pipe: never in argv or a log, and serve adds it to no
+      environment the child gets (an operator's LEDGER_DATABASE_URL is there anyway). Serve
+      keeps the pipe's write end open (close-on-exec: no other child inherits it), so when serve
+      dies, even by SIGKILL, the child reads end of file and stops: never an orphan.
+    - The child has its own session: a terminal's Ctrl+C reaches serve alone, which stops
+      the child (SIGTERM, then SIGKILL after ``stop_timeout``) once HTTP has stopped, and
+      before the embedded PostgreSQL stops.
+    - A child that dies is started again after 1, 2, 4, ... s (``backoff``); one that ran
+      ``healthy_after`` seconds starts the count again. When it dies once more after the last
+      step, serve gives up: ``failed`` says why and ``give_up`` (SIGTERM to serve) stops it.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        command: list[str] | None = None,
+        backoff: tuple[float, ...] = (1, 2, 4, 8, 16),
+        healthy_after: float = 60.0,
+        stop_timeout: float = 60.0,
+    ) -> None:
+        import sys
+        import threading
+
+        self._url = database_url
+        # serve's environment as it starts (``--workers`` adds the URL to it later on)
+        self._env = dict(os.environ)
+        self._command = command or [sys.executable, "-m", "ledger", "-v", "worker"]
+        self.backoff = backoff
+        self.healthy_after = healthy_after
+        self.stop_timeout = stop_timeout
+        self.failed: str | None = None
+        self.pid: int | None = None
+        self.starts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._supervise, name="background", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def give_up(self) -> None:
+        """Stop serve as SIGTERM would (graceful: in-flight requests finish)."""
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stop the child (if any) and the supervision; idempotent."""
+        self._stopping.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "background process %d did not stop within %g s: killed",
+                    proc.pid,
+                    self.stop_timeout,
+                )
+                proc.kill()
+                proc.wait()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], int] | None:
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            read, write = os.pipe()
+            try:
+                proc = subprocess.Popen(  # noqa: S603 -- this interpreter, our own command
+                    [*self._command, "--parent-pipe", str(read)],
+                    pass_fds=(read,),
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except BaseException:
+                os.close(write)
+                raise
+            finally:
+                os.close(read)
+            # Far below a pipe's buffer. A child already gone is seen by the supervisor's wait.
+            with contextlib.suppress(BrokenPipeError):
+                os.write(write, self._url.encode() + b"\n")
+            self._proc = proc
+            self.pid = proc.pid
+            self.starts += 1
+        return proc, write
+
+    def _supervise(self) -> None:
+        import time
+
+        failures = 0
+        while True:
+            try:
+                spawned = self._spawn()
+            except OSError as exc:
+                spawned, code, ran = None, f"could not be started ({exc})", 0.0
+            else:
+                if spawned is None:
+                    return
+                proc, write = spawned
+                log.info("background process %d started", proc.pid)
+                began = time.monotonic()
+                returncode = proc.wait()
+                ran = time.monotonic() - began
+                os.close(write)
+                if self._stopping.is_set():
+                    return
+                code = (
+                    f"was killed by signal {-returncode}"
+                    if returncode < 0
+                    else f"exited with status {returncode}"
+                )
+                code = f"{proc.pid} {code} after {ran:.1f} s"
+            failures = 1 if ran >= self.healthy_after else failures + 1
+            if failures > len(self.backoff):
+                self.failed = (
+                    f"the background process {code}, {failures} times in a row within "
+                    f"{self.healthy_after:g} s of starting; serve stops"
+                )
+                log.error("%s", self.failed)
+                self.give_up()
+                return
+            delay = self.backoff[failures - 1]
+            log.warning(
+                "background process %s; starting it again in %g s (attempt %d of %d)",
+                code,
+                delay,
+                failures,
+                len(self.backoff),
+            )
+            if self._stopping.wait(delay):
+                return

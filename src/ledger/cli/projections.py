@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +19,10 @@ from ledger.cli.following import progress_line as progress_line  # re-exported
 from ledger.database import create_pool, logins_for
 from ledger.readmodels.access import ProjectionStatus, ReadModels
 from ledger.readmodels.poison import AUDIT_INDEX, PoisonedEvent
+
+if TYPE_CHECKING:
+    from ledger.app import Services
+    from ledger.config import Settings
 
 
 def status_table(items: list[ProjectionStatus]) -> str:
@@ -267,9 +273,18 @@ def retry(name: str, reason: str) -> None:
 
 @click.command()
 @click.option("--batch-size", default=2000, show_default=True, type=int)
-def worker(batch_size: int) -> None:
+@click.option(
+    "--parent-pipe",
+    type=int,
+    default=None,
+    hidden=True,
+    help="ledger serve's background process (ADR 0030): the database URL is read from this "
+    "descriptor, whose end of file means serve has gone",
+)
+def worker(batch_size: int, parent_pipe: int | None) -> None:
     """Run the background components without HTTP until SIGTERM or SIGINT: the projection
-    runner, the audit index and the outbox dispatcher (unless LEDGER_RUN_OUTBOX=false).
+    runner, the audit index, the outbox dispatcher (unless LEDGER_RUN_OUTBOX=false) and the
+    reconciler.
 
     Any number of workers (and ``serve`` processes) may run at once: each projection
     generation is applied by exactly one of them; the others take over if it dies; outbox
@@ -277,25 +292,103 @@ def worker(batch_size: int) -> None:
     """
     import msgspec
 
-    from ledger.app import running_services
+    from ledger.config import read_dev_secrets
 
-    settings = msgspec.structs.replace(cli_settings(), run_projections=True)
+    # The secrets serve uses (e.g. the partner sync's, which the outbox projection's
+    # targets depend on), from $LEDGER_HOME/dev-secrets.json in development.
+    settings = read_dev_secrets(cli_settings())
+    if parent_pipe is not None:  # serve's background process: serve's settings, as they are
+        _serve_background(settings, parent_pipe, batch_size)
+        return
+    settings = msgspec.structs.replace(settings, run_projections=True)
     url = ledger_url(settings)  # an existing ledger only; started once, here
+    options = {"batch_size": batch_size, "app_name": f"ledger-worker-{os.getpid()}"}
 
     async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        # The pid in the application name lets an operator see who holds what.
-        options = {"batch_size": batch_size, "app_name": f"ledger-worker-{os.getpid()}"}
-        async with running_services(settings, url, runner_options=options) as services:
+        async with _background(settings, url, options) as (services, stop):
             runner = services.runner
             if runner is None:  # run_projections is forced on above; a bug if it did not start
                 raise click.ClickException("the projection runner did not start")
             click.echo(f"worker running projections: {', '.join(sorted(runner.projections))}")
             await stop.wait()
         click.echo("worker stopped")
+
+    asyncio.run(go())
+
+
+@contextlib.asynccontextmanager
+async def _background(
+    settings: Settings, url: str, options: dict[str, Any]
+) -> AsyncIterator[tuple[Services, asyncio.Event]]:
+    """The background components running, and the event SIGTERM or SIGINT sets."""
+    from ledger.app import BACKGROUND_ONLY, running_services
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_services(
+        settings, url, runner_options=options, parts=BACKGROUND_ONLY
+    ) as services:
+        yield services, stop
+
+
+def _serve_background(settings: Settings, pipe: int, batch_size: int) -> None:
+    """``ledger serve``'s background process (ADR 0030): the URL comes on ``pipe`` (never in
+    argv or the environment); serve holds the other end, so end of file means serve has gone,
+    however it went, and this process stops rather than outlive it. It runs in its own
+    session, so a terminal's Ctrl+C reaches serve alone, which stops this process in turn."""
+    import logging
+
+    from ledger import logs
+    from ledger.config import secrets_in_effect
+    from ledger.metrics_relay import FILE_NAME, publish
+
+    log = logging.getLogger("ledger.serve.background")
+    logs.mask_values(secrets_in_effect(settings).values())
+    with os.fdopen(pipe, "rb", buffering=0, closefd=False) as stream:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = stream.read(1)
+            if not chunk:  # serve went away before sending it
+                raise SystemExit(1)
+            line += chunk
+    url = line.decode().strip()
+    options = {"batch_size": batch_size, "app_name": f"ledger-background-{os.getpid()}"}
+
+    async def go() -> None:
+        async with _background(settings, url, options) as (services, stop):
+            loop = asyncio.get_running_loop()
+
+            def parent_gone() -> None:
+                if not os.read(pipe, 64):
+                    loop.remove_reader(pipe)
+                    log.warning("background process: serve has gone; stopping")
+                    stop.set()
+
+            loop.add_reader(pipe, parent_gone)
+            # The outbox's and reconciler's counters, for serve's GET /metrics.
+            relay = asyncio.create_task(publish(settings.home_path / FILE_NAME))
+            running = [
+                name
+                for name, on in (
+                    ("projections", services.runner is not None),
+                    ("audit index", services.runner is not None),
+                    ("outbox dispatcher", services.dispatcher is not None),
+                )
+                if on
+            ]
+            log.info(
+                "background process %d running: %s; LEDGER_RECONCILE_INTERVAL %g s",
+                os.getpid(),
+                ", ".join(running) or "nothing but the reconciler",
+                settings.reconcile_interval,
+            )
+            await stop.wait()
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+        log.info("background process %d stopped", os.getpid())
 
     asyncio.run(go())
 

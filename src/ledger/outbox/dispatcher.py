@@ -319,21 +319,3 @@ async def retry_message(
             raise NotRetryable(f"message {message_id} {why}")
         position = await append_in(conn, event)
     return int(position or 0)
-
-
-def outbox_components(services: Any) -> list[Any]:
-    """What ``app.components()`` starts for this area: the live-stream hub (always) and the
-    dispatcher (unless ``LEDGER_RUN_OUTBOX=false``). The outbox projection's targets are
-    configured by the composition root (``ledger.app.installed_projections``)."""
-    from ledger.live.hub import StreamHub
-
-    settings: Settings = services.settings
-    hub = StreamHub(services.database_url, services.store)
-    services.hub = hub
-    found: list[Any] = [hub]
-    if settings.run_outbox:
-        services.dispatcher = Dispatcher(
-            services.pool, settings, database_url=services.database_url
-        )
-        found.append(services.dispatcher)
-    return found
