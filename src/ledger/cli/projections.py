@@ -330,6 +330,9 @@ async def _background(
     async with running_services(
         settings, url, runner_options=options, parts=BACKGROUND_ONLY
     ) as services:
+        from ledger import heap
+
+        heap.settle()  # start-up done: freeze it out of the collector's walks (ADR 0031)
         yield services, stop
 
 
