@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ledger import heap
 from ledger.cli.common import cli_settings, ledger_url
 from ledger.cli.following import follow, follow_all
 from ledger.cli.following import progress_line as progress_line  # re-exported
@@ -330,8 +331,6 @@ async def _background(
     async with running_services(
         settings, url, runner_options=options, parts=BACKGROUND_ONLY
     ) as services:
-        from ledger import heap
-
         heap.settle()  # start-up done: freeze it out of the collector's walks (ADR 0031)
         yield services, stop
 
