@@ -4,7 +4,9 @@
     python bench/scale.py --events 200000 --baseline 50000 --rebuild-seconds 30
 
 PostgreSQL: a fresh embedded server in a temporary directory (``--tmp``, default the system
-temp dir; removed at the end), its superuser URL used as the owner of two databases.
+temp dir; removed at the end), sized as ``ledger serve`` sizes its own and as docs/deploy.md
+sizes a primary (``shared_buffers`` a quarter of the memory; ADR 0032; printed), its
+superuser URL used as the owner of two databases.
 Everything listens on 127.0.0.1; the run stops by itself.
 
 1. **Empty log.** A fresh database; ``ledger serve`` as the README runs it (projections,
@@ -42,7 +44,9 @@ Everything listens on 127.0.0.1; the run stops by itself.
    them at once with ``ledger projections rebuild --all`` (folded concurrently, one process
    per CPU, ADR 0026; bounded by ``--rebuild-seconds`` times the number of projections, then
    stopped, abandoned and extrapolated from the events folded); ``ledger serve`` (everything
-   on) and, one request at a time, 300 of each: an order timeline, an order's status as of a
+   on) and, once nothing runs behind them (``wait_quiet``: the server idle, no autovacuum,
+   the load average low, or ``--quiet-seconds`` passed; printed), one request at a time,
+   300 of each: an order timeline, an order's status as of a
    past instant, a customer's token balance as of a past instant and a customer timeline
    (p50/p99); a CSV export streamed for at most
    ``--export-seconds`` (rows/s); server RSS. At N also the ingest run of step 1, with the
@@ -1017,7 +1021,7 @@ QUIET_LOAD = 0.5  # per core: the 1-minute load average the reads wait for
 QUIET_CPU = 0.05  # ledger serve's share of one core, over a second
 
 
-async def wait_quiet(serve: Serve, url: str, timeout: float = 300) -> None:
+async def wait_quiet(serve: Serve, url: str, timeout: float) -> None:
     """Before the timed reads, nothing running behind them: ``ledger serve`` idle (its
     projections and the audit index at the head: ``wait_caught_up``; under ``QUIET_CPU``),
     no other session or autovacuum worker active on the server (the rebuilds just
@@ -1147,7 +1151,7 @@ async def measure(
     try:
         serve.wait_ready()
         await wait_caught_up(url)
-        await wait_quiet(serve, url)
+        await wait_quiet(serve, url, args.quiet_seconds)
         await queries(fig, serve, url, head, args.export_seconds)
         if bodies is not None:
             ingest(fig, serve, bodies, args.ingest_seconds, tmp)
@@ -1267,6 +1271,12 @@ async def main() -> None:
         type=float,
         default=None,
         help="stop loading after this long and measure at the size reached",
+    )
+    ap.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=150,
+        help="how long the reads wait for the machine to be quiet (then measure anyway)",
     )
     ap.add_argument("--tmp", type=Path, default=None, help="where the database lives")
     args = ap.parse_args()
