@@ -1,5 +1,4 @@
-"""``ledger projections status|rebuild|retry`` and ``ledger worker`` (the runner without
-HTTP)."""
+"""``ledger projections status|rebuild|retry`` and ``ledger worker`` (no HTTP)."""
 
 from __future__ import annotations
 
