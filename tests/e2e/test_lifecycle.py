@@ -20,8 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,79 +28,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import SECRETS, bearer, signed, until
+from tests.support import bearer, signed, until
 from tests.support.db import fetchval
-from tests.support.servers import free_port, wait_ready
+from tests.support.serving import Serve, serve_env, wait_exit
 
 READ_BOUND = "2"  # seconds, LEDGER_REQUEST_READ_TIMEOUT for these servers
 ANSWER_WAIT = 30.0  # generous: the server's bound is 2 s
-
-
-def ledger_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    return env | SECRETS | {"LEDGER_HOME": str(home)} | extra
-
-
-@dataclass
-class Serve:
-    """``python -m ledger serve`` in its own process group; ``close`` always reaps it."""
-
-    home: Path
-    env: dict[str, str] = field(default_factory=dict)
-    args: tuple[str, ...] = ()
-    port: int = field(default_factory=free_port)
-    name: str = "serve"
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.home.parent / f"{self.name}.log"
-
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "ledger", "serve", "--port", str(self.port), *self.args],
-                env=ledger_env(self.home, **self.env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    async def start(self, timeout: float = 180.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        self.proc = self.spawn()
-        await wait_ready(
-            self.proc, self.url, self.log_tail, timeout=timeout, who="serve", probe_timeout=2.0
-        )
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
-        """Send ``sig`` to the serve process alone (as docker or ``kill`` do); its exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await wait_exit(self.proc, timeout, self.log_tail)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float, log: Callable[[], str]) -> int:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        assert time.monotonic() < deadline, f"did not exit within {timeout}s:\n{log()}"
-        await asyncio.sleep(0.05)
-    return proc.returncode
 
 
 @asynccontextmanager
@@ -275,7 +207,7 @@ def create_key(home: Path) -> str:
     args = ["--name", "lifecycle", "--scope", "audit:read", "--reason", "lifecycle test"]
     out = subprocess.run(
         [sys.executable, "-m", "ledger", "keys", "create", *args],
-        env=ledger_env(home),
+        env=serve_env(home),
         capture_output=True,
         timeout=120,
         check=False,
@@ -406,7 +338,7 @@ async def run_worker_briefly(home: Path) -> None:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ledger", "worker"],
-            env=ledger_env(home),
+            env=serve_env(home),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -22,42 +22,27 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.support import SECRETS, bearer, signed, until
+from tests.support import SECRETS, bearer, serving, signed, until
 from tests.support.db import fetch, make_key
-from tests.support.servers import free_port, wait_ready
+from tests.support.servers import free_port
+from tests.support.serving import serve_env
 
 STARTED = re.compile(rb"background process (\d+) started")
 
 
-def ledger_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    return env | SECRETS | {"LEDGER_HOME": str(home)} | extra
-
-
 @dataclass
-class Serve:
-    """``python -m ledger serve --background process`` in its own process group."""
+class Serve(serving.Serve):
+    """``python -m ledger serve --background process`` (tests.support.serving)."""
 
-    home: Path
-    env: dict[str, str] = field(default_factory=dict)
-    args: tuple[str, ...] = ()
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.home.parent / "serve.log"
+    def __post_init__(self) -> None:
+        self.args = ("--background", "process", *self.args)
 
     def log_text(self) -> str:
         try:
@@ -72,32 +57,8 @@ class Serve:
         except OSError:
             return []
 
-    async def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ledger",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--background",
-                    "process",
-                    *self.args,
-                ],
-                env=ledger_env(self.home, **self.env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        await wait_ready(self.proc, self.url, self.log_text, timeout=180, who="serve")
-
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        super().close()
         for pid in self.background_pids():  # after a failure: never leave one behind
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -126,7 +87,7 @@ def home() -> Iterator[Path]:
 def cli(home: Path, *args: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "ledger", *args],
-        env=ledger_env(home),
+        env=serve_env(home),
         capture_output=True,
         timeout=120,
         check=False,
