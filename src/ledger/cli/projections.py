@@ -347,13 +347,11 @@ def _serve_background(settings: Settings, pipe: int, batch_size: int) -> None:
 
     log = logging.getLogger("ledger.serve.background")
     logs.mask_values(secrets_in_effect(settings).values())
+    # Unbuffered: nothing past the line is read, so the loop's reader below sees the rest.
     with os.fdopen(pipe, "rb", buffering=0, closefd=False) as stream:
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = stream.read(1)
-            if not chunk:  # serve went away before sending it
-                raise SystemExit(1)
-            line += chunk
+        line = stream.readline()
+    if not line.endswith(b"\n"):  # serve went away before sending it
+        raise SystemExit(1)
     url = line.decode().strip()
     options = {"batch_size": batch_size, "app_name": f"ledger-background-{os.getpid()}"}
 
