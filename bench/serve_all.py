@@ -177,19 +177,18 @@ def measure(
     warm, main_file = bodies.with_suffix(".warm"), bodies
     url = server.base + path
     bi.run_load(url, warm, args.warmup, args.connections, server.tmp)
-    spy = None
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
-        spy_cmd = ["py-spy", "record", "--pid", str(server.proc.pid), "--duration",
-                   str(max(1, round(args.duration))), "--rate", "200", "--format", "raw",
-                   "-o", str(args.profile / f"{label}.txt"), "--nonblocking"]  # fmt: skip
-        spy = subprocess.Popen(
-            spy_cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    spies = []
     pg_pids = bi.postgres_pids(PG_DATA[0]) if PG_DATA else []
     pids, bg_pids = server.pids(), server.background_pids()
+    if args.profile:  # the HTTP process and, apart, serve's background process
+        args.profile.mkdir(parents=True, exist_ok=True)
+        for pid, name in [(server.proc.pid, label), *((p, f"{label} background") for p in bg_pids)]:
+            spy_cmd = ["py-spy", "record", "--pid", str(pid), "--duration",
+                       str(max(1, round(args.duration))), "--rate", "200", "--format", "raw",
+                       "-o", str(args.profile / f"{name}.txt"), "--nonblocking"]  # fmt: skip
+            spies.append(
+                subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
     cpu0, pg0, bg0 = bi.cpu_seconds(pids), bi.cpu_seconds(pg_pids), bi.cpu_seconds(bg_pids)
     t0 = time.perf_counter()
     r: dict[str, Any] = bi.run_load(url, main_file, args.duration, args.connections, server.tmp)
@@ -200,7 +199,7 @@ def measure(
     cpu = bi.cpu_seconds(pids) - cpu0  # the same processes as at the start
     bg_cpu = bi.cpu_seconds(bg_pids) - bg0
     r["postgres_cpu_pct"] = round(100 * (bi.cpu_seconds(pg_pids) - pg0) / wall, 1)
-    if spy is not None:
+    for spy in spies:
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy.wait(timeout=30)
     r["rps"] = r["requests"] / r["duration_s"]
