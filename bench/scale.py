@@ -9,12 +9,7 @@ sizes a primary (``shared_buffers`` a quarter of the memory; ADR 0032; printed),
 superuser URL used as the owner of two databases.
 Everything listens on 127.0.0.1; the run stops by itself.
 
-1. **Empty log.** A fresh database; ``ledger serve`` as the README runs it (projections,
-   outbox and audit index in the same process); ``wrk -t1 -c64`` posts distinct, correctly
-   signed Midtrans settlements (``ledger.ingest.samples.build``) for ``--ingest-seconds``
-   after a 2 s warm-up. Prints requests/s, p50/p99 and the server's RSS; the database is
-   dropped.
-2. **Bulk load** of ``--baseline`` events into a second database, then (after measuring)
+1. **Bulk load** of ``--baseline`` events into a database, then (after measuring)
    up to ``--events``. The events are the providers' mix (``event()``: Midtrans, Xendit,
    Mayar and partner; ~100 customers active per 20,000 events, each meeting every slot of
    the mix, an order's notifications naming one customer), made as the ingest path stores
@@ -33,7 +28,7 @@ Everything listens on 127.0.0.1; the run stops by itself.
    loading, the bench's own server checkpoints less often (``max_wal_size``,
    ``checkpoint_timeout``; reset and checkpointed before anything is measured). ``ledger
    verify`` checks every hash afterwards.
-3. **At the baseline and at N**, in this order, each with the 1-minute load average beside
+2. **At the baseline and at N**, in this order, each with the 1-minute load average beside
    it: the log settled as a log that grew in service is (``VACUUM (ANALYZE)``, a checkpoint;
    timed apart, ``settle``); ``ledger verify`` (the CLI; its own rate and the wall time with
    start-up); the audit index catch-up over the events loaded since the last step
@@ -49,8 +44,15 @@ Everything listens on 127.0.0.1; the run stops by itself.
    300 of each: an order timeline, an order's status as of a
    past instant, a customer's token balance as of a past instant and a customer timeline
    (p50/p99); a CSV export streamed for at most
-   ``--export-seconds`` (rows/s); server RSS. At N also the ingest run of step 1, with the
-   same ``ledger serve``.
+   ``--export-seconds`` (rows/s); server RSS.
+3. **Ingest, empty log against N**, in ``--ingest-rounds`` paired rounds in one window
+   (``paired_ingest``): a fresh empty database beside the one at N, a ``ledger serve`` as
+   the README runs it on each (projections, outbox and audit index on); each round makes
+   fresh, distinct, correctly signed Midtrans settlements (``ledger.ingest.samples.build``)
+   and ``wrk -t1 -c64`` posts them to one server then the other for ``--ingest-seconds``
+   after a 2 s warm-up on bodies of its own (the first of the pair alternates). Prints each
+   round's requests/s, p50/p99 and CPU per request (serve's processes and PostgreSQL's), the
+   ratio round by round, the medians and both servers' RSS.
 4. A summary: each figure at the baseline and at N, the ratio and the target.
 
 Before the rebuilds at N the live generations are marked caught up at the head (they would
@@ -717,18 +719,73 @@ class Figures:
             self.notes[name] = note
 
 
-def ingest(fig: Figures, serve: Serve, bodies: Path, seconds: float, tmp: Path) -> None:
+def ingest_run(
+    serve: Serve, bodies: Path, seconds: float, tmp: Path, pg_pid: int
+) -> dict[str, Any]:
+    """A 2 s warm-up on its own bodies, then ``seconds`` of wrk on ``bodies``: every
+    delivery distinct. Adds the CPU per request of serve's process tree and PostgreSQL's."""
     url = f"{serve.base}/webhooks/midtrans"
-    wrk(url, bodies, 2, 64, tmp)  # warm-up
+    wrk(url, bodies.with_suffix(".warm"), 2, 64, tmp)
+    cpu0 = tree_cpu(serve.proc.pid) + tree_cpu(pg_pid)
     r = wrk(url, bodies, seconds, 64, tmp)
-    rps = r["requests"] / r["duration_s"]
-    fig.put("ingest_rps", rps)
-    fig.put("ingest_p99_ms", r["p99_ms"])
-    print(
-        f"  ingest (wrk -c64, {seconds:.0f} s): {rps:,.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
-        f"p99 {r['p99_ms']:.1f} ms, non-2xx {r['non2xx']}, errors {r['errors']} ({load1()})",
-        flush=True,
-    )
+    cpu = tree_cpu(serve.proc.pid) + tree_cpu(pg_pid) - cpu0
+    r["rps"] = r["requests"] / r["duration_s"]
+    r["cpu_us"] = 1e6 * cpu / max(1, r["requests"])
+    return r
+
+
+async def paired_ingest(
+    empty: Figures, at_n: Figures, server: str, url_n: str, tmp: Path, args: argparse.Namespace,
+    pg_pid: int,
+) -> None:  # fmt: skip
+    """Ingest on an empty log and at N, in alternating rounds in one window (the machine
+    is shared: two runs minutes apart differed by 14 %). Both ``ledger serve`` run
+    throughout (the idle one waits on its own database's notifications); each round posts
+    the same fresh bodies to each (distinct databases: no duplicate), in turn, the first
+    of the pair alternating. The figures are the medians of the rounds."""
+    url_e = await create_database(server, f"scale_empty_{uuid.uuid4().hex[:6]}")
+    try:
+        await prepare_database(url_e)
+        serves = {"empty": Serve(url_e, tmp), "at N": Serve(url_n, tmp)}
+        try:
+            for serve in serves.values():
+                serve.wait_ready()
+            await wait_caught_up(url_n)
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in serves}
+            n = max(20_000, int(args.ingest_seconds * 8_000))
+            for i in range(args.ingest_rounds):
+                bodies = tmp / f"bodies-{i}.txt"
+                make_bodies(bodies.with_suffix(".warm"), 16_000)
+                make_bodies(bodies, n)
+                order = list(serves) if i % 2 == 0 else list(serves)[::-1]
+                for label in order:
+                    r = ingest_run(serves[label], bodies, args.ingest_seconds, tmp, pg_pid)
+                    runs[label].append(r)
+                    print(
+                        f"  ingest round {i + 1} {label:5} (wrk -c64, {args.ingest_seconds:.0f} s):"
+                        f" {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.1f} ms,"
+                        f" p99 {r['p99_ms']:.1f} ms, CPU {r['cpu_us']:.0f} us/req (serve +"
+                        f" PostgreSQL), non-2xx {r['non2xx']}, errors {r['errors']} ({load1()})",
+                        flush=True,
+                    )
+            for label, fig in (("empty", empty), ("at N", at_n)):
+                done = runs[label]
+                fig.put("ingest_rps", pct([r["rps"] for r in done], 50))
+                fig.put("ingest_p99_ms", pct([r["p99_ms"] for r in done], 50))
+                fig.put("ingest_cpu_us", pct([r["cpu_us"] for r in done], 50))
+                fig.put("rss_mib", serves[label].rss() / 2**20)
+            each = [b["rps"] / a["rps"] for a, b in zip(runs["empty"], runs["at N"], strict=True)]
+            print(
+                "  ingest at N / empty, round by round: "
+                + ", ".join(f"{x:.2f}x" for x in each)
+                + f"; server RSS {empty.values['rss_mib']:.0f} / {at_n.values['rss_mib']:.0f} MiB",
+                flush=True,
+            )
+        finally:
+            for serve in serves.values():
+                serve.stop()
+    finally:
+        await drop_database(server, url_e)
 
 
 def verify(fig: Figures, url: str, home: Path) -> None:
@@ -1133,9 +1190,7 @@ async def queries(fig: Figures, serve: Serve, url: str, loaded: int, seconds: fl
         )
 
 
-async def measure(
-    fig: Figures, url: str, tmp: Path, args: argparse.Namespace, bodies: Path | None
-) -> None:
+async def measure(fig: Figures, url: str, tmp: Path, args: argparse.Namespace) -> None:
     from ledger.readmodels.runner import available
 
     head = await head_of(url)
@@ -1153,8 +1208,6 @@ async def measure(
         await wait_caught_up(url)
         await wait_quiet(serve, url, args.quiet_seconds)
         await queries(fig, serve, url, head, args.export_seconds)
-        if bodies is not None:
-            ingest(fig, serve, bodies, args.ingest_seconds, tmp)
         fig.put("rss_mib", serve.rss() / 2**20)
         print(f"  server RSS {fig.values['rss_mib']:.0f} MiB ({load1()})", flush=True)
     finally:
@@ -1173,28 +1226,10 @@ async def memory(url: str) -> str:
     return ", ".join(shown) + f" ({machine_memory() / 2**30:.1f} GiB of memory)"
 
 
-async def empty_log(
-    fig: Figures, server: str, tmp: Path, args: argparse.Namespace, bodies: Path
-) -> None:
-    url = await create_database(server, f"scale_empty_{uuid.uuid4().hex[:6]}")
-    try:
-        await prepare_database(url)
-        print(f"empty log ({loads()})", flush=True)
-        serve = Serve(url, tmp)
-        try:
-            serve.wait_ready()
-            ingest(fig, serve, bodies, args.ingest_seconds, tmp)
-            fig.put("rss_mib", serve.rss() / 2**20)
-            print(f"  server RSS {fig.values['rss_mib']:.0f} MiB ({load1()})", flush=True)
-        finally:
-            serve.stop()
-    finally:
-        await drop_database(server, url)
-
-
 TARGETS = {
     "ingest_rps": ("ingest req/s (ledger serve, wrk -c64)", ">= 0.9x empty", "ratio>=0.9"),
     "ingest_p99_ms": ("ingest p99 ms", "", ""),
+    "ingest_cpu_us": ("ingest CPU us per request (serve + PostgreSQL)", "", ""),
     "verify_ev_s": ("ledger verify ev/s", ">= 250,000", ">=250000"),
     "audit_catch_up_ev_s": ("audit index catch-up ev/s", ">= 50,000", ">=50000"),
     "order_as_of_p99_ms": ("order as-of p99 ms", "<= 10", "<=10"),
@@ -1235,7 +1270,7 @@ def verdict(rule: str, base: float | None, value: float) -> str:
 def summary(empty: Figures, base: Figures, at_n: Figures) -> None:
     print(f"\nsummary ({loads()} now)")
     print(
-        f"| figure | empty (ingest, RSS: mean of 2 runs) / baseline ({base.events:,}) "
+        f"| figure | empty (ingest: median of the paired rounds) / baseline ({base.events:,}) "
         f"| at {at_n.events:,} | ratio | target |"
     )
     print("|---|---|---|---|---|")
@@ -1263,7 +1298,10 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--baseline", type=int, default=200_000, help="events of the 'empty' log")
-    ap.add_argument("--ingest-seconds", type=float, default=10)
+    ap.add_argument("--ingest-seconds", type=float, default=10, help="per ingest round")
+    ap.add_argument(
+        "--ingest-rounds", type=int, default=3, help="paired rounds (empty log, at N) of ingest"
+    )
     ap.add_argument("--rebuild-seconds", type=float, default=120, help="bound per rebuild")
     ap.add_argument("--export-seconds", type=float, default=30, help="bound on the export")
     ap.add_argument(
@@ -1295,18 +1333,14 @@ async def main() -> None:
         server: str = pg.get_uri()
         print(f"ledger bench/scale.py: {args.events:,} events; {os.cpu_count()} cores, {loads()}")
         print(f"PostgreSQL data in {tmp / 'pgdata'}; {await memory(server)}", flush=True)
-        bodies = tmp / "bodies.txt"
-        make_bodies(bodies, max(40_000, int(args.ingest_seconds * 8_000)))
         empty = Figures("empty")
-        await empty_log(empty, server, tmp, args, bodies)
-
         url = await create_database(server, "scale_log")
         await prepare_database(url)
         baseline = min(args.baseline, args.events)
         took, baseline = await bulk_load(url, 0, baseline)
         print(f"bulk load: {baseline:,} events in {took:.1f} s ({baseline / took:,.0f} ev/s)")
         base = Figures("baseline")
-        await measure(base, url, tmp, args, None)
+        await measure(base, url, tmp, args)
 
         took, n = await bulk_load(url, baseline, args.events, max_seconds=args.max_load_seconds)
         print(f"bulk load: {n:,} more events in {took:.1f} s ({n / max(took, 1e-9):,.0f} ev/s)")
@@ -1315,16 +1349,11 @@ async def main() -> None:
                 f"  (--max-load-seconds reached: measuring at {baseline + n:,}, not {args.events:,})"
             )
         at_n = Figures("at N")
-        await measure(at_n, url, tmp, args, bodies)
+        await measure(at_n, url, tmp, args)
+        pg_pid = pg.get_pid()
+        assert pg_pid is not None
+        await paired_ingest(empty, at_n, server, url, tmp, args, pg_pid)
         await drop_database(server, url)
-        # The empty log once more: the machine is shared, so the ratio uses both runs.
-        again = Figures("empty, again")
-        await empty_log(again, server, tmp, args, bodies)
-        for name in ("ingest_rps", "ingest_p99_ms", "rss_mib"):
-            first, second = empty.values[name], again.values[name]
-            empty.put(name, (first + second) / 2)
-            empty.loads[name] = (empty.loads[name] + again.loads[name]) / 2
-            print(f"  {name} on the empty log: {first:,.1f} and {second:,.1f}; mean used below")
         summary(empty, base, at_n)
     finally:
         pg.cleanup()  # stops the server and deletes its data directory
