@@ -69,6 +69,13 @@ class StreamHub:
         self._floor: int | None = None
         self._top = 0
         self._full = False  # the last refresh read a whole batch: the log may hold more
+        # Notifications received, and how many of them the tail is known to cover (a read
+        # that began after the n-th one and was not cut short by the batch holds every
+        # delivery it announced). A client woken by a notification must not be served a
+        # tail older than it: it has consumed its wake-up and would sleep through what
+        # another client has yet to read in (until the next append or keep-alive).
+        self._notified = 0
+        self._fresh = 0
         self._reading = asyncio.Lock()
         # Each fact's bytes on the wire, rendered once per process for every client
         # (``ledger.api.stream``); bounded, oldest first out.
@@ -91,6 +98,7 @@ class StreamHub:
 
     async def _pump(self) -> None:
         async for _channel, _payload in self._backend.stream_events():
+            self._notified += 1
             self.wake_all()
 
     def wake_all(self) -> None:
@@ -98,14 +106,17 @@ class StreamHub:
             ev.set()
 
     async def _refresh(self, batch: int) -> bool:
-        """Read the next deliveries after ``_top`` into the tail (one reader at a time);
-        False when there was nothing new."""
-        top = self._top
+        """Read the next deliveries after ``_top`` into the tail (one reader at a time),
+        covering every append notified before the call; False when there was nothing new."""
+        top, notified = self._top, self._notified
         async with self._reading:
-            if self._top != top:
+            if self._top != top and self._fresh >= notified:
                 return True  # another client read them while we waited
-            rows = await self.store.read_after(top, batch, DELIVERY_TOPICS)
+            notified = self._notified  # every append notified by now is visible to the read
+            rows = await self.store.read_after(self._top, batch, DELIVERY_TOPICS)
             self._full = len(rows) == batch
+            if not self._full:
+                self._fresh = notified
             if not rows:
                 return False
             for rec in rows:
@@ -126,8 +137,9 @@ class StreamHub:
         if self._floor is None:
             self._floor = self._top = last
         if last >= self._floor:
-            while last >= self._top and await self._refresh(batch):
-                pass
+            stale = self._fresh < self._notified  # the tail may predate what woke us
+            while (stale or last >= self._top) and await self._refresh(batch):
+                stale = False
             if last >= self._floor:  # (a refresh may have trimmed past a slow client)
                 i = bisect.bisect_right(self._positions, last)
                 out = list(
