@@ -105,13 +105,15 @@ class StreamHub:
         for ev in self._waiters:
             ev.set()
 
-    async def _refresh(self, batch: int) -> bool:
+    async def _refresh(self, batch: int, last: int) -> bool:
         """Read the next deliveries after ``_top`` into the tail (one reader at a time),
-        covering every append notified before the call; False when there was nothing new."""
+        covering every append notified before the call; False when there was nothing new.
+        ``last``: the caller's position; one with nothing to send reads even when nothing
+        was notified (the keep-alive's poll, should notifications stop)."""
         top, notified = self._top, self._notified
         async with self._reading:
-            if self._top != top and self._fresh >= notified:
-                return True  # another client read them while we waited
+            if self._fresh >= notified and (self._top != top or last < self._top):
+                return self._top != top  # another client read what we were told of
             notified = self._notified  # every append notified by now is visible to the read
             rows = await self.store.read_after(self._top, batch, DELIVERY_TOPICS)
             self._full = len(rows) == batch
@@ -138,7 +140,7 @@ class StreamHub:
             self._floor = self._top = last
         if last >= self._floor:
             stale = self._fresh < self._notified  # the tail may predate what woke us
-            while (stale or last >= self._top) and await self._refresh(batch):
+            while (stale or last >= self._top) and await self._refresh(batch, last):
                 stale = False
             if last >= self._floor:  # (a refresh may have trimmed past a slow client)
                 i = bisect.bisect_right(self._positions, last)
