@@ -143,6 +143,7 @@ def client_process(
         clients: dict[int, dict[str, Any]] = {}
         for i, s in enumerate(seen):
             mine = array.array("d")
+            late = len(gaps)
             for pos, t in acks.items():
                 got = s.at.get(pos)
                 if got is None or got > drained:
@@ -153,17 +154,23 @@ def client_process(
             if mine:
                 worst = max(worst, sorted(mine)[min(len(mine) - 1, int(0.99 * (len(mine) - 1)))])
             lat.extend(mine)
-            if any(g[0] == i for g in gaps) or s.out_of_order:
+            if len(gaps) > late or s.out_of_order:
                 clients[i] = {
                     "max_by_drain": max((p for p, t in s.at.items() if t <= drained), default=0),
                     "pings": s.pings,
                     "out_of_order": s.out_of_order,
                 }
-        every: dict[int, int] = {}  # how many of this process's clients got each gap position
-        for _, pos, _ in gaps:
-            every.setdefault(pos, sum(pos in s.at for s in seen))
+        # How many of this process's clients had each acknowledged position by the drain,
+        # and in the end.
+        by_drain = dict.fromkeys(acks, 0)
+        ever = dict(by_drain)
+        for s in seen:
+            for pos, t in s.at.items():
+                if pos in ever:
+                    ever[pos] += 1
+                    by_drain[pos] += t <= drained
         out_of_order = sum(s.out_of_order for s in seen)
-        result_q.put((lat.tobytes(), missing, worst, gaps, clients, every, out_of_order))
+        result_q.put((lat.tobytes(), missing, worst, gaps, clients, (by_drain, ever), out_of_order))
 
     asyncio.run(main())
 
@@ -278,46 +285,58 @@ def cpu_seconds(pid: int) -> float:
 def report_gaps(
     gaps: list[tuple[int, int, float | None]],
     clients: dict[int, dict[str, Any]],
-    every: dict[int, int],
+    every: dict[int, list[int]],
     acks: dict[int, float],
     out_of_order: int,
     n_clients: int,
 ) -> None:
-    """For the pairs not received by the end of the drain: which positions and clients,
-    whether the client had already received a later position (a skip: a real gap) or was
-    behind (stalled), and whether the position arrived later, to this client or to any."""
+    """For the pairs not received by the end of the drain, per client: which positions;
+    whether the client already had a later one (it skipped them: a real gap) or was behind;
+    and whether they arrived after the drain, right after a keep-alive ping (the client was
+    asleep, woken by the ping's timer) or not, or never; and how many clients had them."""
     print(f"  ids out of order or repeated: {out_of_order}", flush=True)
     if not gaps:
         return
     last_ack = max(acks.values())
-    by_pos: dict[int, list[tuple[int, float | None]]] = {}
+    kinds: dict[str, int] = {}
+    mine: dict[int, list[tuple[int, float | None]]] = {}
     for client, pos, t in gaps:
-        by_pos.setdefault(pos, []).append((client, t))
-    skipped = sum(1 for c, pos, _ in gaps if clients[c]["max_by_drain"] > pos)
-    late = [t for _, _, t in gaps if t is not None]
+        info = clients[client]
+        if info["max_by_drain"] > pos:
+            kind = "skipped (a later position was received first)"
+        elif t is None:
+            kind = "never arrived"
+        elif any(0 <= t - p < 0.5 for p in info["pings"]):
+            kind = "arrived with a keep-alive ping (the client slept until its timer)"
+        else:
+            kind = "arrived late, not at a ping (slow)"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        mine.setdefault(client, []).append((pos, t))
+    positions = {pos for _, pos, _ in gaps}
     print(
-        f"  missing by the drain: {len(gaps)} pairs, {len(by_pos)} positions, "
-        f"{len({c for c, _, _ in gaps})} clients; {skipped} skipped (the client had a later "
-        f"position), {len(gaps) - skipped} behind; {len(late)} arrived after the drain, "
-        f"{len(gaps) - len(late)} never",
+        f"  missing by the drain: {len(gaps):,} pairs, {len(positions):,} positions, "
+        f"{len(mine)} clients: " + "; ".join(f"{n:,} {k}" for k, n in sorted(kinds.items())),
         flush=True,
     )
-    for pos, got in sorted(by_pos.items())[:20]:
-        ack = acks[pos]
+    for client, got in sorted(mine.items())[:8]:
+        info = clients[client]
+        pos = [p for p, _ in got]
+        when = [t - last_ack for _, t in got if t is not None]
+        pings = [round(p - last_ack, 1) for p in info["pings"] if p > last_ack - 1][:4]
         print(
-            f"    position {pos} (acked {ack - last_ack:+.3f} s from the last ack): "
-            f"received by {every[pos]}/{n_clients} clients in the end",
+            f"    client {client}: {len(pos)} positions {min(pos)}..{max(pos)} (acked "
+            f"{acks[min(pos)] - last_ack:+.1f}..{acks[max(pos)] - last_ack:+.1f} s from the last "
+            f"ack), had up to {info['max_by_drain']} by the drain; "
+            + (
+                f"arrived {min(when):+.1f}..{max(when):+.1f} s from the last ack"
+                if when
+                else "never arrived"
+            )
+            + f"; pings at {pings} s; clients with them by the drain / in the end: "
+            f"{min(every[p][0] for p in pos)}..{max(every[p][0] for p in pos)} / "
+            f"{min(every[p][1] for p in pos)}..{max(every[p][1] for p in pos)} of {n_clients}",
             flush=True,
         )
-        for client, t in got[:5]:
-            info = clients[client]
-            pings = [round(p - ack, 1) for p in info["pings"] if p > ack - 1]
-            print(
-                f"      client {client}: had up to {info['max_by_drain']} by the drain; "
-                + (f"arrived {t - ack:.1f} s after the ack" if t is not None else "never")
-                + f"; keep-alive pings at {pings[:6]} s from the ack",
-                flush=True,
-            )
 
 
 def keep_log(log: Path, dest: str) -> None:
@@ -401,7 +420,7 @@ def run(args: argparse.Namespace) -> None:
         worst = 0.0
         gaps: list[tuple[int, int, float | None]] = []
         clients: dict[int, dict[str, Any]] = {}
-        every: dict[int, int] = {}
+        every: dict[int, list[int]] = {pos: [0, 0] for pos in acks}
         out_of_order = 0
         for k in range(len(per)):
             raw, miss, w, g, c, e, ooo = result_q.get(timeout=300)
@@ -412,8 +431,9 @@ def run(args: argparse.Namespace) -> None:
             worst = max(worst, w)
             gaps += [(k * 1000 + i, pos, t) for i, pos, t in g]
             clients |= {k * 1000 + i: v for i, v in c.items()}
-            for pos, n in e.items():
-                every[pos] = every.get(pos, 0) + n
+            for pos in acks:
+                every[pos][0] += e[0][pos]
+                every[pos][1] += e[1][pos]
             out_of_order += ooo
         values = sorted(lat)
 
