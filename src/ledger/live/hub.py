@@ -105,14 +105,15 @@ class StreamHub:
         for ev in self._waiters:
             ev.set()
 
-    async def _refresh(self, batch: int, last: int) -> bool:
+    async def _refresh(self, batch: int, last: int, *, poll: bool) -> bool:
         """Read the next deliveries after ``_top`` into the tail (one reader at a time),
         covering every append notified before the call; False when there was nothing new.
-        ``last``: the caller's position; one with nothing to send reads even when nothing
-        was notified (the keep-alive's poll, should notifications stop)."""
+        Once a read has covered them, a caller at ``last`` with nothing to send reads again
+        only if it ``poll``s (its first read, after a full batch, at the keep-alive: should
+        notifications stop, the feed still moves)."""
         top, notified = self._top, self._notified
         async with self._reading:
-            if self._fresh >= notified and (self._top != top or last < self._top):
+            if self._fresh >= notified and (self._top != top or last < self._top or not poll):
                 return self._top != top  # another client read what we were told of
             notified = self._notified  # every append notified by now is visible to the read
             rows = await self.store.read_after(self._top, batch, DELIVERY_TOPICS)
@@ -133,14 +134,14 @@ class StreamHub:
             return True
 
     async def _after(
-        self, last: int, batch: int
+        self, last: int, batch: int, *, poll: bool = True
     ) -> tuple[list[tuple[int, PaymentFact | None]], bool]:
         """Up to ``batch`` deliveries after ``last`` and whether more may follow at once."""
         if self._floor is None:
             self._floor = self._top = last
         if last >= self._floor:
             stale = self._fresh < self._notified  # the tail may predate what woke us
-            while (stale or last >= self._top) and await self._refresh(batch, last):
+            while (stale or last >= self._top) and await self._refresh(batch, last, poll=poll):
                 stale = False
             if last >= self._floor:  # (a refresh may have trimmed past a slow client)
                 i = bisect.bisect_right(self._positions, last)
@@ -197,6 +198,7 @@ class StreamHub:
         wake = asyncio.Event()
         self._waiters.add(wake)
         last = after
+        poll = True  # read even if nothing new was notified (see ``_refresh``)
         loop = asyncio.get_running_loop()
         until = loop.time() + max_seconds if max_seconds else None
         try:
@@ -214,7 +216,8 @@ class StreamHub:
                     break  # the replica's head: the tail is the primary's
             while not self.closed:
                 wake.clear()  # before reading: a notify during the read wakes us again
-                entries, more = await self._after(last, batch)
+                entries, more = await self._after(last, batch, poll=poll)
+                poll = more
                 if entries:
                     last = entries[-1][0]
                     facts = [fact for _, fact in entries if fact is not None]
@@ -231,6 +234,7 @@ class StreamHub:
                 try:
                     await asyncio.wait_for(wake.wait(), wait)
                 except TimeoutError:
+                    poll = True
                     yield None
         finally:
             self._waiters.discard(wake)
