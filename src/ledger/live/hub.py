@@ -69,6 +69,13 @@ class StreamHub:
         self._floor: int | None = None
         self._top = 0
         self._full = False  # the last refresh read a whole batch: the log may hold more
+        # Notifications received, and how many of them the tail is known to cover (a read
+        # that began after the n-th one and was not cut short by the batch holds every
+        # delivery it announced). A client woken by a notification must not be served a
+        # tail older than it: it has consumed its wake-up and would sleep through what
+        # another client has yet to read in (until the next append or keep-alive).
+        self._notified = 0
+        self._fresh = 0
         self._reading = asyncio.Lock()
         # Each fact's bytes on the wire, rendered once per process for every client
         # (``ledger.api.stream``); bounded, oldest first out.
@@ -91,21 +98,28 @@ class StreamHub:
 
     async def _pump(self) -> None:
         async for _channel, _payload in self._backend.stream_events():
+            self._notified += 1
             self.wake_all()
 
     def wake_all(self) -> None:
         for ev in self._waiters:
             ev.set()
 
-    async def _refresh(self, batch: int) -> bool:
-        """Read the next deliveries after ``_top`` into the tail (one reader at a time);
-        False when there was nothing new."""
-        top = self._top
+    async def _refresh(self, batch: int, last: int, *, poll: bool) -> bool:
+        """Read the next deliveries after ``_top`` into the tail (one reader at a time),
+        covering every append notified before the call; False when there was nothing new.
+        Once a read has covered them, a caller at ``last`` with nothing to send reads again
+        only if it ``poll``s (its first read, after a full batch, at the keep-alive: should
+        notifications stop, the feed still moves)."""
+        top, notified = self._top, self._notified
         async with self._reading:
-            if self._top != top:
-                return True  # another client read them while we waited
-            rows = await self.store.read_after(top, batch, DELIVERY_TOPICS)
+            if self._fresh >= notified and (self._top != top or last < self._top or not poll):
+                return self._top != top  # another client read what we were told of
+            notified = self._notified  # every append notified by now is visible to the read
+            rows = await self.store.read_after(self._top, batch, DELIVERY_TOPICS)
             self._full = len(rows) == batch
+            if not self._full:
+                self._fresh = notified
             if not rows:
                 return False
             for rec in rows:
@@ -120,14 +134,15 @@ class StreamHub:
             return True
 
     async def _after(
-        self, last: int, batch: int
+        self, last: int, batch: int, *, poll: bool = True
     ) -> tuple[list[tuple[int, PaymentFact | None]], bool]:
         """Up to ``batch`` deliveries after ``last`` and whether more may follow at once."""
         if self._floor is None:
             self._floor = self._top = last
         if last >= self._floor:
-            while last >= self._top and await self._refresh(batch):
-                pass
+            stale = self._fresh < self._notified  # the tail may predate what woke us
+            while (stale or last >= self._top) and await self._refresh(batch, last, poll=poll):
+                stale = False
             if last >= self._floor:  # (a refresh may have trimmed past a slow client)
                 i = bisect.bisect_right(self._positions, last)
                 out = list(
@@ -183,6 +198,7 @@ class StreamHub:
         wake = asyncio.Event()
         self._waiters.add(wake)
         last = after
+        poll = True  # read even if nothing new was notified (see ``_refresh``)
         loop = asyncio.get_running_loop()
         until = loop.time() + max_seconds if max_seconds else None
         try:
@@ -200,7 +216,8 @@ class StreamHub:
                     break  # the replica's head: the tail is the primary's
             while not self.closed:
                 wake.clear()  # before reading: a notify during the read wakes us again
-                entries, more = await self._after(last, batch)
+                entries, more = await self._after(last, batch, poll=poll)
+                poll = more
                 if entries:
                     last = entries[-1][0]
                     facts = [fact for _, fact in entries if fact is not None]
@@ -217,6 +234,7 @@ class StreamHub:
                 try:
                     await asyncio.wait_for(wake.wait(), wait)
                 except TimeoutError:
+                    poll = True
                     yield None
         finally:
             self._waiters.discard(wake)
